@@ -1,0 +1,85 @@
+"""GenerationConfig: the one settings model that the CLI flags, a YAML file and the API's JSON body spell.
+
+Inputs and output paths are not part of it (the CLI takes them as arguments, the API as uploads or paths
+under its data root), so a config describes *how* to generate and can be stored in every manifest.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class GenerationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    engine: Literal["transformers", "openai", "vllm"] = Field(
+        "transformers", description="transformers (in-process, embedded default), openai (any OpenAI-compatible "
+        "server: vllm serve, transformers serve), vllm (in-process vllm.LLM)")
+    model: str | None = Field(None, description="local HF model directory, or the served model's name with "
+                              "--engine openai; empty = the embedded SmolLM2-135M-Instruct")
+    tokenizer: str | None = Field(None, description="tokenizer for chunking (default: the model's, when it is a "
+                                  "local directory)")
+    target_tokenizer: str | None = Field(None, description="tokenizer of the model to be finetuned, used to fit "
+                                         "--max-context (default: --tokenizer)")
+    base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    api_key: str | None = Field(None, description="API key for --engine openai (also read from OPENAI_API_KEY)")
+
+    text_field: str = Field("text", description="JSONL/Parquet/datasets field holding the document text")
+    id_field: str = Field("id", description="field holding the document id (default: derived from the text)")
+    min_doc_tokens: int = Field(4096, ge=0, description="skip documents shorter than this many tokens")
+
+    chunk_tokens: int = Field(3000, ge=64, description="tokens per chunk shown to the chat model")
+    chunks_per_doc: int | Literal["all"] = Field(1, description="chunks picked per document at random "
+                                                 "(seeded); 'all' takes every chunk")
+    short_ratio: float = Field(0.5, ge=0.0, le=1.0, description="probability of the short-answer prompt")
+    prompt_mode: Literal["auto", "zero-shot", "demonstration"] = Field(
+        "auto", description="zero-shot = the paper's prompts; demonstration = one worked example first (for "
+        "small models); auto = demonstration for the embedded model only")
+    critique: Literal["filter", "off"] = Field("filter", description="self-critique: keep only pairs the model "
+                                               "verifies (filter) or keep all (off)")
+
+    max_context: int = Field(16384, ge=256, description="token budget of a long training instance (target "
+                             "tokenizer), the document truncated to fit")
+    max_new_tokens: int = Field(384, ge=1, description="generation budget per request")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="nucleus sampling")
+    seed: int = Field(0, description="seed for chunk choice, prompt mix and sampling")
+
+    concurrency: int = Field(64, ge=1, le=4096, description="requests in flight (openai engine)")
+    request_timeout: float = Field(120.0, gt=0, description="seconds per request before it is retried")
+    max_retries: int = Field(5, ge=0, description="retries per request on 429, 5xx, timeouts, connection errors")
+    batch_size: int = Field(8, ge=1, description="prompts per forward batch (transformers engine)")
+
+    @field_validator("chunks_per_doc", mode="before")
+    @classmethod
+    def _parse_chunks_per_doc(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() != "all":
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError("must be a positive integer or 'all'") from None
+        return value
+
+    @field_validator("chunks_per_doc")
+    @classmethod
+    def _positive_chunks(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 (or 'all')")
+        return value
+
+    @model_validator(mode="after")
+    def _engine_needs(self) -> "GenerationConfig":
+        if self.engine == "openai" and not self.base_url:
+            raise ValueError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        if self.chunk_tokens >= self.max_context:
+            raise ValueError(f"chunk_tokens ({self.chunk_tokens}) must be smaller than max_context "
+                             f"({self.max_context}): the source chunk must fit in the long instance")
+        return self
+
+    def public_dict(self) -> dict:
+        """The config as stored in manifests and job records: the API key never leaves the process."""
+        data = self.model_dump(mode="json")
+        if data.get("api_key"):
+            data["api_key"] = "***"
+        return data
