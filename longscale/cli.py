@@ -27,7 +27,7 @@ SUBCOMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longscale", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="longscale", description="Long-context data factory, finetuner and continual pretrainer (Llama 2 Long recipe).")
     parser.add_argument("--version", action="version", version=f"longscale {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
