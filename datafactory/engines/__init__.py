@@ -1,0 +1,45 @@
+"""Generation engines behind one interface (see base.py); `build_engine` picks one from a GenerationConfig.
+
+Engine modules are imported lazily so that `--engine openai` never loads torch and `--engine vllm` is
+the only path that touches vllm.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from datafactory.engines.base import ChatMessages, Engine, EngineResult, SamplingParams, generate_sync
+
+if TYPE_CHECKING:
+    from datafactory.config import GenerationConfig
+
+__all__ = ["ChatMessages", "Engine", "EngineError", "EngineResult", "SamplingParams", "build_engine",
+           "generate_sync", "sampling_params_from_config"]
+
+
+class EngineError(RuntimeError):
+    """An engine could not be built (bad model path, vllm missing, server unreachable); says what to fix."""
+
+
+def sampling_params_from_config(config: "GenerationConfig", **overrides) -> SamplingParams:
+    """The sampling fields of a GenerationConfig as SamplingParams (overrides win, e.g. max_new_tokens)."""
+    values = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                  seed=config.seed)
+    values.update(overrides)
+    return SamplingParams(**values)
+
+
+def build_engine(config: "GenerationConfig") -> Engine:
+    """Construct the engine named by `config.engine`; raises EngineError with a fix-it message."""
+    if config.engine == "transformers":
+        from datafactory.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine.from_config(config)
+    if config.engine == "openai":
+        from datafactory.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine.from_config(config)
+    if config.engine == "vllm":
+        from datafactory.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine.from_config(config)
+    raise EngineError(f"unknown engine {config.engine!r}: choose transformers, openai or vllm")
