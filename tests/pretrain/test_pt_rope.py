@@ -1,0 +1,121 @@
+"""RoPE variants: angles equal appendix B's formulas; converted checkpoints reload with identical logits."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from pretrain.apply import RopeConversionError, apply_rope_variant, load_model, save_hf
+from pretrain.rope import granularity, rope_config_changes, variant_angles
+from pretrain.xpos_modeling import XPosLlamaConfig, XPosLlamaForCausalLM, xpos_scale, xpos_zeta
+
+TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**TINY, rope_parameters={"rope_type": "default", "rope_theta": 10_000.0}))
+    with torch.no_grad():  # larger weights so positional changes move the logits visibly
+        for p in model.parameters():
+            p.mul_(8.0) if p.dim() == 2 else None
+    out = tmp_path_factory.mktemp("tiny") / "src"
+    model.save_pretrained(out)
+    return out
+
+
+def _formula(d, theta_j):
+    return torch.tensor([theta_j(j) for j in range(d // 2)], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("variant", ["none", "abf", "pi", "xpos-abf"])
+def test_loaded_angles_equal_appendix_b(tiny_llama_dir, tmp_path, variant):
+    d, b, beta, seq = 8, 10_000.0, 50.0, 256
+    alpha = 64 / seq
+    expected = {
+        "none": _formula(d, lambda j: b ** (-2 * j / d)),
+        "abf": _formula(d, lambda j: (beta * b) ** (-2 * j / d)),
+        "xpos-abf": _formula(d, lambda j: (beta * b) ** (-2 * j / d)),
+        "pi": _formula(d, lambda j: alpha * b ** (-2 * j / d)),
+    }[variant]
+    assert torch.allclose(variant_angles(variant, d, b, base=beta * b, factor=1 / alpha), expected, rtol=1e-12)
+    apply_rope_variant(tiny_llama_dir, variant, tmp_path / variant, base=beta * b, seq_len=seq)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / variant, trust_remote_code=True)
+    loaded = model.model.rotary_emb.inv_freq.double()
+    assert torch.allclose(loaded, expected, rtol=1e-6)
+    assert model.config.max_position_embeddings == seq
+
+
+def test_config_carries_both_spellings(tiny_llama_dir, tmp_path):
+    apply_rope_variant(tiny_llama_dir, "pi", tmp_path / "pi", seq_len=256)
+    cfg = json.loads((tmp_path / "pi" / "config.json").read_text())
+    assert cfg["rope_parameters"]["rope_type"] == "linear" and cfg["rope_parameters"]["factor"] == 4.0
+    assert cfg["rope_scaling"] == {"rope_type": "linear", "type": "linear", "factor": 4.0}
+    assert cfg["rope_theta"] == 10_000.0 and cfg["original_max_position_embeddings"] == 64
+    apply_rope_variant(tiny_llama_dir, "abf", tmp_path / "abf")
+    cfg = json.loads((tmp_path / "abf" / "config.json").read_text())
+    assert cfg["rope_theta"] == 500_000.0 and "rope_scaling" not in cfg
+
+
+@pytest.mark.parametrize("variant", ["none", "abf", "pi", "xpos-abf"])
+def test_saved_variant_reloads_with_identical_logits(tiny_llama_dir, tmp_path, variant):
+    apply_rope_variant(tiny_llama_dir, variant, tmp_path / "conv", base=1e6, seq_len=256)
+    first = load_model(tmp_path / "conv").eval()
+    save_hf(first, tmp_path / "saved")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", trust_remote_code=True).eval()
+    x = torch.randint(0, TINY["vocab_size"], (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(first(x).logits, again(x).logits)
+    plain = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    with torch.no_grad():
+        changed = (first(x).logits - plain(x).logits).abs().max().item()
+    assert (changed == 0.0) == (variant == "none")
+
+
+def test_xpos_off_equals_plain_llama_and_on_is_shift_invariant(tiny_llama_dir):
+    plain = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    cfg = XPosLlamaConfig(**plain.config.to_dict() | {"use_xpos_scaling": False, "xpos_scale_base": 8.0})
+    xpos = XPosLlamaForCausalLM(cfg).eval()
+    xpos.load_state_dict(plain.state_dict())
+    x = torch.randint(0, TINY["vocab_size"], (1, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(xpos(x).logits, plain(x).logits)
+        xpos.config.use_xpos_scaling = True
+        on = xpos(x).logits
+        shifted = xpos(x, position_ids=torch.arange(40)[None] + 13).logits
+    assert (on - plain(x).logits).abs().max() > 1e-3  # the decay really changes attention
+    assert torch.allclose(on, shifted, atol=1e-4)  # scores depend on m - n only
+
+
+def test_xpos_scale_follows_sun_et_al():
+    d, gamma, sb = 8, 0.4, 512.0
+    zeta = xpos_zeta(d, gamma)
+    assert torch.allclose(zeta, torch.tensor([(i / 4 + 0.4) / 1.4 for i in range(4)], dtype=torch.float64))
+    pos = torch.tensor([[0, 100, 1000]])
+    s = xpos_scale(pos, d, gamma, sb, center=0).double()
+    assert torch.allclose(s[0, 2, :4], zeta ** (1000 / sb), rtol=1e-5) and torch.equal(s[..., :4], s[..., 4:])
+    # q_m . k_n factor depends on m - n only
+    s2 = xpos_scale(pos, d, gamma, sb, center=500).double()
+    assert torch.allclose(s[0, 2] / s[0, 1], s2[0, 2] / s2[0, 1], rtol=1e-5)
+
+
+def test_granularity_matches_appendix_b_numbers():
+    assert math.isclose(granularity("pi", 10_000, factor=4), 0.027, abs_tol=5e-4)
+    assert math.isclose(granularity("abf", 500_000), 0.076, abs_tol=5e-4)
+
+
+def test_bad_inputs_get_clear_errors(tiny_llama_dir, tmp_path):
+    with pytest.raises(RopeConversionError, match="unknown variant"):
+        apply_rope_variant(tiny_llama_dir, "yarn", tmp_path / "x")
+    with pytest.raises(RopeConversionError, match="no config.json"):
+        apply_rope_variant(tmp_path, "abf", tmp_path / "y")
+    with pytest.raises(RopeConversionError, match="PI needs"):
+        apply_rope_variant(tiny_llama_dir, "pi", tmp_path / "z", seq_len=32)
+    with pytest.raises(RopeConversionError, match="must differ"):
+        apply_rope_variant(tiny_llama_dir, "abf", tiny_llama_dir)
+    with pytest.raises(ValueError, match="base must be"):
+        rope_config_changes({"max_position_embeddings": 64, "rope_theta": 1e4}, "abf", base=0.5)
