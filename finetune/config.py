@@ -1,0 +1,69 @@
+"""FinetuneConfig: the one settings model behind `longscale finetune`, its YAML file and `run_finetune()`."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class FinetuneConfig(BaseModel):
+    """Every knob of data assembly and training; CLI flags, YAML keys and Python kwargs share these names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # inputs / outputs
+    model: str = Field(description="HF model folder or hub id (loaded with trust_remote_code, RoPE settings kept)")
+    output: str = Field(description="output directory (dataset, stats, checkpoints, final model, loss curve)")
+    short_data: list[str] = Field(default_factory=list, description="FT-Short files/dirs: JSONL, Parquet or a saved datasets dir")
+    long_data: list[str] = Field(default_factory=list, description="data-factory output dirs (or their instances.jsonl)")
+    pretrain_data: list[str] = Field(default_factory=list, description="raw pretraining text: JSONL with 'text' or .txt files")
+
+    # assembly
+    pack_length: int = Field(16384, ge=16, description="tokens per packed short/pretrain row")
+    pack_attention: Literal["per-sample", "across"] = Field(
+        "per-sample", description="per-sample: attention stays inside each packed sample; across: plain concatenation")
+    max_length: int = Field(32768, ge=16, description="longest long sample accepted (tokens)")
+    pad_to: Literal["bucket", "max"] = Field("bucket", description="long rows: bucket (length-grouped, round up to "
+                                             "--pad-multiple) or max (every long row padded to --max-length)")
+    pad_multiple: int = Field(64, ge=1, description="bucket mode: long rows padded up to a multiple of this")
+    drop_overlong: bool = Field(False, description="drop (and count) long samples over --max-length instead of failing")
+    loss_on_long_input: bool = Field(True, description="LM loss on the long samples' input prompts (paper 4.3)")
+    loss_on_short_input: bool = Field(False, description="LM loss on the short samples' input prompts")
+    long_ratio: float | None = Field(None, ge=0, le=1, description="fraction of the mix that is long data (None: all)")
+    pretrain_ratio: float | None = Field(None, ge=0, le=1, description="fraction of the mix that is pretrain text")
+    mix_by: Literal["samples", "tokens"] = Field("samples", description="ratios count samples or tokens")
+    seed: int = Field(0, description="seed for mixing, shuffling and training")
+    prepare_only: bool = Field(False, description="write OUTPUT/dataset + dataset_stats.json and exit")
+
+    # training
+    lora_r: int = Field(0, ge=0, description="LoRA rank; 0 = full finetuning")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha")
+    lora_targets: list[str] = Field(default_factory=lambda: list(LORA_DEFAULT_TARGETS), description="LoRA target modules")
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (cosine schedule)")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of steps spent warming up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_tokens: int = Field(65536, ge=1, description="tokens per optimizer step (all devices); sets grad accumulation")
+    per_device_rows: int = Field(1, ge=1, description="rows per device micro-batch")
+    epochs: float = Field(1.0, gt=0, description="passes over the assembled data")
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use --epochs)")
+    bf16: bool | None = Field(None, description="bf16 weights/compute (default: where the device supports it)")
+    gradient_checkpointing: bool = Field(True, description="recompute activations in backward (less memory, ~25% slower)")
+    attn_implementation: Literal["sdpa", "flash_attention_2", "flex_attention", "eager"] = Field(
+        "sdpa", description="attention kernel")
+    torch_compile: bool = Field(False, description="torch.compile the model")
+    save_steps: int = Field(500, ge=1, description="checkpoint every N optimizer steps")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
+    resume: bool = Field(False, description="resume from the newest checkpoint in OUTPUT/checkpoints")
+    logging_steps: int = Field(1, ge=1, description="log the loss every N steps")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FinetuneConfig":
+        if not (self.short_data or self.long_data or self.pretrain_data):
+            raise ValueError("give at least one of --short-data, --long-data, --pretrain-data")
+        if (self.long_ratio or 0) + (self.pretrain_ratio or 0) > 1:
+            raise ValueError("--long-ratio plus --pretrain-ratio must not exceed 1")
+        if self.pad_to == "max" and self.pad_multiple > self.max_length:
+            raise ValueError("--pad-multiple is larger than --max-length")
+        return self

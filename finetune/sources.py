@@ -1,0 +1,141 @@
+"""Readers: FT-Short, the data factory's long instances, raw pretraining text -> plain records.
+
+Each record is a dict with `id`, `kind` ("short" | "long" | "pretrain") and either `messages` (chat turns) or
+`text`. Formats are auto-detected per record; anything unrecognised is a `DataError` naming the file and line,
+so a bad line never passes silently and nothing read so far is thrown away by the caller's choice.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from longscale.configcli import ConfigError
+
+
+class DataError(ConfigError):
+    """Input data could not be read or understood; the message names the file and line/record."""
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{number}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+
+
+def _table_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """Parquet files and saved `datasets` dirs, row by row."""
+    if path.is_dir():
+        import datasets
+
+        try:
+            table = datasets.load_from_disk(str(path))
+        except Exception as exc:  # datasets raises several types for "not a saved dataset"
+            raise DataError(f"{path}: not a saved datasets directory ({exc})") from exc
+        if isinstance(table, datasets.DatasetDict):
+            if "train" not in table:
+                raise DataError(f"{path}: DatasetDict without a 'train' split (has {list(table)})")
+            table = table["train"]
+        rows = iter(table)
+    else:
+        import pyarrow.parquet as pq
+
+        rows = iter(pq.read_table(path).to_pylist())
+    for number, row in enumerate(rows, 1):
+        yield f"{path}[row {number}]", row
+
+
+def _records(path: Path) -> Iterator[tuple[str, Any]]:
+    if not path.exists():
+        raise DataError(f"input not found: {path}")
+    if path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+        files = sorted(p for p in path.iterdir() if p.suffix in {".jsonl", ".parquet"})
+        if not files:
+            raise DataError(f"{path}: directory holds no .jsonl/.parquet files and is not a saved dataset")
+        for file in files:
+            yield from _records(file)
+    elif path.is_dir() or path.suffix == ".parquet":
+        yield from _table_rows(path)
+    elif path.suffix in {".jsonl", ".json"}:
+        yield from _jsonl(path)
+    else:
+        raise DataError(f"{path}: unsupported file type (use .jsonl, .parquet or a saved datasets dir)")
+
+
+def _check_messages(where: str, messages: Any) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+    for turn in messages:
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+            raise DataError(f"{where}: every message needs string 'role' and 'content' (got {turn!r:.80})")
+    if not any(turn["role"] == "assistant" for turn in messages):
+        raise DataError(f"{where}: no assistant turn, so there is nothing to learn")
+    return [{"role": t["role"], "content": t["content"]} for t in messages]
+
+
+def short_messages(where: str, row: Any) -> list[dict[str, str]]:
+    """One FT-Short record as chat messages: `messages`, prompt/completion or Alpaca instruction/input/output."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if "messages" in row:
+        return _check_messages(where, row["messages"])
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, list) and isinstance(completion, list):  # conversational prompt/completion
+            return _check_messages(where, prompt + completion)
+        if isinstance(prompt, str) and isinstance(completion, str):
+            return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    if "instruction" in row and "output" in row:
+        user = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
+        if isinstance(user, str) and isinstance(row["output"], str):
+            return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+    raise DataError(f"{where}: unrecognised record (need 'messages', 'prompt'+'completion', or Alpaca "
+                    f"'instruction'+'output'); keys: {sorted(row)}")
+
+
+def read_short(paths: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for path in paths:
+        for where, row in _records(Path(path)):
+            rid = str(row.get("id")) if isinstance(row, dict) and row.get("id") is not None else where
+            out.append({"id": rid, "kind": "short", "messages": short_messages(where, row)})
+    return out
+
+
+def read_long(paths: list[str]) -> list[dict[str, Any]]:
+    """Long QA instances written by the data factory (`instances.jsonl`), by directory or file."""
+    out = []
+    for path in map(Path, paths):
+        file = path / "instances.jsonl" if path.is_dir() else path
+        if not file.is_file():
+            raise DataError(f"long data: {file} not found (give a generation output dir holding instances.jsonl)")
+        for where, row in _jsonl(file):
+            if not isinstance(row, dict) or "id" not in row:
+                raise DataError(f"{where}: long instance needs an 'id'")
+            out.append({"id": str(row["id"]), "kind": "long", "messages": _check_messages(where, row.get("messages"))})
+    return out
+
+
+def read_pretrain(paths: list[str]) -> list[dict[str, Any]]:
+    """Raw text: .txt files (one document each) or JSONL with a 'text' field."""
+    out = []
+    for path in map(Path, paths):
+        files = sorted(path.glob("*.txt")) + sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+        if not files:
+            raise DataError(f"pretrain data: {path} holds no .txt/.jsonl files")
+        for file in files:
+            if not file.is_file():
+                raise DataError(f"pretrain data: {file} not found")
+            if file.suffix == ".txt":
+                out.append({"id": str(file), "kind": "pretrain", "text": file.read_text(encoding="utf-8")})
+                continue
+            for where, row in _jsonl(file):
+                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                    raise DataError(f"{where}: pretrain record needs a string 'text'")
+                out.append({"id": str(row.get("id", where)), "kind": "pretrain", "text": row["text"]})
+    return out

@@ -1,0 +1,141 @@
+"""Training: TRL's SFTTrainer on the assembled rows, labels used exactly as given.
+
+`skip_prepare_dataset` keeps TRL from re-tokenizing, truncating or re-masking; our `RowCollator` replaces
+TRL's (it pads and writes position ids from `seq_lengths`); `remove_unused_columns=False` keeps `seq_lengths`
+alive until the collator. TRL still supplies its fused, tiled LM head (log-probs only at positions with a
+label, so 32k x vocab logits are never materialised), LoRA via PEFT, and the Trainer loop (cosine schedule,
+warm-up, gradient accumulation, checkpoints, resume, accelerate/FSDP launch).
+The model is loaded with trust_remote_code and its config is never edited: an ABF or xPos checkpoint keeps
+its RoPE settings.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finetune.collate import RowCollator
+from finetune.config import FinetuneConfig
+
+log = logging.getLogger(__name__)
+
+
+def use_bf16(config: FinetuneConfig) -> bool:
+    if config.bf16 is not None:
+        return config.bf16
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def load_model(config: FinetuneConfig):
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if use_bf16(config) else torch.float32
+    return AutoModelForCausalLM.from_pretrained(config.model, trust_remote_code=True, dtype=dtype,
+                                                attn_implementation=config.attn_implementation)
+
+
+def accumulation_steps(config: FinetuneConfig, row_tokens: int, world_size: int) -> int:
+    """Micro-batches per optimizer step so that one step sees about `batch_tokens` tokens."""
+    per_micro = config.per_device_rows * row_tokens * world_size
+    return max(1, math.ceil(config.batch_tokens / per_micro))
+
+
+def sft_args(config: FinetuneConfig, row_tokens: int):
+    from trl import SFTConfig
+
+    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(Path(config.output) / "checkpoints"),
+        per_device_train_batch_size=config.per_device_rows,
+        gradient_accumulation_steps=accumulation_steps(config, row_tokens, world),
+        learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay, num_train_epochs=config.epochs, max_steps=config.max_steps,
+        bf16=use_bf16(config), gradient_checkpointing=config.gradient_checkpointing,
+        torch_compile=config.torch_compile, save_steps=config.save_steps, save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps, seed=config.seed, report_to="none", remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, length_column_name="length",
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+    )
+    if config.pad_to == "bucket" and config.per_device_rows > 1:
+        kwargs["train_sampling_strategy"] = "group_by_length"
+    return SFTConfig(**kwargs)
+
+
+def lora_config(config: FinetuneConfig):
+    if not config.lora_r:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_targets,
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
+
+
+def build_trainer(config: FinetuneConfig, dataset, tokenizer, model=None, callbacks=()):
+    """An SFTTrainer ready to `.train()`; `model` may be passed in (benchmarks use random-initialised ones)."""
+    from trl import SFTTrainer
+
+    model = model if model is not None else load_model(config)
+    row_tokens = max(dataset["length"]) if len(dataset) else config.pack_length
+    return SFTTrainer(model=model, args=sft_args(config, row_tokens), train_dataset=dataset,
+                      processing_class=tokenizer, peft_config=lora_config(config),
+                      data_collator=RowCollator(tokenizer.pad_token_id, config.pack_attention == "per-sample"),
+                      callbacks=list(callbacks))
+
+
+def latest_checkpoint(output: str) -> str | None:
+    found = sorted(Path(output, "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(found[-1]) if found else None
+
+
+def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path | None:
+    points = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*points), marker="o" if len(points) < 30 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("finetune loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def train(config: FinetuneConfig, dataset, tokenizer, model=None) -> dict[str, Any]:
+    """Train, save the final model (LoRA merged into it) and the loss curve; return losses and paths."""
+    from longscale.configcli import ConfigError
+
+    resume_from = None
+    if config.resume:
+        resume_from = latest_checkpoint(config.output)
+        if resume_from is None:
+            raise ConfigError(f"--resume: no checkpoint under {Path(config.output) / 'checkpoints'}")
+        log.info("resuming from %s", resume_from)
+    trainer = build_trainer(config, dataset, tokenizer, model=model)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    output = Path(config.output)
+    final = output / "final"
+    model = trainer.model
+    if config.lora_r:
+        trainer.save_model(str(output / "adapter"))
+        model = model.merge_and_unload()
+    model.save_pretrained(str(final))
+    tokenizer.save_pretrained(str(final))
+    history = trainer.state.log_history
+    (output / "train_log.json").write_text(json.dumps(history, indent=1))
+    curve = plot_loss(history, output / "loss_curve.png")
+    return {"losses": [h["loss"] for h in history if "loss" in h], "global_step": trainer.state.global_step,
+            "train_runtime_s": result.metrics.get("train_runtime"), "final_model": str(final),
+            "loss_curve": str(curve) if curve else None, "train_log": str(output / "train_log.json"),
+            "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps}
