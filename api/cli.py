@@ -1,0 +1,33 @@
+"""`longscale api`: serve the jobs API with uvicorn (settings from LONGSCALE_* environment variables)."""
+from __future__ import annotations
+
+import argparse
+
+from longscale.configcli import ConfigError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.main import check_auth_settings
+    from api.settings import get_api_settings, is_loopback
+
+    settings = get_api_settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    check_auth_settings(settings)
+    if settings.auth_disabled and not is_loopback(host):
+        raise ConfigError(f"LONGSCALE_AUTH_DISABLED=true serves loopback only; bind --host 127.0.0.1, not {host}, "
+                          "or set LONGSCALE_API_KEY")
+    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level=args.log_level,
+                workers=args.workers)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("api", help="serve the generation jobs API (FastAPI under /v1, docs at /docs)")
+    parser.add_argument("--host", default=None, help="bind address (default: LONGSCALE_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: LONGSCALE_PORT or 8080)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(func=_serve)

@@ -1,0 +1,45 @@
+"""The FastAPI app: /v1 routes, the body bound, metrics; OpenAPI at /docs and /openapi.json.
+
+`create_app()` is the uvicorn factory (`uvicorn --factory api.main:create_app`); settings come from the
+environment unless given.
+"""
+from __future__ import annotations
+
+import redis
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api.limits import BodySizeLimit
+from api.metrics import API_PREFIX, Metrics, MetricsMiddleware, record_route
+from api.routes import health, jobs
+from api.settings import ApiSettings, get_api_settings
+from longscale import __version__
+from longscale.configcli import ConfigError
+from worker.jobstore import JobStore
+
+
+async def _redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
+    return JSONResponse({"detail": f"job store unavailable (Redis: {type(exc).__name__}: {exc}); retry later"},
+                        status_code=503, headers={"Retry-After": "5"})
+
+
+def check_auth_settings(settings: ApiSettings) -> None:
+    if not settings.auth_disabled and not (settings.api_key and settings.api_key.get_secret_value()):
+        raise ConfigError("set LONGSCALE_API_KEY (clients send it as X-API-Key), or LONGSCALE_AUTH_DISABLED=true "
+                          "to serve loopback clients without a key")
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or get_api_settings()
+    check_auth_settings(settings)
+    app = FastAPI(title="longscale", version=__version__, dependencies=[Depends(record_route)],
+                  description="Generation jobs: long documents in, long-context QA instruction data out.")
+    app.state.settings = settings
+    app.state.store = JobStore.from_url(settings.redis_url)
+    app.state.metrics = Metrics(app.state.store)
+    app.include_router(jobs.router, prefix=API_PREFIX)
+    app.include_router(health.router, prefix=API_PREFIX)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_exception_handler(redis.RedisError, _redis_unavailable)
+    return app

@@ -1,0 +1,1 @@
+"""Celery workers for generation jobs: thin named tasks on validated JSON that call datafactory."""

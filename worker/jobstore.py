@@ -1,0 +1,147 @@
+"""Job state in Redis: one hash per job (status, counters, timings), a settled-documents set, an error list.
+
+Counting is idempotent: a document's outcome is added to the counters only when its id first enters the
+job's settled set (one Lua script, atomic), so a task that Redis redelivers after a worker died, or that
+Celery retries, never counts twice. The cancel flag lives in the same hash so one HGET answers it.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+
+PREFIX = "longscale"
+JOBS_INDEX = f"{PREFIX}:jobs"
+FINAL_STATES = ("succeeded", "partial", "failed", "cancelled")
+COUNTERS = ("documents_total", "documents_done", "documents_failed", "documents_cancelled", "qa_records",
+            "qa_accepted", "instances", "requests")
+TIMINGS = ("engine_seconds", "task_seconds")
+MAX_ERRORS = 200
+
+_SETTLE = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+class JobStore:
+    """Reads and writes job state; every method is one or two Redis round trips."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._settle = client.register_script(_SETTLE)
+
+    @classmethod
+    def from_url(cls, url: str) -> "JobStore":
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
+                                        socket_connect_timeout=5, health_check_interval=30))
+
+    def create(self, job_id: str, *, output_dir: str, config: dict, source: dict) -> None:
+        now = time.time()
+        fields: dict[str, Any] = {"id": job_id, "status": "queued", "created_at": now, "updated_at": now,
+                                  "output_dir": output_dir, "config": json.dumps(config),
+                                  "source": json.dumps(source), "cancel_requested": 0, "reason": ""}
+        fields.update({name: 0 for name in COUNTERS + TIMINGS})
+        with self.redis.pipeline() as pipe:
+            pipe.hset(_job_key(job_id), mapping=fields)
+            pipe.zadd(JOBS_INDEX, {job_id: now})
+            pipe.execute()
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.redis.exists(_job_key(job_id)))
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        self.redis.hset(_job_key(job_id), mapping={k: v for k, v in fields.items() if v is not None})
+
+    def set_status(self, job_id: str, status: str, reason: str | None = None) -> None:
+        fields: dict[str, Any] = {"status": status}
+        if reason is not None:
+            fields["reason"] = reason
+        if status == "running":
+            fields["started_at"] = time.time()
+        if status in FINAL_STATES:
+            fields["finished_at"] = time.time()
+        self.update(job_id, **fields)
+
+    def settle_document(self, job_id: str, document_id: str, counts: dict[str, float]) -> bool:
+        """Add one document's outcome to the counters, once; False when it was already settled."""
+        args: list[Any] = [document_id, time.time()]
+        for name, value in counts.items():
+            args += [name, value]
+        return bool(self._settle(keys=[_job_key(job_id), f"{_job_key(job_id)}:settled"], args=args))
+
+    def is_settled(self, job_id: str, document_id: str) -> bool:
+        return bool(self.redis.sismember(f"{_job_key(job_id)}:settled", document_id))
+
+    def add_error(self, job_id: str, document_id: str | None, error: str) -> None:
+        entry = json.dumps({"document": document_id, "error": error[:2000], "at": time.time()})
+        key = f"{_job_key(job_id)}:errors"
+        with self.redis.pipeline() as pipe:
+            pipe.rpush(key, entry)
+            pipe.ltrim(key, -MAX_ERRORS, -1)
+            pipe.execute()
+
+    def errors(self, job_id: str, limit: int = 50) -> list[dict]:
+        return [json.loads(e) for e in self.redis.lrange(f"{_job_key(job_id)}:errors", -limit, -1)]
+
+    def request_cancel(self, job_id: str) -> None:
+        self.update(job_id, cancel_requested=1)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.redis.hget(_job_key(job_id), "cancel_requested") == "1"
+
+    def get(self, job_id: str, *, with_errors: bool = True) -> dict | None:
+        raw = self.redis.hgetall(_job_key(job_id))
+        if not raw:
+            return None
+        job: dict[str, Any] = {"id": raw.get("id", job_id), "status": raw.get("status", "unknown"),
+                               "reason": raw.get("reason") or None, "output_dir": raw.get("output_dir"),
+                               "cancel_requested": raw.get("cancel_requested") == "1"}
+        for name in COUNTERS:
+            job[name] = int(float(raw.get(name, 0) or 0))
+        for name in TIMINGS:
+            job[name] = round(float(raw.get(name, 0) or 0), 3)
+        for name in ("created_at", "started_at", "finished_at", "updated_at"):
+            job[name] = float(raw[name]) if raw.get(name) else None
+        job["config"] = json.loads(raw.get("config") or "{}")
+        job["source"] = json.loads(raw.get("source") or "{}")
+        start = job["started_at"] or job["created_at"]
+        end = job["finished_at"] or time.time()
+        elapsed = max(end - start, 1e-9) if start else 0.0
+        job["elapsed_seconds"] = round(elapsed, 3)
+        job["documents_per_second"] = round(job["documents_done"] / elapsed, 4) if elapsed else 0.0
+        job["requests_per_second"] = round(job["requests"] / elapsed, 4) if elapsed else 0.0
+        if with_errors:
+            job["errors"] = self.errors(job_id)
+        return job
+
+    def list(self, offset: int = 0, limit: int = 50) -> tuple[int, list[dict]]:
+        """Newest first."""
+        total = self.redis.zcard(JOBS_INDEX)
+        ids = self.redis.zrevrange(JOBS_INDEX, offset, offset + limit - 1)
+        jobs = [job for job in (self.get(i, with_errors=False) for i in ids) if job]
+        return total, jobs
+
+    def count_by_status(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for job_id in self.redis.zrange(JOBS_INDEX, 0, -1):
+            status = self.redis.hget(_job_key(job_id), "status") or "unknown"
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())

@@ -1,0 +1,59 @@
+"""The job's document spool: documents normalised to one JSON line each, so a task carries only a reference.
+
+Task payloads stay small (a path, a byte offset, an id) however long the documents are; the spool lives in
+a hidden folder of the job's output directory, which every worker must see anyway (shared storage), and is
+removed when the job ends.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from datafactory.documents import Document
+
+SPOOL_DIR = ".longscale-spool"
+
+
+class DocumentRef(BaseModel):
+    """Where one document lies in the spool."""
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    path: str
+    offset: int = Field(ge=0)
+    length: int = Field(ge=1)
+
+
+def spool_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / SPOOL_DIR
+
+
+def write_spool(documents: list[Document], output_dir: str | Path) -> list[DocumentRef]:
+    folder = spool_dir(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "documents.jsonl"
+    refs: list[DocumentRef] = []
+    with path.open("wb") as fh:
+        for doc in documents:
+            line = (json.dumps({"id": doc.id, "text": doc.text, "meta": doc.meta}, ensure_ascii=False) + "\n")
+            data = line.encode("utf-8")
+            refs.append(DocumentRef(id=doc.id, path=str(path.resolve()), offset=fh.tell(), length=len(data)))
+            fh.write(data)
+    return refs
+
+
+def read_document(ref: DocumentRef) -> Document:
+    with open(ref.path, "rb") as fh:
+        fh.seek(ref.offset)
+        record = json.loads(fh.read(ref.length))
+    if record.get("id") != ref.id:
+        raise ValueError(f"spool {ref.path} at byte {ref.offset} holds document {record.get('id')!r}, "
+                         f"not {ref.id!r} (the spool was rewritten under a running job)")
+    return Document(id=record["id"], text=record["text"], meta=record.get("meta") or {})
+
+
+def remove_spool(output_dir: str | Path) -> None:
+    shutil.rmtree(spool_dir(output_dir), ignore_errors=True)

@@ -1,0 +1,82 @@
+"""Submit a generation job to the Celery workers and (optionally) wait for it with a progress bar.
+
+`longscale generate --broker redis://...` calls `submit_generation`; the API calls `start_job` and
+returns at once. Both only write the job's record to Redis and send one `longscale.prepare_job` task
+by name, so the submitter needs neither the task code nor a model.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+from datafactory.config import GenerationConfig
+from worker.celery_app import make_celery
+from worker.jobstore import FINAL_STATES, JobStore, new_job_id
+from worker.settings import get_worker_settings
+
+
+def start_job(store: JobStore, broker_url: str, input_paths: Sequence[str | Path], config: GenerationConfig,
+              output_dir: str | Path, *, job_id: str | None = None, source: dict | None = None) -> str:
+    """Record the job (status queued) and send its fan-out task; returns the job id."""
+    job_id = job_id or new_job_id()
+    output_dir = str(Path(output_dir).resolve())
+    paths = [str(Path(p).expanduser().resolve()) for p in input_paths]
+    store.create(job_id, output_dir=output_dir, config=config.public_dict(),
+                 source=source or {"kind": "paths", "paths": paths})
+    app = make_celery(broker_url)
+    app.send_task("longscale.prepare_job", queue=get_worker_settings().queue,
+                  args=[job_id, {"input_paths": paths, "output_dir": output_dir}, config.model_dump(mode="json")])
+    return job_id
+
+
+def wait_for_job(store: JobStore, job_id: str, *, progress: bool = True, poll_seconds: float = 0.5,
+                 timeout: float | None = None) -> dict:
+    """Poll the job until it ends; a rich bar shows documents settled, rate and ETA."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    bar = None
+    if progress:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+        bar = Progress(TextColumn("[bold]job {task.fields[job]}[/] {task.fields[status]}"), BarColumn(),
+                       MofNCompleteColumn(), TextColumn("{task.fields[qa]} QA, {task.fields[rps]} req/s"),
+                       TimeElapsedColumn(), TimeRemainingColumn())
+        bar.start()
+        task = bar.add_task("job", total=None, job=job_id, status="queued", qa=0, rps=0.0)
+    try:
+        while True:
+            job = store.get(job_id)
+            if job is None:
+                raise RuntimeError(f"job {job_id} vanished from Redis (was Redis flushed or restarted?)")
+            if bar is not None:
+                settled = job["documents_done"] + job["documents_failed"] + job["documents_cancelled"]
+                bar.update(task, total=job["documents_total"] or None, completed=settled, status=job["status"],
+                           qa=job["qa_records"], rps=job["requests_per_second"])
+            if job["status"] in FINAL_STATES:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:.0f}s")
+            time.sleep(poll_seconds)
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def submit_generation(input_paths: Sequence[str | Path], config: GenerationConfig, output_dir: str | Path,
+                      broker_url: str | None = None, *, wait: bool = True, progress: bool = True) -> dict:
+    """Run a generation job on the Celery workers; returns the job record (final when `wait`).
+
+    Ctrl-C while waiting cancels the job: documents not yet started are skipped, finished records are kept.
+    """
+    url = broker_url or get_worker_settings().redis_url
+    store = JobStore.from_url(url)
+    job_id = start_job(store, url, input_paths, config, output_dir)
+    if not wait:
+        return store.get(job_id)
+    try:
+        return wait_for_job(store, job_id, progress=progress)
+    except KeyboardInterrupt:
+        store.request_cancel(job_id)
+        print(f"cancelling job {job_id}: documents not started are skipped; records written so far are kept "
+              f"in {output_dir}")
+        raise
