@@ -97,3 +97,28 @@ def save_hf(model, output: str | Path, tokenizer=None) -> Path:
         extra["auto_map"] = xpos_config_changes(True)["auto_map"]
     patch_config_file(output, extra)
     return output
+
+
+def load_variant_model(model_dir: str | Path, variant: str, *, base: float | None = None,
+                       seq_len: int | None = None, **kwargs):
+    """Load `model_dir` with `variant` applied in memory (`keep` = as saved); weights are untouched."""
+    from transformers import AutoConfig
+
+    if variant == "keep":
+        return load_model(model_dir, **kwargs)
+    config = _read_config(Path(model_dir))
+    changes = rope_config_changes(config, variant, base=base, seq_len=seq_len)
+    changes.update(xpos_config_changes(variant == "xpos-abf"))
+    if variant == "xpos-abf":
+        changes["xpos_center"] = changes["max_position_embeddings"] // 2
+    merged = {k: v for k, v in (config | changes).items() if v is not None}
+    merged.pop("rope_scaling", None)  # rope_parameters says it all for transformers
+    if variant == "xpos-abf":
+        from pretrain.xpos_modeling import XPosLlamaConfig, XPosLlamaForCausalLM
+
+        merged.pop("model_type"), merged.pop("auto_map")
+        return XPosLlamaForCausalLM.from_pretrained(model_dir, config=XPosLlamaConfig(**merged), **kwargs)
+    from transformers import AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**merged)
+    return AutoModelForCausalLM.from_pretrained(model_dir, config=cfg, **kwargs)

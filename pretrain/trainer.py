@@ -1,0 +1,231 @@
+"""The continual pretrainer: a plain torch loop over one single-device model (torchtitan style).
+
+Per optimizer step the same number of tokens is seen at every sequence length: micro-batch and
+accumulation are derived from `tokens_per_step`, the current curriculum length and the world size.
+bf16 compute (autocast over fp32 or bf16 parameters), SDPA attention, optional full or selective
+activation checkpointing, per-layer torch.compile, fused AdamW, chunked cross-entropy, warm-up +
+cosine schedule, atomic checkpoints with exact resume, a progress bar with loss and tokens/s,
+metrics.jsonl and loss_curve.png. Under torchrun, `pretrain.distributed` shards it with FSDP2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from pretrain import distributed
+from pretrain.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from pretrain.config import PretrainConfig
+from pretrain.data import build_stream, parse_curriculum, seq_len_at
+from pretrain.loss import chunked_lm_loss
+
+log = logging.getLogger(__name__)
+
+
+def step_shape(tokens_per_step: int, seq_len: int, max_micro_batch: int, world: int = 1) -> tuple[int, int]:
+    """(micro_batch, accumulation) so that micro_batch * accumulation * seq_len * world == tokens_per_step."""
+    sequences = tokens_per_step // seq_len
+    if sequences * seq_len != tokens_per_step or sequences % world:
+        raise ValueError(f"tokens_per_step {tokens_per_step} must be a multiple of seq_len {seq_len} x world {world}")
+    per_rank = sequences // world
+    micro = max(d for d in range(1, min(max_micro_batch, per_rank) + 1) if per_rank % d == 0)
+    return micro, per_rank // micro
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    """Linear warm-up to 1, then cosine down to `min_ratio` at `total` steps."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def configure_checkpointing(model, mode: str, every: int) -> None:
+    """full: every decoder layer recomputes; selective: every `every`-th; none: off."""
+    if mode == "none":
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if mode == "selective":
+        for i, layer in enumerate(model.model.layers):
+            layer.gradient_checkpointing = i % every == 0
+
+
+def build_optimizer(model, cfg: PretrainConfig, device: torch.device):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused, foreach=None if fused else False)
+
+
+def model_loss(model, input_ids: torch.Tensor, chunk: int, compute_dtype: torch.dtype) -> torch.Tensor:
+    """Mean next-token loss through the base model + chunked cross-entropy (no full logits)."""
+    hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state
+    return chunked_lm_loss(hidden, model.lm_head.weight, input_ids, chunk=chunk, compute_dtype=compute_dtype)
+
+
+def plot_loss(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([h["tokens"] / 1e6 for h in history], [h["loss"] for h in history], lw=1)
+    ax.set_xlabel("tokens (M)"), ax.set_ylabel("training loss"), ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+class Pretrainer:
+    """Owns one run: model, optimizer, schedule, data stream and checkpoints."""
+
+    def __init__(self, cfg: PretrainConfig, *, show_progress: bool = True):
+        from transformers import AutoTokenizer
+
+        from pretrain.apply import load_model, load_variant_model
+
+        self.cfg, self.show_progress = cfg, show_progress
+        self.out = Path(cfg.output)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world, local = distributed.init()
+        self.device = resolve_device(cfg.device) if self.world == 1 else torch.device("cuda", local)
+        self.stages = parse_curriculum(cfg.curriculum, cfg.seq_len)
+        self.max_len = max(length for length, _ in self.stages)
+        self.total_steps = math.ceil(cfg.total_tokens / cfg.tokens_per_step)
+        self.compute_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        param_dtype = torch.bfloat16 if cfg.param_dtype == "bf16" else torch.float32
+        torch.manual_seed(cfg.seed)
+
+        resume_from = latest_checkpoint(self.out) if cfg.resume else None
+        load_kw = dict(dtype=param_dtype, attn_implementation=cfg.attn)
+        if resume_from:
+            self.model = load_model(resume_from, **load_kw)
+        else:
+            self.model = load_variant_model(cfg.model, cfg.variant, base=cfg.rope_base, seq_len=self.max_len, **load_kw)
+        self.tokenizer = AutoTokenizer.from_pretrained(resume_from or cfg.model)
+        self.model.config.use_cache = False
+        self.model.to(self.device).train()
+        configure_checkpointing(self.model, cfg.grad_ckpt, cfg.ckpt_every_layers)
+        if cfg.compile:
+            for layer in self.model.model.layers:
+                layer.compile()
+        self.model = distributed.wrap(self.model, self.world)
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio))
+        self.stream = build_stream(cfg.source, self.tokenizer, seed=cfg.seed, long_doc_tokens=cfg.long_doc_tokens,
+                                   long_upsample=cfg.long_upsample, show_progress=show_progress and self.rank == 0)
+        self.step, self.tokens, self.history = 0, 0, []
+        if resume_from:
+            state = load_trainer_state(resume_from)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.stream.load_state_dict(state["data"])
+            self.step, self.tokens, self.history = state["step"], state["tokens"], state["history"]
+            set_rng_state(state["rng"])
+            log.info("resumed from %s at step %d (%d tokens)", resume_from, self.step, self.tokens)
+        self.resumed_from = resume_from
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        seq_len = seq_len_at(self.stages, self.tokens, cfg.total_tokens)
+        micro, accum = step_shape(cfg.tokens_per_step, seq_len, cfg.max_micro_batch, self.world)
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(accum):
+            batch = distributed.take_batch(self.stream, micro, seq_len, self.rank, self.world).to(self.device)
+            with self._autocast():
+                loss = model_loss(self.model, batch, cfg.loss_chunk_tokens, self.compute_dtype) / accum
+            loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                     if cfg.grad_clip > 0 else torch.zeros(()))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = distributed.mean(loss_sum, self.world).item()
+        elapsed = time.perf_counter() - started
+        self.step += 1
+        self.tokens += cfg.tokens_per_step
+        record = {"step": self.step, "tokens": self.tokens, "seq_len": seq_len, "micro_batch": micro,
+                  "accumulation": accum, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+                  "tokens_per_s": cfg.tokens_per_step / elapsed}
+        self.history.append(record)
+        return record
+
+    def save(self) -> Path | None:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "data": self.stream.state_dict(), "step": self.step, "tokens": self.tokens,
+                 "history": self.history, "config": self.cfg.model_dump()}
+        if self.rank != 0:
+            return None
+        return save_checkpoint(self.out, self.step, distributed.unwrap(self.model), self.tokenizer, state,
+                               keep=self.cfg.keep_checkpoints)
+
+    def _write_metrics(self) -> None:
+        with open(self.out / "metrics.jsonl", "w") as fh:
+            for rec in self.history:
+                fh.write(json.dumps(rec) + "\n")
+
+    def run(self) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        last = min(self.total_steps, cfg.max_steps or self.total_steps)
+        bar = tqdm(total=last, initial=self.step, desc="pretrain", unit="step",
+                   disable=not self.show_progress or self.rank != 0)
+        try:
+            while self.step < last:
+                rec = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", seq=rec["seq_len"], tok_s=f"{rec['tokens_per_s']:.0f}",
+                                lr=f"{rec['lr']:.2e}")
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < last:
+                    self.save()
+                    self._write_metrics()
+        finally:
+            bar.close()
+            if self.rank == 0:
+                self._write_metrics()
+                plot_loss(self.history, self.out / "loss_curve.png", f"{cfg.variant} @ {self.max_len}")
+        self.save()
+        if self.rank == 0:
+            final = self.out / "final"
+            from pretrain.apply import save_hf
+
+            save_hf(distributed.unwrap(self.model), final, self.tokenizer)
+        summary = {"steps": self.step, "tokens": self.tokens, "final_loss": self.history[-1]["loss"] if self.history else None,
+                   "output": str(self.out / "final"), "resumed_from": str(self.resumed_from) if self.resumed_from else None}
+        if self.rank == 0:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def pretrain(cfg: PretrainConfig, *, show_progress: bool = True) -> dict:
+    return Pretrainer(cfg, show_progress=show_progress).run()

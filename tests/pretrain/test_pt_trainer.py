@@ -1,0 +1,149 @@
+"""The continual pretrainer: exact resume, token budget per step, curriculum, sources, chunked loss."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from longscale.configcli import ConfigError, resolve_config
+from pretrain.config import PretrainConfig
+from pretrain.data import DataSourceError, PackedStream, SourceSpec, build_stream, parse_curriculum, seq_len_at
+from pretrain.loss import chunked_lm_loss, per_token_losses
+from pretrain.trainer import lr_lambda, pretrain, step_shape
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, embedded_model_dir):
+    """A tiny random Llama with the embedded model's real tokenizer."""
+    out = tmp_path_factory.mktemp("tinytrain") / "model"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 tie_word_embeddings=True,
+                                 rope_parameters={"rope_type": "default", "rope_theta": 10_000.0})).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(embedded_model_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("texts")
+    words = "the quick brown fox jumps over the lazy dog and runs into the forest where owls sing".split()
+    for i in range(3):
+        (d / f"doc{i}.txt").write_text(" ".join(words[(i + j) % len(words)] for j in range(400 + 300 * i)))
+    return d
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_reproduces_the_loss_trajectory_exactly(tiny_model, text_dir, tmp_path):
+    base = dict(model=str(tiny_model), variant="xpos-abf", rope_base=1e5, source=[f"books={text_dir}:1"],
+                seq_len=128, tokens_per_step=512, max_micro_batch=2, total_tokens=512 * 6, lr=1e-3,
+                warmup_steps=2, device="cpu")
+    pretrain(PretrainConfig(**base, output=str(tmp_path / "straight")), show_progress=False)
+    pretrain(PretrainConfig(**base, output=str(tmp_path / "split"), max_steps=3), show_progress=False)
+    summary = pretrain(PretrainConfig(**base, output=str(tmp_path / "split"), resume=True), show_progress=False)
+    assert summary["resumed_from"].endswith("step-0000003")
+    straight, split = _losses(tmp_path / "straight"), _losses(tmp_path / "split")
+    assert len(straight) == 6 and straight == split  # bitwise: model, optimizer, schedule, RNG, data position
+    assert straight[-1] < straight[0]
+    assert (tmp_path / "straight" / "loss_curve.png").stat().st_size > 1000
+    cfg = json.loads((tmp_path / "straight" / "final" / "config.json").read_text())
+    assert cfg["model_type"] == "xpos_llama" and cfg["rope_theta"] == 1e5 and cfg["max_position_embeddings"] == 128
+
+
+def test_same_tokens_per_step_at_every_length_and_curriculum(tiny_model, text_dir, tmp_path):
+    cfg = PretrainConfig(model=str(tiny_model), output=str(tmp_path / "cur"), variant="pi", source=[str(text_dir)],
+                         seq_len=256, curriculum="64:0.5,256", tokens_per_step=512, max_micro_batch=4,
+                         total_tokens=512 * 4, lr=1e-3, warmup_steps=0, device="cpu")
+    pretrain(cfg, show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "cur" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["seq_len"] for r in rows] == [64, 64, 256, 256]
+    assert all(r["micro_batch"] * r["accumulation"] * r["seq_len"] == 512 for r in rows)
+    assert [(r["micro_batch"], r["accumulation"]) for r in rows] == [(4, 2), (4, 2), (2, 1), (2, 1)]
+
+
+def test_step_shape_and_schedule():
+    assert step_shape(4_194_304, 4096, 8) == (8, 128)
+    assert step_shape(4_194_304, 32768, 8) == (8, 16)
+    assert step_shape(65536, 32768, 1, world=2) == (1, 1)
+    with pytest.raises(ValueError):
+        step_shape(1000, 300, 1)
+    f = lr_lambda(10, 110, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
+
+
+def test_curriculum_parsing():
+    stages = parse_curriculum("4096:0.2,32768", 32768)
+    assert stages == [(4096, 0.2), (32768, 1.0)]
+    assert seq_len_at(stages, 0, 100) == 4096 and seq_len_at(stages, 20, 100) == 32768
+    for bad in ("4096:0.5,8192:0.3,16384", "x:0.2,1", "4096:0.2,8192:0.5"):
+        with pytest.raises(ValueError):
+            parse_curriculum(bad, 1)
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: m\noutput: o\nseq_len: 3000\ntokens_per_step: 4096\ntotal_tokens: 8192\n")
+    with pytest.raises(ConfigError, match="not a multiple"):
+        resolve_config(PretrainConfig, yaml_path=bad)
+    bad.write_text("model: m\noutput: o\n")
+    with pytest.raises(ConfigError, match="total-tokens"):
+        resolve_config(PretrainConfig, yaml_path=bad)
+
+
+def test_sources_jsonl_parquet_txt_weights_and_long_upsampling(tmp_path, embedded_model_dir):
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "alpha " * 50}) + "\n\n" + json.dumps({"text": "beta"}) + "\n")
+    pq.write_table(pa.table({"text": ["gamma " * 10]}), tmp_path / "c.parquet")
+    stream = build_stream([f"j={tmp_path / 'a.jsonl'}:2", f"p={tmp_path / 'c.parquet'}:0.5"], tok,
+                          long_doc_tokens=40, long_upsample=3, show_progress=False)
+    assert len(stream.docs) == 3 and stream.weights == [2, 2, 0.5]
+    order = stream.epoch_order(0)
+    assert order.count(0) == 6 and order.count(1) == 2 and order.count(2) in (0, 1)  # long doc x2 x3
+    seq = stream.next_sequence(200)
+    assert seq.shape == (200,) and (seq == tok.eos_token_id).sum() >= 1
+    assert SourceSpec.parse(f"{tmp_path / 'a.jsonl'}").weight == 1.0
+    with pytest.raises(DataSourceError, match="does not exist"):
+        SourceSpec.parse("x=/nonexistent/path:1")
+    (tmp_path / "bad.jsonl").write_text('{"txt": 1}\n')
+    with pytest.raises(DataSourceError, match="bad.jsonl:1"):
+        build_stream([str(tmp_path / "bad.jsonl")], tok, show_progress=False)
+
+
+def test_stream_resumes_on_the_next_token():
+    stream = PackedStream([[1, 2, 3], [4, 5], [6, 7, 8, 9]], [1, 1, 1], eos_id=0, seed=3)
+    first = [stream.next_sequence(4) for _ in range(3)]
+    state = stream.state_dict()
+    rest = [stream.next_sequence(5) for _ in range(4)]
+    again = PackedStream([[1, 2, 3], [4, 5], [6, 7, 8, 9]], [1, 1, 1], eos_id=0, seed=3)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(rest, [again.next_sequence(5) for _ in range(4)]))
+    assert sorted(torch.cat(first).tolist()[:12]) != []
+
+
+def test_chunked_loss_equals_full_cross_entropy():
+    torch.manual_seed(0)
+    h = torch.randn(2, 33, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    x = torch.randint(0, 50, (2, 33))
+    loss = chunked_lm_loss(h, w, x, chunk=7)
+    loss.backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = F.cross_entropy((h[:, :-1] @ w.T).reshape(-1, 50), x[:, 1:].reshape(-1))
+    ref.backward()
+    assert torch.allclose(loss, ref, atol=1e-5)
+    assert torch.allclose(gh, h.grad, atol=1e-6) and torch.allclose(gw, w.grad, atol=1e-6)
+    per = per_token_losses(h, w, x, chunk=5)
+    assert per.shape == (2, 32) and torch.allclose(per.mean(), ref, atol=1e-5)
