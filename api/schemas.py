@@ -51,6 +51,7 @@ class Job(BaseModel):
     documents_done: int = 0
     documents_failed: int = 0
     documents_cancelled: int = 0
+    documents_too_short: int = 0
     qa_records: int = 0
     qa_accepted: int = 0
     instances: int = 0

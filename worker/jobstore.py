@@ -16,7 +16,8 @@ import redis
 PREFIX = "longscale"
 JOBS_INDEX = f"{PREFIX}:jobs"
 FINAL_STATES = ("succeeded", "partial", "failed", "cancelled")
-COUNTERS = ("documents_total", "documents_done", "documents_failed", "documents_cancelled", "qa_records",
+COUNTERS = ("documents_total", "documents_done", "documents_failed", "documents_cancelled", "documents_too_short",
+            "qa_records",
             "qa_accepted", "instances", "requests")
 TIMINGS = ("engine_seconds", "task_seconds")
 MAX_ERRORS = 200

@@ -1,0 +1,111 @@
+"""The worker's only contact with datafactory: load inputs, run one document, write Parquet + manifest.
+
+A worker process keeps one engine and one set of tokenizers per generation config (a job's config is
+the same for all its documents), and one `OutputWriter` per output directory (it reads other writers'
+ids incrementally, so re-checking `done_ids()` before each document costs only the new bytes).
+
+Engine failures: the engine already retried each request with back-off. When any request of a document
+still failed, nothing is written and `EngineUnavailable` asks the task to retry the whole document later;
+on the last attempt the records are written as the in-process run would write them (failed requests as
+`engine_error` rejections), unless every request failed -- then nothing is written and the document
+fails, so a later run generates it afresh.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datafactory.config import GenerationConfig
+from datafactory.documents import Document, load_documents  # noqa: F401  (re-exported for the tasks)
+from datafactory.engines import EngineError, build_engine
+from datafactory.output import OutputWriter, read_jsonl, QA_FILE
+from datafactory.pipeline import load_tokenizers, process_document
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine could not be built or failed requests after its own retries; retry the document later."""
+
+
+@dataclass
+class Outcome:
+    qa_records: int
+    qa_accepted: int
+    instances: int
+    requests: int
+    engine_seconds: float
+    too_short: bool
+    engine_errors: int
+
+
+_runtimes: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+_writers: dict[str, OutputWriter] = {}
+
+
+def _runtime(config: GenerationConfig) -> tuple[Any, Any]:
+    """(engine, tokenizers) for this config, built once per process; two configs kept at most."""
+    key = config.model_dump_json()
+    if key in _runtimes:
+        _runtimes.move_to_end(key)
+        return _runtimes[key]
+    try:
+        engine = build_engine(config)
+    except EngineError as exc:
+        raise EngineUnavailable(str(exc)) from exc
+    runtime = (engine, load_tokenizers(config))
+    _runtimes[key] = runtime
+    while len(_runtimes) > 2:
+        old_engine, _ = _runtimes.popitem(last=False)[1]
+        old_engine.close()
+    return runtime
+
+
+def writer_for(output_dir: str | Path) -> OutputWriter:
+    key = str(Path(output_dir).resolve())
+    if key not in _writers:
+        _writers[key] = OutputWriter(key)
+    return _writers[key]
+
+
+def check_output_dir(output_dir: str | Path, config: GenerationConfig) -> None:
+    """Refuse (OutputDirError) an output directory that holds a run with other record-shaping settings."""
+    writer_for(output_dir).check_compatible(config.public_dict())
+
+
+def run_document(document: Document, config: GenerationConfig, output_dir: str | Path, *,
+                 last_attempt: bool) -> Outcome:
+    engine, tokenizers = _runtime(config)
+    writer = writer_for(output_dir)
+    started = time.perf_counter()
+    result = process_document(document, config, engine, tokenizers, writer.done_ids())
+    engine_seconds = time.perf_counter() - started
+    failed = [r for r in result.qa_records if r.get("reject_reason") == "engine_error"]
+    if failed and (not last_attempt or len(failed) == len(result.qa_records)):
+        raise EngineUnavailable(f"{len(failed)} of {len(result.qa_records)} requests failed after the engine's "
+                                f"retries: {failed[0].get('engine_error')}")
+    writer.append(result.qa_records, result.instances)
+    return Outcome(qa_records=len(result.qa_records),
+                   qa_accepted=sum(1 for r in result.qa_records if r["accepted"]),
+                   instances=len(result.instances), requests=result.requests, engine_seconds=engine_seconds,
+                   too_short=result.skipped == "too_short", engine_errors=len(failed))
+
+
+def finalize_output(output_dir: str | Path, config: GenerationConfig, job: dict, status: str,
+                    reason: str | None) -> dict:
+    """Parquet copies and manifest.json, as `longscale generate` writes them, plus the job's record."""
+    writer = writer_for(output_dir)
+    first = next(read_jsonl(Path(output_dir) / QA_FILE), None)
+    model = (first or {}).get("model") or config.model
+    timings = {"generation_s": job["elapsed_seconds"], "engine_s": job["engine_seconds"],
+               "task_s": job["task_seconds"]}
+    this_run = {"documents": job["documents_total"], "processed": job["documents_done"],
+                "too_short": job.get("documents_too_short", 0), "failed": job["documents_failed"],
+                "cancelled": job["documents_cancelled"], "qa_new": job["qa_records"],
+                "accepted_new": job["qa_accepted"], "requests": job["requests"],
+                "requests_per_s": job["requests_per_second"]}
+    job_view = {"id": job["id"], "status": status, "reason": reason, "errors": job.get("errors", [])[:20]}
+    manifest_status = "complete" if status == "succeeded" else status
+    return writer.finalize(config.public_dict(), model, timings, extra={"this_run": this_run, "job": job_view},
+                           status=manifest_status)
