@@ -4,10 +4,14 @@ Names are loaded lazily so `python -m datafactory.testing.fault_server` does not
 """
 from __future__ import annotations
 
-__all__ = ["CANNED_QA", "CANNED_VERDICT", "FaultInjectingServer", "FaultSpec"]
+__all__ = ["CANNED_QA", "CANNED_VERDICT", "FaultInjectingServer", "FaultSpec", "TransformersServe"]
 
 
 def __getattr__(name: str):
+    if name == "TransformersServe":
+        from datafactory.testing.transformers_serve import TransformersServe
+
+        return TransformersServe
     if name in __all__:
         from datafactory.testing import fault_server
 
