@@ -1,0 +1,174 @@
+"""Token-aware chunking with the generator's tokenizer.
+
+Each document is tokenized once (a fast tokenizer's `Encoding`); chunk boundaries are found by asking the
+encoding for the character span of a handful of tokens (`token_to_chars`), never by materialising the
+offsets of every token, so chunking costs little more than the tokenization itself (benchmark (b)).
+A chunk holds at most `chunk_tokens` tokens and is cut, in order of preference, after a paragraph break,
+after a sentence end, or at a token boundary, never shorter than half the budget (except the last one).
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*\s+")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    token_start: int
+    token_end: int
+    char_start: int
+    char_end: int
+    text: str
+
+    @property
+    def n_tokens(self) -> int:
+        return self.token_end - self.token_start
+
+    @property
+    def token_span(self) -> tuple[int, int]:
+        return (self.token_start, self.token_end)
+
+    @property
+    def char_span(self) -> tuple[int, int]:
+        return (self.char_start, self.char_end)
+
+
+def backend_of(tokenizer: Any):
+    """The `tokenizers.Tokenizer` behind a transformers fast tokenizer (or the object itself)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if backend is None and hasattr(tokenizer, "encode_batch"):
+        backend = tokenizer
+    if backend is None:
+        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; chunking needs character offsets "
+                        "(load the tokenizer with use_fast=True or pass a tokenizer.json directory)")
+    if backend.truncation is not None or backend.padding is not None:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+    return backend
+
+
+class TokenizedText:
+    """A text and its encoding; character positions of tokens are looked up lazily."""
+
+    def __init__(self, text: str, encoding: Any):
+        self.text = text
+        self.encoding = encoding
+        self.n_tokens = len(encoding)
+
+    def start_char(self, token: int) -> int:
+        """Character where `token` starts (len(text) past the end)."""
+        if token >= self.n_tokens:
+            return len(self.text)
+        span = self.encoding.token_to_chars(token)
+        return span[0] if span else self.start_char(token + 1)
+
+    def end_char(self, token: int) -> int:
+        """Character just after `token` (0 before the start)."""
+        if token < 0:
+            return 0
+        span = self.encoding.token_to_chars(token)
+        return span[1] if span else self.end_char(token - 1)
+
+    def first_token_at(self, char: int) -> int:
+        """Index of the first token that starts at or after `char` (binary search, O(log n) lookups)."""
+        lo, hi = 0, self.n_tokens
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.start_char(mid) < char:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def last_token_before(self, char: int) -> int:
+        """Index just past the last token that ends at or before `char`."""
+        lo, hi = 0, self.n_tokens
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.end_char(mid) <= char:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+
+def tokenize_texts(texts: Sequence[str], tokenizer: Any) -> list[TokenizedText]:
+    """Tokenize many texts in one batched call (the Rust side runs them in parallel)."""
+    encodings = backend_of(tokenizer).encode_batch(list(texts), add_special_tokens=False)
+    return [TokenizedText(text, enc) for text, enc in zip(texts, encodings)]
+
+
+def count_tokens(texts: Sequence[str], tokenizer: Any) -> list[int]:
+    return [len(enc) for enc in backend_of(tokenizer).encode_batch(list(texts), add_special_tokens=False)]
+
+
+def _last_match_end(pattern: re.Pattern[str], text: str, lo: int, hi: int) -> int | None:
+    last = None
+    for match in pattern.finditer(text, lo, hi):
+        last = match.end()
+    return last
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def chunk_document(tokenized: TokenizedText, chunk_tokens: int) -> list[Chunk]:
+    """Split a tokenized document into chunks of at most `chunk_tokens` tokens on natural boundaries."""
+    if chunk_tokens < 1:
+        raise ValueError("chunk_tokens must be positive")
+    text, n = tokenized.text, tokenized.n_tokens
+    chunks: list[Chunk] = []
+    start = 0
+    while start < n:
+        limit = min(start + chunk_tokens, n)
+        end = limit
+        if limit < n:
+            lo_char = tokenized.start_char(start + max(1, chunk_tokens // 2))
+            hi_char = tokenized.start_char(limit)  # a cut at or before this keeps the chunk within budget
+            cut = _last_match_end(_PARAGRAPH_BREAK, text, lo_char, hi_char)
+            if cut is None:
+                cut = _last_match_end(_SENTENCE_END, text, lo_char, hi_char)
+            if cut is not None:
+                end = min(limit, max(start + 1, tokenized.first_token_at(cut)))
+        char_start, char_end = _strip_span(text, tokenized.start_char(start), tokenized.end_char(end - 1))
+        chunks.append(Chunk(len(chunks), start, end, char_start, char_end, text[char_start:char_end]))
+        start = end
+    return chunks
+
+
+def choose_chunks(chunks: Sequence[Chunk], chunks_per_doc: int | str, seed: int, doc_id: str,
+                  chunk_tokens: int | None = None) -> list[Chunk]:
+    """Seeded choice of `chunks_per_doc` chunks (or 'all'), in document order.
+
+    A short tail chunk (under a quarter of the budget) is only picked when nothing else is left: it rarely
+    holds enough for a question.
+    """
+    if chunks_per_doc == "all":
+        return list(chunks)
+    candidates = list(chunks)
+    if chunk_tokens and len(candidates) > 1:
+        long_enough = [c for c in candidates if c.n_tokens >= chunk_tokens // 4]
+        candidates = long_enough or candidates
+    k = min(int(chunks_per_doc), len(candidates))
+    picked = random.Random(f"chunks:{seed}:{doc_id}").sample(candidates, k)
+    return sorted(picked, key=lambda c: c.index)
+
+
+def choose_answer_type(seed: int, doc_id: str, chunk_index: int, short_ratio: float) -> str:
+    """'short' with probability `short_ratio`, else 'normal'; the same inputs always give the same type."""
+    draw = random.Random(f"kind:{seed}:{doc_id}:{chunk_index}").random()
+    return "short" if draw < short_ratio else "normal"

@@ -1,0 +1,258 @@
+"""Pull <question>/<answer> (and the critique's <verdict>/<reason>) out of free model text. Never raises.
+
+Model output is not XML: prose around the tags, markdown fences, several pairs, bare `&` and `<`, HTML
+entities, CDATA, unclosed, duplicated or mismatched tags (`<question>...</answer>`), cut-off ends. So the
+tag *structure* is recovered by a small scanner that only knows our tag names and repairs what it can
+(each repair is noted), and each field's *content* is decoded by lxml (entities, character references,
+CDATA) after escaping what would break it. Every rejection carries a machine-readable reason:
+
+  empty_output, no_question, no_answer, empty, truncated, short_answer_too_long, copied_demonstration,
+  critique_rejected, critique_unparseable, engine_error (the last three are set by the pipeline).
+"""
+from __future__ import annotations
+
+import html.entities
+import re
+from dataclasses import dataclass
+
+from lxml import etree
+
+SHORT_ANSWER_MAX_WORDS = 15
+
+_FENCE = re.compile(r"^[ \t]*```[\w+-]*[ \t]*$", re.MULTILINE)
+_CDATA = re.compile(r"<!\[CDATA\[(.*?)(?:\]\]>|$)", re.DOTALL)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_ENTITY = re.compile(r"&(#[0-9]{1,7};|#[xX][0-9a-fA-F]{1,6};|[A-Za-z][A-Za-z0-9]{1,31};)")
+_SIMPLE_MARKUP = re.compile(r"</?[A-Za-z][\w-]*\s*/?>")
+_LABEL = re.compile(r"^\s*(?:\*\*)?\s*(?:question|answer|q|a)\s*(?:\d+\s*)?[:.)-]\s*(?:\*\*)?\s*", re.IGNORECASE)
+_XML_ENTITIES = {"amp", "lt", "gt", "quot", "apos"}
+_PARSER = etree.XMLParser(recover=True, resolve_entities=False, no_network=True, huge_tree=True)
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    raw: str
+    closed: bool
+
+
+@dataclass(frozen=True)
+class Extraction:
+    question: str | None
+    answer: str | None
+    reason: str | None = None  # None: a usable pair
+    pairs: int = 0             # complete question->answer pairs seen
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(frozen=True)
+class CritiqueVerdict:
+    verdict: str | None        # "yes" | "no" | None when unparseable
+    reason: str | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def parsed(self) -> bool:
+        return self.verdict is not None
+
+
+def _tag_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"<\s*(/?)\s*(" + "|".join(names) + r")\b[^<>]{0,80}?>", re.IGNORECASE)
+
+
+_QA_TAGS = _tag_pattern(("question", "answer"))
+_CRITIQUE_TAGS = _tag_pattern(("verdict", "reason"))
+
+
+def _prepare(text: str, notes: list[str]) -> str:
+    text = _CONTROL.sub("", text)
+    if _FENCE.search(text):
+        text = _FENCE.sub("", text)
+        notes.append("markdown_fence")
+    if "<![CDATA[" in text:
+        text = _CDATA.sub(lambda m: m.group(1).replace("&", "&amp;").replace("<", "&lt;"), text)
+        notes.append("cdata")
+    return text
+
+
+def scan_segments(text: str, pattern: re.Pattern[str], notes: list[str]) -> list[Segment]:
+    """Recover (name, content) segments from tag soup, repairing unclosed, duplicated and mismatched tags."""
+    segments: list[Segment] = []
+    open_name: str | None = None
+    content_start = 0
+    last_end = 0
+    for match in pattern.finditer(text):
+        closing, name = match.group(1) == "/", match.group(2).lower()
+        if not closing:
+            if open_name is not None:
+                if name == open_name and not text[content_start:match.start()].strip():
+                    notes.append("duplicated_tag")
+                    content_start = match.end()
+                    continue
+                notes.append(f"unclosed_{open_name}")
+                segments.append(Segment(open_name, text[content_start:match.start()], closed=False))
+            open_name, content_start = name, match.end()
+        elif open_name is not None:
+            if name != open_name:
+                notes.append("mismatched_close")
+            segments.append(Segment(open_name, text[content_start:match.start()], closed=True))
+            open_name = None
+        else:  # a closer with no opener: take the text since the previous tag (its last paragraph)
+            before = text[last_end:match.start()]
+            if segments and segments[-1].name == name and not before.strip():
+                notes.append("duplicated_tag")
+            elif before.strip():
+                notes.append(f"missing_open_{name}")
+                segments.append(Segment(name, before.rsplit("\n\n", 1)[-1], closed=True))
+        last_end = match.end()
+    if open_name is not None:
+        segments.append(Segment(open_name, text[content_start:], closed=False))
+    return segments
+
+
+def _entity_to_xml(match: re.Match[str]) -> str:
+    body = match.group(1)
+    name = body[:-1]
+    if body.startswith("#") or name in _XML_ENTITIES:
+        return match.group(0)
+    codepoint = html.entities.name2codepoint.get(name)
+    return f"&#{codepoint};" if codepoint else "&amp;" + body
+
+
+def decode_content(raw: str) -> str:
+    """Field text: markup stripped, entities decoded by lxml, whitespace collapsed; never raises."""
+    cleaned = _SIMPLE_MARKUP.sub("", raw)
+    parts, pos = [], 0
+    for match in _ENTITY.finditer(cleaned):  # keep entities, escape every other "&"
+        parts += [cleaned[pos:match.start()].replace("&", "&amp;"), _entity_to_xml(match)]
+        pos = match.end()
+    parts.append(cleaned[pos:].replace("&", "&amp;"))
+    escaped = "".join(parts).replace("<", "&lt;").replace(">", "&gt;")
+    try:
+        root = etree.fromstring(f"<field>{escaped}</field>".encode("utf-8"), _PARSER)
+        decoded = "".join(root.itertext()) if root is not None else None
+    except (etree.XMLSyntaxError, ValueError):
+        decoded = None
+    if decoded is None:  # lxml refused (e.g. an invalid character reference): fall back to the stdlib
+        decoded = html.unescape(cleaned)
+    decoded = re.sub(r"\s+", " ", decoded).strip()
+    decoded = _LABEL.sub("", decoded, count=1).strip()
+    return decoded.strip("*").strip()
+
+
+def _pairs(segments: list[Segment]) -> list[tuple[Segment, Segment]]:
+    pairs, question = [], None
+    for seg in segments:
+        if seg.name == "question":
+            question = seg
+        elif seg.name == "answer" and question is not None:
+            pairs.append((question, seg))
+            question = None
+    return pairs
+
+
+def extract_qa(text: str | None, finish_reason: str | None = None) -> Extraction:
+    """The first complete question/answer pair in `text`, or the reason why there is none."""
+    notes: list[str] = []
+    try:
+        return _extract_qa(text, finish_reason, notes)
+    except Exception as exc:  # a bug here must cost one record, never the run
+        return Extraction(None, None, "unparseable", 0, tuple(notes) + (f"error:{type(exc).__name__}",))
+
+
+def _extract_qa(text: str | None, finish_reason: str | None, notes: list[str]) -> Extraction:
+    if not text or not text.strip():
+        return Extraction(None, None, "empty_output")
+    cut_off = finish_reason == "length"
+    segments = scan_segments(_prepare(text, notes), _QA_TAGS, notes)
+    questions = [s for s in segments if s.name == "question"]
+    answers = [s for s in segments if s.name == "answer"]
+    pairs = _pairs(segments)
+    if not pairs and questions and answers:
+        notes.append("answer_before_question")
+        pairs = [(questions[0], answers[0])]
+    if not pairs:
+        if cut_off or (questions and not questions[-1].closed):
+            return Extraction(_first_text(questions), None, "truncated", 0, tuple(notes))
+        return Extraction(None, _first_text(answers), "no_question" if not questions else "no_answer", 0, tuple(notes))
+    for question_seg, answer_seg in pairs:
+        question, answer = decode_content(question_seg.raw), decode_content(answer_seg.raw)
+        if not answer_seg.closed and cut_off:
+            return Extraction(question or None, answer or None, "truncated", len(pairs), tuple(notes))
+        if question and answer:
+            if not answer_seg.closed:
+                notes.append("unclosed_answer")
+            if len(pairs) > 1:
+                notes.append("several_pairs")
+            return Extraction(question, answer, None, len(pairs), tuple(notes))
+    question, answer = decode_content(pairs[0][0].raw), decode_content(pairs[0][1].raw)
+    return Extraction(question or None, answer or None, "empty", len(pairs), tuple(notes))
+
+
+def _first_text(segments: list[Segment]) -> str | None:
+    for seg in segments:
+        value = decode_content(seg.raw)
+        if value:
+            return value
+    return None
+
+
+def check_pair(extraction: Extraction, answer_type: str, chunk_text: str) -> Extraction:
+    """Content checks after extraction: short answers must be short; copies of the worked example go."""
+    if not extraction.ok:
+        return extraction
+    from datafactory.prompts import copies_demonstration
+
+    reason = None
+    if copies_demonstration(extraction.question or "", extraction.answer or "", chunk_text):
+        reason = "copied_demonstration"
+    elif answer_type == "short" and len((extraction.answer or "").split()) > SHORT_ANSWER_MAX_WORDS:
+        reason = "short_answer_too_long"
+    elif _same(extraction.question, extraction.answer):
+        reason = "answer_repeats_question"
+    if reason is None:
+        return extraction
+    return Extraction(extraction.question, extraction.answer, reason, extraction.pairs, extraction.notes)
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    norm = lambda s: re.sub(r"[\W_]+", " ", (s or "").lower()).strip()  # noqa: E731
+    return bool(norm(a)) and norm(a) == norm(b)
+
+
+_YES = {"yes", "y", "true", "correct", "supported", "valid", "pass"}
+_NO = {"no", "n", "false", "incorrect", "unsupported", "wrong", "invalid", "fail"}
+
+
+def _word_verdict(text: str) -> str | None:
+    words = re.findall(r"[a-z]+", text.lower())
+    if not words:
+        return None
+    return "yes" if words[0] in _YES else "no" if words[0] in _NO else None
+
+
+def parse_critique(text: str | None, finish_reason: str | None = None) -> CritiqueVerdict:
+    """The verdict (yes|no) and reason of a self-critique reply; verdict None when it cannot be read."""
+    notes: list[str] = []
+    try:
+        if not text or not text.strip():
+            return CritiqueVerdict(None, None, ("empty_output",))
+        segments = scan_segments(_prepare(text, notes), _CRITIQUE_TAGS, notes)
+        verdicts = [decode_content(s.raw) for s in segments if s.name == "verdict"]
+        reasons = [decode_content(s.raw) for s in segments if s.name == "reason"]
+        reason = next((r for r in reasons if r), None)
+        for candidate in verdicts:
+            verdict = _word_verdict(candidate)
+            if verdict:
+                return CritiqueVerdict(verdict, reason, tuple(notes))
+        if not verdicts:  # no tag at all: accept a reply that starts with a bare yes/no
+            verdict = _word_verdict(text[:40])
+            if verdict:
+                return CritiqueVerdict(verdict, reason or decode_content(text)[:300], tuple(notes) + ("untagged",))
+        return CritiqueVerdict(None, reason, tuple(notes) + (("truncated",) if finish_reason == "length" else ()))
+    except Exception as exc:
+        return CritiqueVerdict(None, None, tuple(notes) + (f"error:{type(exc).__name__}",))

@@ -1,0 +1,120 @@
+"""Long training instances: the paper's Figure 10 templates around the (truncated) whole document.
+
+The document is cut to fit `max_context` tokens of the TARGET tokenizer (the model to be finetuned), minus
+what the template, question and answer take. The kept text is one contiguous window that always contains
+the source chunk: the start of the document when the chunk lies within the budget from the start, else a
+window centred on the chunk. One contiguous window (rather than head + chunk) keeps the text natural; the
+cost is that a late chunk loses the document's opening. What was kept is recorded (token and char spans).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from datafactory.chunking import Chunk, TokenizedText, count_tokens
+
+NORMAL_TEMPLATE = ('You are given a long text (delimited by triple quotes) and a question. Read the text and answer '
+                   'the question in the end. """ {document} """\n\nQuestion: {question}')
+SHORT_TEMPLATE = ('You are given a long text (delimited by triple quotes) and a question. Read the text and answer '
+                  'the question in the end as concisely as you can, using a single phrase or sentence if possible. '
+                  'Do not provide any explanation. """ {document} """ Question: {question}')
+TEMPLATES = {"normal": NORMAL_TEMPLATE, "short": SHORT_TEMPLATE}
+# Boundary effects of re-tokenizing a cut window, and BOS/EOS that a trainer may add.
+SAFETY_TOKENS = 8
+
+
+class ChunkDoesNotFit(ValueError):
+    """The source chunk alone is longer than the instance's document budget."""
+
+
+@dataclass(frozen=True)
+class Window:
+    token_start: int
+    token_end: int
+    char_start: int
+    char_end: int
+    document_tokens: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.token_start > 0 or self.token_end < self.document_tokens
+
+
+def user_message(answer_type: str, document: str, question: str) -> str:
+    return TEMPLATES[answer_type].format(document=document, question=question)
+
+
+def llama2_rendering(answer_type: str, user: str, answer: str) -> str:
+    """The Llama-2 chat rendering of Figure 10 (normal: answer on its own line; short: inline)."""
+    if answer_type == "normal":
+        return f"[INST] {user}\n[/INST]\n{answer}"
+    return f"[INST] {user} [/INST] {answer}"
+
+
+def overhead_tokens(answer_type: str, question: str, answer: str, target_tokenizer: Any) -> int:
+    """Tokens an instance takes besides the document: the target's chat template when it has one, else
+    the [INST] rendering, plus a safety margin."""
+    messages = [{"role": "user", "content": user_message(answer_type, "", question)},
+                {"role": "assistant", "content": answer}]
+    if getattr(target_tokenizer, "chat_template", None):
+        try:
+            ids = target_tokenizer.apply_chat_template(messages, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            return len(ids) + SAFETY_TOKENS
+        except Exception:  # a template that refuses these roles: fall back to the plain rendering
+            pass
+    rendering = llama2_rendering(answer_type, messages[0]["content"], answer)
+    return count_tokens([rendering], target_tokenizer)[0] + SAFETY_TOKENS
+
+
+def fit_window(document: TokenizedText, chunk_char_span: tuple[int, int], budget: int) -> Window:
+    """The contiguous token window of at most `budget` tokens that holds the chunk (start kept if possible)."""
+    n = document.n_tokens
+    chunk_start = document.last_token_before(chunk_char_span[0])  # first token ending after the chunk start
+    chunk_end = max(chunk_start + 1, document.first_token_at(chunk_char_span[1]))
+    if chunk_end - chunk_start > budget:
+        raise ChunkDoesNotFit(f"the source chunk takes {chunk_end - chunk_start} target tokens, more than the "
+                              f"{budget} left for the document; lower --chunk-tokens or raise --max-context")
+    if n <= budget:
+        start, end = 0, n
+    elif chunk_end <= budget:
+        start, end = 0, budget
+    else:
+        start = chunk_start - (budget - (chunk_end - chunk_start)) // 2
+        start = max(0, min(start, n - budget))
+        end = start + budget
+    char_start = 0 if start == 0 else document.start_char(start)
+    char_end = len(document.text) if end >= n else document.end_char(end - 1)
+    char_start = min(char_start, chunk_char_span[0])
+    char_end = max(char_end, chunk_char_span[1])
+    return Window(start, end, char_start, char_end, n)
+
+
+def build_instance(qa_record: dict[str, Any], chunk: Chunk, document: TokenizedText, max_context: int,
+                   target_tokenizer: Any) -> dict[str, Any]:
+    """A long QA instance (chat messages + [INST] rendering) for one accepted pair.
+
+    `document` is the document tokenized with the TARGET tokenizer; `chunk` spans characters of the same text.
+    """
+    answer_type, question, answer = qa_record["answer_type"], qa_record["question"], qa_record["answer"]
+    overhead = overhead_tokens(answer_type, question, answer, target_tokenizer)
+    window = fit_window(document, chunk.char_span, max_context - overhead)
+    kept = document.text[window.char_start:window.char_end]
+    user = user_message(answer_type, kept, question)
+    return {
+        "id": qa_record["id"],
+        "doc_id": qa_record["doc_id"],
+        "chunk_index": chunk.index,
+        "answer_type": answer_type,
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+        "text": llama2_rendering(answer_type, user, answer),
+        "question": question,
+        "answer": answer,
+        "truncated": window.truncated,
+        "document_tokens": window.document_tokens,
+        "kept_token_span": [window.token_start, window.token_end],
+        "kept_char_span": [window.char_start, window.char_end],
+        "chunk_char_span": list(chunk.char_span),
+        "approx_tokens": (window.token_end - window.token_start) + overhead,
+        "model": qa_record.get("model"),
+    }

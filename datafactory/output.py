@@ -1,0 +1,214 @@
+"""The output directory: qa.jsonl, instances.jsonl, their Parquet copies, manifest.json.
+
+`OutputWriter` is safe across processes (several Celery workers, a re-delivered task, a re-run): every
+append takes an exclusive `fcntl.flock` on `.lock`, reads the ids other writers appended since it last
+looked (it remembers its read offset, so this costs only the new bytes), and appends only unseen ids.
+A line cut off by a crash is dropped on the next append (and reported); whole lines are never lost.
+JSONL is the source of truth; `finalize` rebuilds the Parquet copies and the manifest from it.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import platform
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+QA_FILE, INSTANCES_FILE, MANIFEST_FILE, LOCK_FILE = "qa.jsonl", "instances.jsonl", "manifest.json", ".lock"
+# Settings that change which records exist or what they hold: resuming with other values would mix runs.
+RECORD_SHAPING_FIELDS = ("model", "tokenizer", "target_tokenizer", "chunk_tokens", "chunks_per_doc", "short_ratio",
+                         "prompt_mode", "critique", "max_context", "seed", "min_doc_tokens")
+
+
+class OutputDirError(ValueError):
+    """The output directory holds a run with different record-shaping settings."""
+
+
+class _JsonlIndex:
+    """Ids in one JSONL file, read incrementally from a remembered byte offset."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.ids = path, 0, set()
+
+    def refresh(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        complete = data.rfind(b"\n") + 1  # only whole lines; a partial tail is looked at again later
+        for line in data[:complete].splitlines():
+            try:
+                self.ids.add(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s: skipping an unreadable line", self.path)
+        self.offset += complete
+
+    def repair_tail(self) -> None:
+        """Drop a partial last line (a writer killed mid-line) so that the next append starts clean."""
+        if not self.path.exists():
+            return
+        size = self.path.stat().st_size
+        if size > self.offset:
+            log.warning("%s: dropping %d bytes of a line cut off by an interrupted writer", self.path, size - self.offset)
+            os.truncate(self.path, self.offset)
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Whole, readable lines of a JSONL file (a cut-off tail is ignored)."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.endswith("\n"):
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+
+
+class OutputWriter:
+    def __init__(self, output_dir: str | Path):
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.qa_path, self.instances_path = self.dir / QA_FILE, self.dir / INSTANCES_FILE
+        self.manifest_path = self.dir / MANIFEST_FILE
+        self._qa, self._instances = _JsonlIndex(self.qa_path), _JsonlIndex(self.instances_path)
+        self.written = Counter()  # what this writer appended: qa, instances, skipped_duplicates
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with (self.dir / LOCK_FILE).open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def done_ids(self) -> frozenset[str]:
+        """Ids of every qa record in the directory (written by any process)."""
+        with self._locked():
+            self._qa.refresh()
+            return frozenset(self._qa.ids)
+
+    def append(self, qa_records: Iterable[dict[str, Any]], instances: Iterable[dict[str, Any]] = ()) -> int:
+        """Append records whose ids are not there yet; returns how many qa records were new.
+
+        Instances go first: a crash between the two files leaves an instance without its qa record, so the
+        pair is regenerated and the instance (same id) is skipped, never duplicated.
+        """
+        qa_records, instances = list(qa_records), list(instances)
+        with self._locked():
+            new_qa = self._append_new(self._qa, qa_records, dry_run=True)
+            self._append_new(self._instances, [i for i in instances if i["id"] in {r["id"] for r in new_qa}])
+            self._append_new(self._qa, new_qa)
+        self.written["qa"] += len(new_qa)
+        self.written["skipped_duplicates"] += len(qa_records) - len(new_qa)
+        return len(new_qa)
+
+    def _append_new(self, index: _JsonlIndex, records: list[dict[str, Any]], dry_run: bool = False) -> list[dict]:
+        index.refresh()
+        index.repair_tail()
+        fresh, seen = [], set()
+        for record in records:
+            if record["id"] not in index.ids and record["id"] not in seen:
+                fresh.append(record)
+                seen.add(record["id"])
+        if dry_run or not fresh:
+            return fresh
+        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh).encode("utf-8")
+        with index.path.open("ab") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        index.ids.update(seen)
+        index.offset += len(payload)
+        if index is self._instances:
+            self.written["instances"] += len(fresh)
+        return fresh
+
+    # ---- manifest and Parquet -------------------------------------------------------------------------
+
+    def check_compatible(self, config: dict[str, Any]) -> None:
+        """Refuse to resume into a directory generated with other record-shaping settings."""
+        if not self.manifest_path.exists():
+            return
+        try:
+            previous = json.loads(self.manifest_path.read_text()).get("config", {})
+        except ValueError:
+            return
+        changed = {k: (previous.get(k), config.get(k)) for k in RECORD_SHAPING_FIELDS
+                   if k in previous and previous.get(k) != config.get(k)}
+        if changed:
+            diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise OutputDirError(f"{self.dir} holds a run with other settings ({diff}); resume with the same "
+                                 "settings or choose a new --output")
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        tmp = self.manifest_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+        os.replace(tmp, self.manifest_path)
+
+    def finalize(self, config: dict[str, Any], model: str | None, timings: dict[str, float] | None = None,
+                 extra: dict[str, Any] | None = None, status: str = "complete") -> dict[str, Any]:
+        """Write qa.parquet, instances.parquet and manifest.json from the JSONL files; return the manifest."""
+        with self._locked():
+            qa = list(read_jsonl(self.qa_path))
+            instances = list(read_jsonl(self.instances_path))
+            _write_parquet(qa, self.dir / "qa.parquet")
+            _write_parquet(instances, self.dir / "instances.parquet")
+            reasons = Counter(r.get("reject_reason") for r in qa if not r.get("accepted"))
+            accepted = sum(1 for r in qa if r.get("accepted"))
+            manifest = {
+                "status": status,
+                "config": config,
+                "model": model,
+                "counts": {
+                    "documents": len({r["doc_id"] for r in qa}),
+                    "qa": len(qa),
+                    "accepted": accepted,
+                    "rejected": len(qa) - accepted,
+                    "instances": len(instances),
+                    "acceptance_rate": round(accepted / len(qa), 4) if qa else None,
+                    "answer_types": dict(Counter(r.get("answer_type") for r in qa)),
+                    "truncated_instances": sum(1 for i in instances if i.get("truncated")),
+                },
+                "rejection_reasons": dict(reasons.most_common()),
+                "timings": timings or {},
+                "files": {"qa": QA_FILE, "instances": INSTANCES_FILE, "qa_parquet": "qa.parquet",
+                          "instances_parquet": "instances.parquet"},
+                "versions": versions(),
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **(extra or {}),
+            }
+            self.write_manifest(manifest)
+        return manifest
+
+
+def _write_parquet(records: list[dict[str, Any]], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_suffix(".parquet.tmp")
+    table = pa.Table.from_pylist(records) if records else pa.table({"id": pa.array([], pa.string())})
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for dist in ("longscale", "transformers", "tokenizers", "torch", "lxml", "pyarrow"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return found

@@ -1,0 +1,124 @@
+"""The prompts sent to the chat model, as chat messages (the model's own chat template adds [INST] etc.).
+
+- QA prompts: the paper's Figure 9 normal-answer and short-answer prompts, verbatim, chunk in triple quotes.
+- Demonstration mode: the same prompt, preceded by one worked example (a user turn with a short invented
+  passage and an assistant turn with the tagged pair). Small models (the embedded 135M one) produce no tags
+  zero-shot but follow one example; the price is that they sometimes copy it, which extraction rejects
+  (`copied_demonstration`). Real chat models (Llama 2 Chat) get the paper's zero-shot prompts.
+- Self-critique: the paper only says Llama 2 Chat verifies its answers; this prompt asks whether the
+  answer is correct *and supported by the chunk*, with the verdict in <verdict> tags and a <reason>.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from datafactory.engines.base import ChatMessages
+
+NORMAL_PROMPT = (
+    "You are given a text chunk (delimited by triple quotes) taken from a long text. Write a question about "
+    "this text and provide the correct answer. The answer needs to be based on the text. This question will "
+    "later be used as a reading comprehension test over the entire document. Wrap the question and answer "
+    "using XML tags (<question> and </question>, <answer> and </answer>)."
+)
+SHORT_PROMPT = (
+    "You are given a text chunk (delimited by triple quotes) from a long document. Based on information from "
+    "the text, come up with a specific question **which can be answered in a few words or a single phrase** "
+    "and provide the correct answer without explanation. The answer needs to be based on the text. This "
+    "question will later be used as a reading comprehension test over the entire document. Wrap the question "
+    "and answer using XML tags (<question> and </question>, <answer> and </answer>). Again, the answer needs "
+    "to be short."
+)
+QA_PROMPTS = {"normal": NORMAL_PROMPT, "short": SHORT_PROMPT}
+
+CRITIQUE_PROMPT = (
+    "You are given a text chunk (delimited by triple quotes), a question about it and a proposed answer. "
+    "Check whether the answer is correct and fully supported by the text chunk. Give your verdict in XML tags: "
+    "<verdict>yes</verdict> if the answer is correct and supported by the text, <verdict>no</verdict> "
+    "otherwise. Then give a one-sentence justification wrapped in <reason> and </reason>."
+)
+
+# The worked example of demonstration mode: an invented passage (so that a copy is easy to spot).
+DEMO_CHUNK = (
+    "The lighthouse on Garra Point had been dark for eleven winters when Mara Quill rowed out to it with a "
+    "lantern, a crate of oil and her late father's logbook. The village council had refused to pay a keeper "
+    "since the wreck of the Alder, but Mara believed the reef would claim more boats unless the light burned "
+    "again. She spent the first night scraping salt from the great lens, and by the second evening its beam "
+    "reached the harbour mouth, where the fishermen stood watching in silence."
+)
+DEMO_PAIRS = {
+    "normal": ("Why did Mara Quill decide to relight the lighthouse on Garra Point?",
+               "Because the village council had stopped paying a keeper after the wreck of the Alder, and she "
+               "believed the reef would wreck more boats unless the light burned again."),
+    "short": ("How many winters had the lighthouse on Garra Point been dark?", "Eleven winters."),
+}
+DEMO_WRONG_ANSWER = ("Who paid Mara Quill to relight the lighthouse?", "The village council paid her.")
+DEMO_MARKERS = ("garra point", "mara quill", "eleven winters", "wreck of the alder")
+
+
+def _quoted(text: str) -> str:
+    return f'"""{text}"""'
+
+
+def qa_user_message(chunk_text: str, answer_type: str) -> str:
+    return f"{QA_PROMPTS[answer_type]}\n\n{_quoted(chunk_text)}"
+
+
+def tagged_pair(question: str, answer: str) -> str:
+    return f"<question>{question}</question>\n<answer>{answer}</answer>"
+
+
+def qa_messages(chunk_text: str, answer_type: str, demonstration: bool) -> ChatMessages:
+    """The conversation that asks for one question-answer pair about `chunk_text`."""
+    messages: ChatMessages = []
+    if demonstration:
+        messages += [{"role": "user", "content": qa_user_message(DEMO_CHUNK, answer_type)},
+                     {"role": "assistant", "content": tagged_pair(*DEMO_PAIRS[answer_type])}]
+    messages.append({"role": "user", "content": qa_user_message(chunk_text, answer_type)})
+    return messages
+
+
+def critique_user_message(chunk_text: str, question: str, answer: str) -> str:
+    return f"{CRITIQUE_PROMPT}\n\n{_quoted(chunk_text)}\n\nQuestion: {question}\nAnswer: {answer}"
+
+
+def critique_messages(chunk_text: str, question: str, answer: str, demonstration: bool) -> ChatMessages:
+    """The conversation that asks the model to verify its own pair (two worked verdicts in demonstration mode)."""
+    messages: ChatMessages = []
+    if demonstration:
+        wrong_q, wrong_a = DEMO_WRONG_ANSWER
+        right_q, right_a = DEMO_PAIRS["normal"]
+        messages += [
+            {"role": "user", "content": critique_user_message(DEMO_CHUNK, wrong_q, wrong_a)},
+            {"role": "assistant", "content": "<verdict>no</verdict>\n<reason>The text says the council refused "
+                                             "to pay a keeper, so nobody paid her.</reason>"},
+            {"role": "user", "content": critique_user_message(DEMO_CHUNK, right_q, right_a)},
+            {"role": "assistant", "content": "<verdict>yes</verdict>\n<reason>The text says the council stopped "
+                                             "paying a keeper and she feared the reef would claim more boats."
+                                             "</reason>"},
+        ]
+    messages.append({"role": "user", "content": critique_user_message(chunk_text, question, answer)})
+    return messages
+
+
+def _normalize(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+def copies_demonstration(question: str, answer: str, chunk_text: str) -> bool:
+    """True when the pair repeats the worked example instead of asking about the real chunk."""
+    demo_texts = {_normalize(t) for pair in DEMO_PAIRS.values() for t in pair}
+    if _normalize(question) in demo_texts or _normalize(answer) in demo_texts:
+        return True
+    pair = f"{question} {answer}".lower()
+    chunk = chunk_text.lower()
+    return any(marker in pair and marker not in chunk for marker in DEMO_MARKERS)
+
+
+def uses_demonstration(prompt_mode: str, model: str | None) -> bool:
+    """Resolve prompt_mode 'auto': demonstration for the embedded model (no --model, or its folder)."""
+    if prompt_mode != "auto":
+        return prompt_mode == "demonstration"
+    from datafactory.embedded import MODEL_NAME
+
+    return model is None or Path(model).name == MODEL_NAME
