@@ -62,3 +62,20 @@ def tokenizer(embedded_model_dir):
     from finetune.assemble import load_tokenizer
 
     return load_tokenizer(str(embedded_model_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, embedded_model_dir) -> Path:
+    """A tiny random Llama (2 layers, hidden 64) with the embedded model's real tokenizer; RoPE ABF theta 5e5."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                      rope_theta=500000.0, tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -1,0 +1,89 @@
+"""The real TRL path on CPU: a tiny random Llama (real tokenizer) trains with falling loss; LoRA; resume; CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from finetune.assemble import assemble_rows, load_tokenizer, to_dataset
+from finetune.config import FinetuneConfig
+from finetune.run import run_finetune
+from finetune.trainer import build_trainer
+from longscale.cli import main as longscale_main
+from longscale.configcli import ConfigError
+from conftest import write_long_dir, write_short
+
+
+@pytest.fixture
+def data(tmp_path):
+    return {"short_data": [str(write_short(tmp_path / "short.jsonl", 24))],
+            "long_data": [str(write_long_dir(tmp_path / "gen", [700, 900]))]}
+
+
+def cfg(tmp_path, model, data, **kw):
+    base = dict(model=str(model), output=str(tmp_path / "out"), pack_length=256, max_length=512,
+                batch_tokens=256, learning_rate=1e-2, warmup_ratio=0.0, gradient_checkpointing=False, save_steps=1000)
+    base.update(kw)
+    return FinetuneConfig(**base, **data)
+
+
+def test_trl_receives_our_labels_untouched(tmp_path, tiny_llama_dir, data):
+    config = cfg(tmp_path, tiny_llama_dir, data, per_device_rows=2)
+    tokenizer = load_tokenizer(config.model)
+    rows, _ = assemble_rows(config, tokenizer)
+    trainer = build_trainer(config, to_dataset(rows), tokenizer)
+    expected = {tuple(r["input_ids"]): r["labels"] for r in rows}
+    seen = 0
+    for batch in trainer.get_train_dataloader():
+        for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+            want = next(v for k, v in expected.items() if list(k) == ids[:len(k)])
+            assert labels[:len(want)] == want and set(labels[len(want):]) <= {-100}
+            seen += 1
+    assert seen == len(rows)
+
+
+def test_full_finetune_loss_falls_and_rope_is_kept(tmp_path, tiny_llama_dir, data):
+    torch.set_num_threads(2)
+    result = run_finetune(cfg(tmp_path, tiny_llama_dir, data, max_steps=12))
+    losses = result["training"]["losses"]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+    out = tmp_path / "out"
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    saved = json.loads((out / "final" / "config.json").read_text())
+    original = json.loads((tiny_llama_dir / "config.json").read_text())
+    assert saved["rope_parameters"] == original["rope_parameters"]  # an ABF model stays ABF
+    assert saved["rope_parameters"]["rope_theta"] == 500000.0
+    stats = json.loads((out / "dataset_stats.json").read_text())
+    assert stats["rows"] == result["stats"]["rows"] and stats["loss_tokens"] > 0
+
+
+def test_lora_trains_only_adapters_and_resumes(tmp_path, tiny_llama_dir, data):
+    config = cfg(tmp_path, tiny_llama_dir, data, lora_r=4, lora_alpha=8, max_steps=2, save_steps=2)
+    first = run_finetune(config)
+    assert first["training"]["global_step"] == 2
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "out" / "checkpoints" / "checkpoint-2").is_dir()
+    resumed = run_finetune(config.model_copy(update={"max_steps": 3, "resume": True}))
+    assert resumed["training"]["global_step"] == 3
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        run_finetune(config.model_copy(update={"resume": True, "output": str(tmp_path / "fresh")}))
+
+
+def test_cli_prepare_only_writes_dataset_and_stats(tmp_path, tiny_llama_dir, data, capsys):
+    import datasets
+
+    out = tmp_path / "prep"
+    code = longscale_main(["finetune", "--model", str(tiny_llama_dir), "--output", str(out), "--prepare-only",
+                           "--pack-length", "256", "--max-length", "512", "--no-loss-on-long-input",
+                           "--short-data", data["short_data"][0], "--long-data", data["long_data"][0]])
+    assert code == 0
+    ds = datasets.load_from_disk(str(out / "dataset"))
+    assert {"input_ids", "labels", "seq_lengths", "kind"} <= set(ds.column_names)
+    assert set(ds["kind"]) == {"short", "long"}
+    stats = json.loads((out / "dataset_stats.json").read_text())
+    assert stats["rows"] == len(ds)
+    assert not (out / "final").exists()  # prepare-only never trains
+    code = longscale_main(["finetune", "--model", "m", "--output", str(out), "--pack-length", "many"])
+    assert code == 2 and "--pack-length" in capsys.readouterr().err
