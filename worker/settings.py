@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,15 @@ class WorkerSettings(BaseSettings):
     retry_backoff: float = Field(5.0, gt=0, description="first retry delay in seconds (doubles each time)")
     retry_backoff_max: float = Field(300.0, gt=0, description="longest retry delay in seconds")
     queue: str = Field("longscale", description="Celery queue the generation tasks go to")
+    document_time_limit: int = Field(2 * 3600, ge=1, description="seconds one document may take before it fails "
+                                     "alone (soft limit; the process is replaced 60 s later; prefork pool only)")
+
+    @model_validator(mode="after")
+    def _visibility_exceeds_tasks(self) -> "WorkerSettings":
+        if self.visibility_timeout <= self.document_time_limit:
+            raise ValueError(f"visibility_timeout ({self.visibility_timeout}s) must exceed document_time_limit "
+                             f"({self.document_time_limit}s), or a running document is handed to a second worker")
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -38,7 +38,8 @@ def write_spool(documents: list[Document], output_dir: str | Path) -> list[Docum
     refs: list[DocumentRef] = []
     with path.open("wb") as fh:
         for doc in documents:
-            line = (json.dumps({"id": doc.id, "text": doc.text, "meta": doc.meta}, ensure_ascii=False) + "\n")
+            # ASCII-escaped: a text with malformed Unicode (a lone surrogate) still spools and fails alone
+            line = json.dumps({"id": doc.id, "text": doc.text, "meta": doc.meta}) + "\n"
             data = line.encode("utf-8")
             refs.append(DocumentRef(id=doc.id, path=str(path.resolve()), offset=fh.tell(), length=len(data)))
             fh.write(data)

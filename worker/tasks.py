@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, ConfigDict, Field
 
 from datafactory.config import GenerationConfig
@@ -85,8 +86,11 @@ def prepare_job(self: Task, job_id: str, request: dict, config: dict) -> dict:
     return {"documents": len(refs)}
 
 
+_LIMIT = get_worker_settings().document_time_limit
+
+
 @app.task(name="longscale.generate_document", bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=None)
+          max_retries=None, soft_time_limit=_LIMIT, time_limit=_LIMIT + 60)
 def generate_document(self: Task, job_id: str, ref: dict, config: dict) -> dict:
     doc_ref = DocumentRef.model_validate(ref)
     cfg = GenerationConfig.model_validate(config)
@@ -117,6 +121,9 @@ def generate_document(self: Task, job_id: str, ref: dict, config: dict) -> dict:
             raise self.retry(countdown=delay, exc=exc)
         return _fail(jobs, job_id, doc_ref.id, config, f"engine unavailable after {settings.task_retries} "
                      f"task retries: {exc}", started)
+    except SoftTimeLimitExceeded:
+        return _fail(jobs, job_id, doc_ref.id, config, f"exceeded the per-document time limit of {_LIMIT}s "
+                     "(LONGSCALE_DOCUMENT_TIME_LIMIT)", started)
     except Exception as exc:  # poison document: it fails alone, the job goes on
         log.exception("job %s doc %s failed", job_id, doc_ref.id)
         return _fail(jobs, job_id, doc_ref.id, config, f"{type(exc).__name__}: {exc}", started)

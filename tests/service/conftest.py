@@ -120,8 +120,10 @@ def stub_engine():
 
 
 def service_env(redis_url: str, **extra: str) -> dict[str, str]:
-    """Settings for workers and API: fast redelivery (3 s visibility, 1 s sweeps) and short retry back-off."""
-    env = {"LONGSCALE_REDIS_URL": redis_url, "LONGSCALE_VISIBILITY_TIMEOUT": "6", "LONGSCALE_RESTORE_INTERVAL": "1",
+    """Settings for workers and API: an 8 s document limit, fast redelivery of a dead worker's task (10 s
+    visibility, 1 s sweeps) and short retry back-off, so that faults play out in seconds."""
+    env = {"LONGSCALE_REDIS_URL": redis_url, "LONGSCALE_VISIBILITY_TIMEOUT": "10", "LONGSCALE_RESTORE_INTERVAL": "1",
+           "LONGSCALE_DOCUMENT_TIME_LIMIT": "8",
            "LONGSCALE_RETRY_BACKOFF": "0.5", "LONGSCALE_RETRY_BACKOFF_MAX": "2", "LONGSCALE_TASK_RETRIES": "2",
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.update(extra)
@@ -129,7 +131,8 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 
 def start_worker(name: str, log_dir: Path, env: dict[str, str]) -> ManagedProcess:
-    worker = ManagedProcess(name, [sys.executable, "-m", "longscale.cli", "worker", "--pool", "solo",
+    """`longscale worker` with one prefork child (time limits need prefork); `kill()` takes the whole group."""
+    worker = ManagedProcess(name, [sys.executable, "-m", "longscale.cli", "worker", "--concurrency", "1",
                                    "--hostname", f"{name}@%h", "--loglevel", "INFO"], log_dir, env)
     worker.wait_for(lambda: " ready." in worker.log_text(), "'ready' line", timeout=90)
     return worker
