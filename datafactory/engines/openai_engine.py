@@ -91,7 +91,8 @@ class OpenAIEngine:
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
                  concurrency: int = 64, request_timeout: float = 120.0, max_retries: int = 5,
-                 backoff_base: float = 0.5, backoff_max: float = 30.0, extra_body: dict[str, Any] | None = None) -> None:
+                 backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 extra_body: dict[str, Any] | None = None) -> None:
         try:
             import aiohttp  # noqa: F401
         except ImportError as exc:

@@ -96,7 +96,7 @@ class TransformersEngine:
         for batch_index, batch in enumerate(batches):
             batch_results = await asyncio.to_thread(
                 self._generate_batch, [prompts[i] for i in batch], params, batch_index)
-            for i, result in zip(batch, batch_results):
+            for i, result in zip(batch, batch_results, strict=True):
                 results[i] = result
         return results  # type: ignore[return-value]  # every slot is filled above
 
@@ -125,7 +125,8 @@ class TransformersEngine:
             return [EngineResult(text=None, error=f"generation_error: {type(exc).__name__}: {exc}") for _ in prompts]
         new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
         prompt_counts = enc["attention_mask"].sum(dim=1).tolist()
-        return [self._result(row, int(n_prompt), params) for row, n_prompt in zip(new_tokens, prompt_counts)]
+        return [self._result(row, int(n_prompt), params)
+                for row, n_prompt in zip(new_tokens, prompt_counts, strict=True)]
 
     def _result(self, tokens: list[int], n_prompt: int, params: SamplingParams) -> EngineResult:
         end = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)

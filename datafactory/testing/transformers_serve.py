@@ -55,9 +55,9 @@ class TransformersServe:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = self.log_tail()
+                code, tail = self.process.returncode, self.log_tail()
                 self.stop()
-                raise RuntimeError(f"transformers serve exited with {self.process and self.process.returncode}:\n{tail}")
+                raise RuntimeError(f"transformers serve exited with {code}:\n{tail}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
                     if resp.status == 200:
