@@ -6,11 +6,14 @@ by name, so the submitter needs neither the task code nor a model.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Sequence
 
 from datafactory.config import GenerationConfig
+from datafactory.output import MANIFEST_FILE
+from longscale.configcli import ConfigError
 from worker.celery_app import make_celery
 from worker.jobstore import FINAL_STATES, JobStore, new_job_id
 from worker.settings import get_worker_settings
@@ -62,9 +65,14 @@ def wait_for_job(store: JobStore, job_id: str, *, progress: bool = True, poll_se
             bar.stop()
 
 
+class JobFailed(ConfigError):
+    """The job ended before writing any output (its inputs could not be read, or the output dir clashes)."""
+
+
 def submit_generation(input_paths: Sequence[str | Path], config: GenerationConfig, output_dir: str | Path,
                       broker_url: str | None = None, *, wait: bool = True, progress: bool = True) -> dict:
-    """Run a generation job on the Celery workers; returns the job record (final when `wait`).
+    """Run a generation job on the Celery workers and return its manifest, as the in-process run does
+    (plus `job`: id, status, reason, errors); without `wait`, the queued job's record.
 
     Ctrl-C while waiting cancels the job: documents not yet started are skipped, finished records are kept.
     """
@@ -74,9 +82,14 @@ def submit_generation(input_paths: Sequence[str | Path], config: GenerationConfi
     if not wait:
         return store.get(job_id)
     try:
-        return wait_for_job(store, job_id, progress=progress)
+        job = wait_for_job(store, job_id, progress=progress)
     except KeyboardInterrupt:
         store.request_cancel(job_id)
         print(f"cancelling job {job_id}: documents not started are skipped; records written so far are kept "
               f"in {output_dir}")
         raise
+    manifest_path = Path(output_dir) / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    if manifest is None or manifest.get("job", {}).get("id") != job_id:
+        raise JobFailed(f"job {job_id} {job['status']}: {job['reason'] or 'no output written'}")
+    return manifest

@@ -243,3 +243,26 @@ def test_inline_documents_and_upload_run_to_the_end(stack, stub, embedded_model_
     assert 'longscale_jobs{status="succeeded"}' in metrics and "longscale_jobs_submitted_total" in metrics
     health = stack.http.get("/v1/healthz").json()
     assert health == {"status": "ok", "redis": "ok", "engine": "ok"}
+
+
+def test_cli_generate_with_broker_runs_on_the_workers(stack, stub, embedded_model_dir, tmp_path):
+    """`longscale generate --broker redis://...` sends the same job through Celery, waits, and leaves the
+    output directory that the in-process run leaves."""
+    import subprocess
+    import sys
+
+    docs = write_docs(tmp_path / "cli.jsonl", 4, offset=70)
+    config = job_config(stub.base_url, embedded_model_dir)
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in config.items()]
+    out = tmp_path / "via-broker"
+    env = dict(stack.env, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run([sys.executable, "-m", "longscale.cli", "generate", "--input", str(docs), "--output",
+                           str(out), "--broker", stack.env["LONGSCALE_REDIS_URL"], "--no-progress", *flags],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ref_qa, ref_instances, ref_manifest = reference_run(docs, config, tmp_path / "in-process")
+    ids = lambda name: sorted(json.loads(line)["id"] for line in (out / name).read_text().splitlines())
+    assert ids("qa.jsonl") == sorted(ref_qa) and ids("instances.jsonl") == sorted(ref_instances)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == ref_manifest["counts"] and manifest["job"]["status"] == "succeeded"
+    assert (out / "qa.parquet").exists() and (out / "instances.parquet").exists()
