@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
-_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*\s+")
+_PARAGRAPH_BREAK = re.compile(r"(?<=\S)\s*?\n[ \t\r\f\v]*\n")  # cut where the blank line starts
+_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")      # cut right after the punctuation
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,10 @@ def count_tokens(texts: Sequence[str], tokenizer: Any) -> list[int]:
     return [len(enc) for enc in backend_of(tokenizer).encode_batch(list(texts), add_special_tokens=False)]
 
 
-def _last_match_end(pattern: re.Pattern[str], text: str, lo: int, hi: int) -> int | None:
+def _last_cut(pattern: re.Pattern[str], text: str, lo: int, hi: int, at_start: bool) -> int | None:
     last = None
     for match in pattern.finditer(text, lo, hi):
-        last = match.end()
+        last = match.start() if at_start else match.end()
     return last
 
 
@@ -139,9 +139,9 @@ def chunk_document(tokenized: TokenizedText, chunk_tokens: int) -> list[Chunk]:
         if limit < n:
             lo_char = tokenized.start_char(start + max(1, chunk_tokens // 2))
             hi_char = tokenized.start_char(limit)  # a cut at or before this keeps the chunk within budget
-            cut = _last_match_end(_PARAGRAPH_BREAK, text, lo_char, hi_char)
+            cut = _last_cut(_PARAGRAPH_BREAK, text, lo_char, hi_char, at_start=True)
             if cut is None:
-                cut = _last_match_end(_SENTENCE_END, text, lo_char, hi_char)
+                cut = _last_cut(_SENTENCE_END, text, lo_char, hi_char, at_start=False)
             if cut is not None:
                 end = min(limit, max(start + 1, tokenized.first_token_at(cut)))
         char_start, char_end = _strip_span(text, tokenized.start_char(start), tokenized.end_char(end - 1))

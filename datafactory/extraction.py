@@ -178,7 +178,8 @@ def _extract_qa(text: str | None, finish_reason: str | None, notes: list[str]) -
     if not pairs:
         if cut_off or (questions and not questions[-1].closed):
             return Extraction(_first_text(questions), None, "truncated", 0, tuple(notes))
-        return Extraction(None, _first_text(answers), "no_question" if not questions else "no_answer", 0, tuple(notes))
+        return Extraction(_first_text(questions), _first_text(answers), "no_question" if not questions else "no_answer",
+                          0, tuple(notes))
     for question_seg, answer_seg in pairs:
         question, answer = decode_content(question_seg.raw), decode_content(answer_seg.raw)
         if not answer_seg.closed and cut_off:

@@ -41,15 +41,12 @@ CRITIQUE_PROMPT = (
 # The worked example of demonstration mode: an invented passage (so that a copy is easy to spot).
 DEMO_CHUNK = (
     "The lighthouse on Garra Point had been dark for eleven winters when Mara Quill rowed out to it with a "
-    "lantern, a crate of oil and her late father's logbook. The village council had refused to pay a keeper "
-    "since the wreck of the Alder, but Mara believed the reef would claim more boats unless the light burned "
-    "again. She spent the first night scraping salt from the great lens, and by the second evening its beam "
-    "reached the harbour mouth, where the fishermen stood watching in silence."
+    "lantern and her late father's logbook. The village council had refused to pay a keeper since the wreck "
+    "of the Alder, but Mara believed the reef would claim more boats unless the light burned again."
 )
 DEMO_PAIRS = {
     "normal": ("Why did Mara Quill decide to relight the lighthouse on Garra Point?",
-               "Because the village council had stopped paying a keeper after the wreck of the Alder, and she "
-               "believed the reef would wreck more boats unless the light burned again."),
+               "She believed the reef would wreck more boats unless the light burned again."),
     "short": ("How many winters had the lighthouse on Garra Point been dark?", "Eleven winters."),
 }
 DEMO_WRONG_ANSWER = ("Who paid Mara Quill to relight the lighthouse?", "The village council paid her.")
@@ -90,12 +87,11 @@ def critique_messages(chunk_text: str, question: str, answer: str, demonstration
         right_q, right_a = DEMO_PAIRS["normal"]
         messages += [
             {"role": "user", "content": critique_user_message(DEMO_CHUNK, wrong_q, wrong_a)},
-            {"role": "assistant", "content": "<verdict>no</verdict>\n<reason>The text says the council refused "
-                                             "to pay a keeper, so nobody paid her.</reason>"},
-            {"role": "user", "content": critique_user_message(DEMO_CHUNK, right_q, right_a)},
-            {"role": "assistant", "content": "<verdict>yes</verdict>\n<reason>The text says the council stopped "
-                                             "paying a keeper and she feared the reef would claim more boats."
+            {"role": "assistant", "content": "<verdict>no</verdict>\n<reason>The council refused to pay a keeper."
                                              "</reason>"},
+            {"role": "user", "content": critique_user_message(DEMO_CHUNK, right_q, right_a)},
+            {"role": "assistant", "content": "<verdict>yes</verdict>\n<reason>The text says she feared the reef "
+                                             "would claim more boats.</reason>"},
         ]
     messages.append({"role": "user", "content": critique_user_message(chunk_text, question, answer)})
     return messages

@@ -1,0 +1,84 @@
+"""`longscale generate`: documents in, QA pairs and long instances out (flags = GenerationConfig fields)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from datafactory.config import GenerationConfig
+from longscale.configcli import ConfigError, add_model_flags, resolve_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("generate", help="self-instruct long-context QA data from long documents",
+                            description="Chunk long documents, ask a chat model for question-answer pairs (the "
+                            "paper's Figure 9 prompts), verify them by self-critique, and build long training "
+                            "instances (Figure 10). Running again into the same --output resumes.")
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="documents: .txt/.md files or directories of them, .jsonl, .parquet, or a "
+                             "datasets save_to_disk directory")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output directory (resumed if it exists)")
+    parser.add_argument("--config", metavar="FILE.yaml", help="settings from YAML; flags override it")
+    parser.add_argument("--broker", metavar="URL", help="submit to Celery workers through this broker "
+                        "(redis://...) instead of generating in this process")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    add_model_flags(parser, GenerationConfig, group_title="generation settings")
+    parser.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    config = resolve_config(GenerationConfig, args, args.config)
+    return generate(args.input, config, Path(args.output), broker=args.broker, progress=not args.no_progress)
+
+
+def generate(inputs: list[str], config: GenerationConfig, output: Path, broker: str | None = None,
+             progress: bool = True) -> int:
+    """Run (or submit) a generation and print the summary; user errors become ConfigError."""
+    from datafactory.documents import DocumentError, load_documents
+    from datafactory.engines import EngineError
+    from datafactory.output import OutputDirError
+    from datafactory.pipeline import TokenizerError, run_generation
+
+    if broker:
+        from worker.submit import submit_generation
+
+        result = submit_generation([str(p) for p in inputs], config, str(output), broker)
+        print(result if result is not None else f"submitted to {broker}; results will appear in {output}")
+        return 0
+    try:
+        documents = load_documents(inputs, config)
+        if not documents:
+            raise ConfigError(f"no documents found in {', '.join(map(str, inputs))}")
+        manifest = run_generation(documents, config, output, progress=progress)
+    except (DocumentError, EngineError, OutputDirError, TokenizerError) as exc:
+        raise ConfigError(str(exc)) from exc
+    print_summary(manifest, output)
+    return 0 if manifest["counts"]["qa"] or manifest["this_run"]["processed"] == 0 else 1
+
+
+def print_summary(manifest: dict[str, Any], output: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    counts, run = manifest["counts"], manifest.get("this_run", {})
+    table = Table(title=f"generation {manifest['status']}: {output}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rate = counts["acceptance_rate"]
+    rows = [
+        ("documents (this run / too short / already done)",
+         f"{run.get('processed', 0)} / {run.get('too_short', 0)} / {run.get('already_done', 0)}"),
+        ("QA pairs in the directory", str(counts["qa"])),
+        ("accepted", f"{counts['accepted']} ({rate:.0%})" if rate is not None else "0"),
+        ("long instances", f"{counts['instances']} ({counts['truncated_instances']} truncated to fit)"),
+        ("new this run", f"{run.get('qa_new', 0)} QA, {run.get('accepted_new', 0)} accepted"),
+        ("requests, requests/s", f"{run.get('requests', 0)}, {run.get('requests_per_s', 0):.2f}"),
+        ("time", f"{manifest['timings'].get('generation_s', 0):.1f} s"),
+    ]
+    rows += [(f"rejected: {reason}", str(n)) for reason, n in manifest["rejection_reasons"].items()]
+    for row in rows:
+        table.add_row(*row)
+    console = Console(file=sys.stdout)
+    console.print(table)
+    console.print(f"files: {output}/qa.jsonl, instances.jsonl, qa.parquet, instances.parquet, manifest.json")

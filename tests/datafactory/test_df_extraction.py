@@ -1,0 +1,138 @@
+"""Extraction on realistic ugly model outputs, plus a property test that it never raises."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from datafactory.extraction import check_pair, extract_qa, parse_critique
+from datafactory.prompts import DEMO_CHUNK, DEMO_PAIRS
+
+Q, A = "Who visited Kellynch Hall?", "Admiral Croft"
+
+# (model output, finish_reason, expected reason (None = accepted), expected question, expected answer)
+UGLY_OUTPUTS = [
+    (f"<question>{Q}</question>\n<answer>{A}</answer>", "stop", None, Q, A),
+    (f"Sure! Here is a question based on the text:\n\n<question>{Q}</question>\n<answer>{A}</answer>\n\n"
+     "I hope this helps!", "stop", None, Q, A),
+    (f"```xml\n<question>{Q}</question>\n<answer>{A}</answer>\n```", "stop", None, Q, A),
+    (f"<question>{Q}</question><answer>{A}</answer><question>Second?</question><answer>Two</answer>",
+     "stop", None, Q, A),
+    ("<question>What did Anne & Wentworth discuss?</question><answer>Louisa & the Cobb</answer>", "stop", None,
+     "What did Anne & Wentworth discuss?", "Louisa & the Cobb"),
+    ("<question>Is 3 < 5 in the ledger?</question><answer>Yes, 3 < 5</answer>", "stop", None,
+     "Is 3 < 5 in the ledger?", "Yes, 3 < 5"),
+    ("<question>Who wrote &quot;Persuasion&quot;?</question><answer>Jane&nbsp;Austen &amp; no one else</answer>",
+     "stop", None, 'Who wrote "Persuasion"?', "Jane Austen & no one else"),
+    ("<question>What is &#8220;Bath&#8221;?</question><answer>A town&#x2014;a spa</answer>", "stop", None,
+     "What is \u201cBath\u201d?", "A town\u2014a spa"),
+    ("<question><![CDATA[Who said <hush> & left?]]></question><answer><![CDATA[Mary]]></answer>", "stop", None,
+     "Who said <hush> & left?", "Mary"),
+    (f"<question>\n\n   {Q}\n   </question>\n\n<answer>\n   Admiral\n   Croft  </answer>", "stop", None, Q, A),
+    (f"<QUESTION>{Q}</QUESTION> <Answer>{A}</Answer>", "stop", None, Q, A),
+    (f"<question>{Q}</answer>\n<answer>{A}</answer>", "stop", None, Q, A),  # mismatched closer
+    (f"<question>{Q}\n<answer>{A}</answer>", "stop", None, Q, A),  # question never closed
+    (f"<question><question>{Q}</question></question>\n<answer>{A}</answer>", "stop", None, Q, A),  # duplicated
+    (f"<question>{Q}</question>\n<answer>{A}", "stop", None, Q, A),  # unclosed answer, ended normally
+    (f"<question>{Q}</question>\n<answer>Admiral Croft, who had taken the house and", "length", "truncated",
+     Q, "Admiral Croft, who had taken the house and"),
+    (f"<question>{Q}</question>\n<ans", "length", "truncated", Q, None),
+    ("<question>Who visited Kellynch", "length", "truncated", "Who visited Kellynch", None),
+    ("Here is a question about the text: who visited Kellynch Hall? The answer is Admiral Croft.", "stop",
+     "no_question", None, None),
+    (f"<question>{Q}</question>\nThe answer is Admiral Croft.", "stop", "no_answer", Q, None),
+    (f"<answer>{A}</answer>", "stop", "no_question", None, A),
+    ("<question></question><answer>   </answer>", "stop", "empty", None, None),
+    ("", "stop", "empty_output", None, None),
+    ("   \n\t ", "stop", "empty_output", None, None),
+    (f"<question>Question: {Q}</question>\n<answer>Answer: {A}</answer>", "stop", None, Q, A),
+    (f"<question>**{Q}**</question><answer>**{A}**</answer>", "stop", None, Q, A),
+    (f"<answer>{A}</answer>\n<question>{Q}</question>", "stop", None, Q, A),  # order swapped
+    (f"{Q}</question>\n<answer>{A}</answer>", "stop", None, Q, A),  # opener missing
+    (f"<question>{Q}</question>\n<answer><b>{A}</b></answer>", "stop", None, Q, A),  # stray markup inside
+    (f"<question id=\"1\">{Q}</question>\n<answer type='short'>{A}</answer>", "stop", None, Q, A),  # attributes
+    (f"<question>{Q}</question>\x00\x07<answer>{A}\x1b</answer>", "stop", None, Q, A),  # control characters
+    (f"<question></question><answer></answer><question>{Q}</question><answer>{A}</answer>", "stop", None, Q, A),
+]
+
+
+@pytest.mark.parametrize("text,finish,reason,question,answer", UGLY_OUTPUTS)
+def test_extraction_table(text, finish, reason, question, answer):
+    got = extract_qa(text, finish)
+    assert got.reason == reason, got
+    if question is not None:
+        assert got.question == question
+    if reason is None:
+        assert got.answer == answer
+    elif answer is not None:
+        assert got.answer == answer
+
+
+def test_table_is_large_enough():
+    assert len(UGLY_OUTPUTS) >= 25
+
+
+def test_repairs_are_recorded():
+    assert "mismatched_close" in extract_qa(f"<question>{Q}</answer><answer>{A}</answer>").notes
+    assert "markdown_fence" in extract_qa(f"```\n<question>{Q}</question><answer>{A}</answer>\n```").notes
+    several = extract_qa(f"<question>{Q}</question><answer>{A}</answer>" * 3)
+    assert several.pairs == 3 and "several_pairs" in several.notes
+
+
+def test_content_checks():
+    ok = extract_qa(f"<question>{Q}</question><answer>{A}</answer>")
+    assert check_pair(ok, "short", "Admiral Croft visited Kellynch Hall.").ok
+    long_answer = extract_qa(f"<question>{Q}</question><answer>{'word ' * 30}</answer>")
+    assert check_pair(long_answer, "short", "").reason == "short_answer_too_long"
+    assert check_pair(long_answer, "normal", "").ok
+    demo_q, demo_a = DEMO_PAIRS["short"]
+    copied = extract_qa(f"<question>{demo_q}</question><answer>11 winters</answer>")
+    assert check_pair(copied, "short", "Anne walked to Uppercross.").reason == "copied_demonstration"
+    # a marker that is really in the chunk is no copy
+    real = extract_qa("<question>Who rowed out to Garra Point?</question><answer>Mara Quill</answer>")
+    assert check_pair(real, "short", DEMO_CHUNK).ok
+    echo = extract_qa(f"<question>{Q}</question><answer>{Q}</answer>")
+    assert check_pair(echo, "normal", "").reason == "answer_repeats_question"
+
+
+@pytest.mark.parametrize("text,verdict", [
+    ("<verdict>yes</verdict><reason>It says so.</reason>", "yes"),
+    ("<verdict> No. </verdict>\n<reason>The text never says that.</reason>", "no"),
+    ("<Verdict>YES</Verdict>", "yes"),
+    ("```\n<verdict>correct</verdict>\n```", "yes"),
+    ("Yes, the answer is supported by the text.", "yes"),
+    ("No - the chunk does not mention it.", "no"),
+    ("<verdict>maybe</verdict><reason>unclear</reason>", None),
+    ("The answer seems plausible but I cannot tell.", None),
+    ("<verdict>", None),
+    ("", None),
+    (None, None),
+])
+def test_critique_verdicts(text, verdict):
+    got = parse_critique(text)
+    assert got.verdict == verdict
+    if verdict is None:
+        assert not got.parsed
+
+
+def test_critique_keeps_reason():
+    got = parse_critique("<verdict>no</verdict><reason>Wrong &amp; unsupported</reason>")
+    assert got.reason == "Wrong & unsupported"
+
+
+TAG_SOUP = st.lists(st.sampled_from([
+    "<question>", "</question>", "<answer>", "</answer>", "<verdict>", "</verdict>", "<reason>", "</reason>",
+    "<", ">", "&", "&amp;", "&#0;", "&#xD800;", "&#99999999;", "&nbsp;", "<![CDATA[", "]]>", "```", "\n\n",
+    "<question", "</", "Who?", "yes", "no", " ", "\x00", "\ud7ff", "é", "<b>", "&bogus;",
+]) | st.text(max_size=20), max_size=40).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.one_of(st.text(max_size=300), TAG_SOUP), finish=st.sampled_from([None, "stop", "length"]))
+def test_extraction_never_raises(text, finish):
+    got = extract_qa(text, finish)
+    assert got.reason is None or isinstance(got.reason, str)
+    if got.ok:
+        assert got.question and got.answer
+    verdict = parse_critique(text, finish)
+    assert verdict.verdict in (None, "yes", "no")

@@ -1,0 +1,107 @@
+"""OutputWriter: resume and double-append never duplicate, across processes too; Parquet + manifest."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from datafactory.config import GenerationConfig
+from datafactory.output import OutputDirError, OutputWriter, read_jsonl
+
+
+def _qa(i: int, accepted: bool = True) -> dict:
+    return {"id": f"q{i}", "doc_id": f"d{i % 3}", "chunk_index": i, "chunk_token_span": [i, i + 10],
+            "answer_type": "short" if i % 2 else "normal", "question": f"Q{i}?", "answer": f"A{i}",
+            "critique": {"verdict": "yes", "reason": "ok", "raw": "<verdict>yes</verdict>"} if accepted else None,
+            "accepted": accepted, "reject_reason": None if accepted else "no_answer", "model": "m", "raw": "..."}
+
+
+def _instance(i: int) -> dict:
+    return {"id": f"q{i}", "doc_id": f"d{i % 3}", "messages": [{"role": "user", "content": f"doc {i}"},
+                                                                 {"role": "assistant", "content": f"A{i}"}]}
+
+
+def _ids(path: Path) -> list[str]:
+    return [r["id"] for r in read_jsonl(path)]
+
+
+def test_double_append_and_resume_never_duplicate(tmp_path):
+    writer = OutputWriter(tmp_path)
+    assert writer.append([_qa(0), _qa(1), _qa(1)], [_instance(0), _instance(1)]) == 2
+    assert writer.append([_qa(1), _qa(2)], [_instance(1), _instance(2)]) == 1  # a re-delivered task
+    again = OutputWriter(tmp_path)  # a re-run in a new process sees what is there
+    assert again.done_ids() == {"q0", "q1", "q2"}
+    assert again.append([_qa(0), _qa(2), _qa(3, accepted=False)], [_instance(0), _instance(2)]) == 1
+    assert _ids(tmp_path / "qa.jsonl") == ["q0", "q1", "q2", "q3"]
+    assert _ids(tmp_path / "instances.jsonl") == ["q0", "q1", "q2"]
+    assert again.written["skipped_duplicates"] == 2
+
+
+def test_instance_of_a_crashed_append_is_not_duplicated(tmp_path):
+    writer = OutputWriter(tmp_path)
+    # a crash after the instance line and before the qa line: the pair is generated again
+    (tmp_path / "instances.jsonl").write_text(json.dumps(_instance(5)) + "\n")
+    assert writer.append([_qa(5)], [_instance(5)]) == 1
+    assert _ids(tmp_path / "instances.jsonl") == ["q5"] and _ids(tmp_path / "qa.jsonl") == ["q5"]
+
+
+def test_cut_off_line_is_dropped_and_whole_lines_kept(tmp_path):
+    writer = OutputWriter(tmp_path)
+    writer.append([_qa(0)], [])
+    with (tmp_path / "qa.jsonl").open("a") as fh:
+        fh.write('{"id": "q1", "doc_id": "d1", "quest')  # a writer killed mid-line
+    other = OutputWriter(tmp_path)
+    assert other.done_ids() == {"q0"}
+    other.append([_qa(1)], [])
+    lines = (tmp_path / "qa.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["q0", "q1"]
+
+
+def _append_worker(directory: str, ids: list[int], barrier) -> None:
+    writer = OutputWriter(directory)
+    barrier.wait()
+    for i in ids:
+        writer.append([_qa(i)], [_instance(i)])
+
+
+def test_concurrent_processes_never_duplicate(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(3)
+    overlapping = [list(range(0, 60)), list(range(30, 90)), list(range(0, 90, 2))]
+    procs = [ctx.Process(target=_append_worker, args=(str(tmp_path), ids, barrier)) for ids in overlapping]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    qa_ids, inst_ids = _ids(tmp_path / "qa.jsonl"), _ids(tmp_path / "instances.jsonl")
+    assert sorted(qa_ids) == sorted(f"q{i}" for i in range(90)) and len(qa_ids) == 90
+    assert sorted(inst_ids) == sorted(qa_ids)
+
+
+def test_finalize_writes_parquet_and_manifest(tmp_path):
+    from datasets import load_dataset
+
+    writer = OutputWriter(tmp_path)
+    writer.append([_qa(i, accepted=i != 2) for i in range(4)], [_instance(i) for i in range(4) if i != 2])
+    config = GenerationConfig(api_key="secret")
+    manifest = writer.finalize(config.public_dict(), "SmolLM2", {"generation_s": 1.5})
+    assert manifest["counts"]["qa"] == 4 and manifest["counts"]["accepted"] == 3
+    assert manifest["counts"]["instances"] == 3 and manifest["rejection_reasons"] == {"no_answer": 1}
+    assert manifest["config"]["api_key"] == "***" and "transformers" in manifest["versions"]
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk["counts"] == manifest["counts"] and on_disk["status"] == "complete"
+    qa = load_dataset("parquet", data_files=str(tmp_path / "qa.parquet"), split="train")
+    instances = load_dataset("parquet", data_files=str(tmp_path / "instances.parquet"), split="train")
+    assert qa.num_rows == 4 and set(qa["id"]) == {"q0", "q1", "q2", "q3"}
+    assert instances[0]["messages"][1]["role"] == "assistant"
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    writer = OutputWriter(tmp_path)
+    writer.finalize(GenerationConfig(chunk_tokens=500).public_dict(), "m")
+    writer.check_compatible(GenerationConfig(chunk_tokens=500, concurrency=8).public_dict())  # harmless change
+    with pytest.raises(OutputDirError, match="chunk_tokens: 500 -> 600"):
+        writer.check_compatible(GenerationConfig(chunk_tokens=600).public_dict())
