@@ -1,0 +1,136 @@
+"""`longscale pretrain [apply-rope]` and `longscale probe <name>`: thin wrappers over the package."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from longscale.configcli import ConfigError, add_model_flags, resolve_config
+
+class _AppendOrStart(argparse._AppendAction):
+    """'append' that starts a fresh list when the default is configcli's "not given" marker.
+
+    Work-around: argparse's append copies the default, and configcli's marker is not a list, so a
+    list flag given on the command line crashes. Remove once longscale.configcli handles it.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if not isinstance(getattr(namespace, self.dest, None), list):
+            setattr(namespace, self.dest, [])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _add_flags(parser: argparse.ArgumentParser, model) -> None:
+    add_model_flags(parser, model)
+    for action in parser._actions:
+        if isinstance(action, argparse._AppendAction):
+            action.__class__ = _AppendOrStart
+
+
+PROBES = ("first-sentence", "passkey", "loss-by-position", "context-scaling", "rope-decay")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from pretrain.config import ApplyRopeConfig, PretrainConfig
+    from pretrain.probes.config import ProbeConfig
+
+    train = sub.add_parser("pretrain", help="continual pretraining with a RoPE variant (and `apply-rope`)",
+                           description="Continue pretraining a Llama-architecture checkpoint at a longer length. "
+                                       "`longscale pretrain apply-rope ...` only converts the RoPE variant.")
+    train.add_argument("--config", help="YAML file with the same settings as the flags")
+    _add_flags(train, PretrainConfig)
+    train.set_defaults(func=_run_pretrain)
+    actions = train.add_subparsers(dest="pretrain_action", metavar="ACTION")
+    apply = actions.add_parser("apply-rope", help="write a checkpoint converted to a RoPE variant, no training")
+    apply.add_argument("--config", help="YAML file")
+    _add_flags(apply, ApplyRopeConfig)
+    apply.set_defaults(func=_run_apply)
+
+    probe = sub.add_parser("probe", help="long-context probes (JSON + PNG)")
+    names = probe.add_subparsers(dest="probe_name", metavar="PROBE")
+    for name in PROBES:
+        p = names.add_parser(name, help=f"{name} probe")
+        p.add_argument("--config", help="YAML file")
+        _add_flags(p, ProbeConfig)
+        p.set_defaults(func=_run_probe)
+    probe.set_defaults(func=lambda a: probe.print_help() or 2)
+
+
+def _run_apply(args) -> int:
+    from pretrain.apply import RopeConversionError, apply_rope_variant
+    from pretrain.config import ApplyRopeConfig
+
+    cfg = resolve_config(ApplyRopeConfig, args, args.config)
+    try:
+        changes = apply_rope_variant(cfg.model, cfg.variant, cfg.output, base=cfg.base, seq_len=cfg.seq_len)
+    except RopeConversionError as exc:
+        raise ConfigError(str(exc)) from exc
+    print(json.dumps({"output": cfg.output, "changes": changes}, indent=2))
+    return 0
+
+
+def _run_pretrain(args) -> int:
+    from pretrain.config import PretrainConfig
+    from pretrain.data import DataSourceError
+    from pretrain.trainer import pretrain
+
+    cfg = resolve_config(PretrainConfig, args, args.config)
+    if not Path(cfg.model).is_dir():
+        raise ConfigError(f"--model {cfg.model}: no such model folder")
+    try:
+        summary = pretrain(cfg)
+    except DataSourceError as exc:
+        raise ConfigError(str(exc)) from exc
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_probe(args) -> int:
+    from pretrain.probes.config import ProbeConfig
+
+    cfg = resolve_config(ProbeConfig, args, args.config)
+    out = Path(cfg.output)
+    name = args.probe_name
+    if name == "rope-decay":
+        from pretrain.probes.rope_decay import rope_decay, rope_decay_for_model
+
+        kw = dict(abf_base=cfg.abf_base, pi_factor=cfg.pi_factor, max_distance=max(cfg.lengths), output=out)
+        result = rope_decay_for_model(cfg.model, **kw) if cfg.model else rope_decay(**kw)
+        print(json.dumps(result["mean_abs_score_last_quarter"], indent=2))
+        return 0
+    if not cfg.model or not Path(cfg.model).is_dir():
+        raise ConfigError(f"--model {cfg.model}: no such model folder")
+    if name != "passkey" and not cfg.texts:
+        raise ConfigError(f"probe {name} needs --texts (held-out evaluation text)")
+    from pretrain.probes.common import HFModel, read_texts
+
+    model = HFModel(cfg.model, device=cfg.device)
+    label = Path(cfg.model).name
+    texts = read_texts(cfg.texts) if cfg.texts else []
+    if name == "first-sentence":
+        from pretrain.probes.first_sentence import run_first_sentence
+
+        res = run_first_sentence(model.answer, model.tokenizer, texts, cfg.lengths, samples=cfg.samples,
+                                 seed=cfg.seed, mode=cfg.prompt, output=out, label=label)
+        summary = res["accuracy"]
+    elif name == "passkey":
+        from pretrain.probes.passkey import run_passkey
+
+        summary = run_passkey(model.answer, model.tokenizer, cfg.lengths, samples=cfg.samples, seed=cfg.seed,
+                              output=out, label=label)["accuracy"]
+    elif name == "loss-by-position":
+        from pretrain.probes.losses import loss_by_position, token_windows
+
+        windows = token_windows(texts, model.tokenizer, max(cfg.lengths), cfg.windows, cfg.seed)
+        trained = model.model.config.to_dict().get("original_max_position_embeddings")
+        res = loss_by_position(model.token_losses, windows, bin_size=cfg.bin_size, output=out, label=label,
+                               trained_length=trained)
+        summary = {"mean_loss": res["mean_loss"], "bins": len(res["bins"])}
+    else:
+        from pretrain.probes.losses import context_scaling
+
+        res = context_scaling(model.token_losses, texts, model.tokenizer, cfg.lengths, windows=cfg.windows,
+                              seed=cfg.seed, output=out, label=label)
+        summary = {"loss": res["loss"], "fit": res["fit"]}
+    print(json.dumps(summary, indent=2))
+    return 0

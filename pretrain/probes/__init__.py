@@ -1,0 +1,1 @@
+"""Long-context probes: first-sentence retrieval, passkey, loss by position, context scaling, RoPE decay."""
