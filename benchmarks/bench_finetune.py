@@ -1,0 +1,207 @@
+"""GPU throughput of the finetune trainer on assembled long data at 16k and 32k tokens.
+
+Runs the same code path as `longscale finetune` (assemble_rows -> datasets rows -> finetune.trainer.build_trainer
+-> TRL SFTTrainer.train) on long QA instances cut from the sample books, one sample per row, right-padded to the
+sequence length. Models: a ~0.9B random-initialised Llama (the 853M config of hf_baseline.py with the real
+tokenizer's 49,152-token vocabulary) and the embedded SmolLM2-135M-Instruct (real weights, when --smollm2 is
+given). Reports tokens/s (all row tokens and real ones), MFU with hf_baseline.py's formula (H100 dense bf16
+peak 989 TFLOP/s, recomputation not counted), peak memory, and the losses. Run it in the same device call as
+/work/shared/tools/hf_baseline.py and compare; `--baseline-log` folds that script's output into the report.
+
+    python3 benchmarks/bench_finetune.py --tokenizer DIR [--smollm2 DIR] --out DIR [--seqs 16384,32768]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from transformers import TrainerCallback  # noqa: E402
+
+from finetune.assemble import assemble_rows, load_tokenizer, to_dataset  # noqa: E402
+from finetune.config import FinetuneConfig  # noqa: E402
+from finetune.trainer import build_trainer  # noqa: E402
+
+PEAK_FLOPS = 989e12  # H100 SXM dense bf16, as in hf_baseline.py
+CUDA = torch.cuda.is_available()  # without CUDA the script still runs (tiny --small model) as a smoke test
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+BOOKS = sorted((REPO / "datafactory" / "sample_corpus").glob("*.txt"))
+TEMPLATE = ('You are given a long text (delimited by triple quotes) and a question. Read the text and answer the '
+            'question in the end. """ {doc} """\n\nQuestion: {question}')
+
+
+def write_long_instances(tokenizer, seq: int, n: int, out: Path) -> Path:
+    """n long QA instances whose chat rendering is a little under `seq` tokens (documents cut from the books)."""
+    out.mkdir(parents=True, exist_ok=True)
+    books = [tokenizer(b.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"] for b in BOOKS]
+    lines = []
+    for i in range(n):
+        question, answer = f"What happens in passage {i}?", f"Passage {i} tells of a visit."
+        empty = [{"role": "user", "content": TEMPLATE.format(doc="", question=question)},
+                 {"role": "assistant", "content": answer}]
+        overhead = len(tokenizer.apply_chat_template(empty, tokenize=True, return_dict=False)) + 8
+        book = books[i % len(books)]
+        budget = seq - overhead - 64
+        start = (i * 7919) % max(1, len(book) - budget)
+        doc = tokenizer.decode(book[start:start + budget])
+        lines.append({"id": f"bench-{seq}-{i}", "doc_id": BOOKS[i % len(BOOKS)].stem, "answer_type": "normal",
+                      "messages": [{"role": "user", "content": TEMPLATE.format(doc=doc, question=question)},
+                                   {"role": "assistant", "content": answer}]})
+    (out / "instances.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return out
+
+
+def random_llama(vocab: int, seq: int, small: bool = False):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4) if small else \
+        dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16)
+    cfg = LlamaConfig(vocab_size=vocab, num_key_value_heads=4 if not small else 2, max_position_embeddings=seq,
+                      rope_theta=500000.0, **size)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).to(dtype=torch.bfloat16 if CUDA else torch.float32)
+
+
+def flops_per_step(model, seq: int) -> float:
+    """hf_baseline.py's formula: 6 N_non-embedding T + 6 V h T (LM head) + 6 L h T^2 (causal attention)."""
+    c = model.config
+    n = sum(p.numel() for p in model.parameters())
+    emb = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
+    return 6 * (n - emb) * seq + 6 * c.vocab_size * c.hidden_size * seq + 6 * c.num_hidden_layers * c.hidden_size * seq * seq
+
+
+class StepClock(TrainerCallback):
+    """Wall time between consecutive optimizer-step ends (data loading, forward, backward, optimizer: all of it)."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        sync()
+        self.ends.append(time.perf_counter())
+
+
+def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ckpt, attn="sdpa", compile_=False):
+    config = FinetuneConfig(model=name, output=str(out_dir), long_data=[str(data_dir)], pack_length=seq, max_length=seq,
+                            pad_to="max", drop_overlong=True, batch_tokens=seq, per_device_rows=1,
+                            max_steps=warmup + steps, gradient_checkpointing=ckpt, attn_implementation=attn,
+                            bf16=CUDA, torch_compile=compile_, save_steps=10**6, logging_steps=1, warmup_ratio=0.0)
+    rows, stats = assemble_rows(config, tokenizer)
+    model.set_attn_implementation(attn)
+    clock = StepClock()
+    device = "cuda" if CUDA else "cpu"
+    trainer = build_trainer(config, to_dataset(rows), tokenizer, model=model.to(device), callbacks=[clock])
+    trainer.args.save_strategy = "no"  # no multi-GB checkpoint at the end of a timing run
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    dts = [b - a for a, b in zip(clock.ends[warmup - 1:], clock.ends[warmup:])]
+    dt = sum(dts) / len(dts)
+    flops = flops_per_step(trainer.model, seq)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    result = dict(model=name, seq=seq, params_M=round(sum(p.numel() for p in trainer.model.parameters()) / 1e6),
+                  attn=attn, ckpt=ckpt, compile=compile_, steps_timed=len(dts), step_s=round(dt, 3),
+                  tok_s=round(seq / dt), real_tok_s=round(seq * (1 - stats["pad_fraction"]) / dt),
+                  mfu=round(flops / dt / PEAK_FLOPS, 3), hfu=round(flops * (4 / 3 if ckpt else 1) / dt / PEAK_FLOPS, 3),
+                  peak_mem_GB=round(torch.cuda.max_memory_allocated() / 2**30, 1) if CUDA else None, pad_fraction=stats["pad_fraction"],
+                  rows=stats["rows"], loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4))
+    del trainer
+    return result
+
+
+def run_one(label, make_model, tokenizer, seq, data_dir, work, args, **kw):
+    model = None
+    try:
+        model = make_model()
+        result = measure(label, model, tokenizer, seq, data_dir, work / f"{label}-{seq}", steps=args.steps,
+                         warmup=args.warmup, **kw)
+    except Exception as exc:  # an OOM or a kernel refusal is a result too
+        import traceback
+        traceback.print_exc()
+        result = dict(model=label, seq=seq, error=repr(exc)[:400], **{k: v for k, v in kw.items()})
+    print(json.dumps(result), flush=True)
+    del model
+    gc.collect()
+    if CUDA:
+        torch.cuda.empty_cache()
+    return result
+
+
+def report(results, baseline, out: Path) -> None:
+    env = {m: __import__(m).__version__ for m in ("torch", "transformers", "trl", "datasets")}
+    env["gpu"] = torch.cuda.get_device_name(0) if CUDA else "cpu (smoke test)"
+    (out / "finetune_gpu.json").write_text(json.dumps({"env": env, "finetune": results, "baseline": baseline}, indent=2))
+    lines = ["# finetune trainer throughput (GPU)", "", f"Device: {env['gpu']}; " +
+             ", ".join(f"{k} {v}" for k, v in env.items() if k != "gpu"), "",
+             "| run | model | seq | params (M) | attn | ckpt | tokens/s | MFU | peak mem (GB) | loss first -> last |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in baseline:
+        if "tok_s" in r:
+            lines.append(f"| hf_baseline | random Llama | {r['seq']} | {r['params_M']} | {r['attn']} | {r['ckpt']} | "
+                         f"{r['tok_s']} | {r['mfu']} | {r['peak_mem_GB']} | - |")
+    for r in results:
+        if "error" in r:
+            lines.append(f"| finetune | {r['model']} | {r['seq']} | - | {r.get('attn')} | {r.get('ckpt')} | error: "
+                         f"{r['error'][:80]} | - | - | - |")
+        else:
+            lines.append(f"| finetune | {r['model']} | {r['seq']} | {r['params_M']} | {r['attn']} | {r['ckpt']} | "
+                         f"{r['tok_s']} | {r['mfu']} | {r['peak_mem_GB']} | {r['loss_first']} -> {r['loss_last']} |")
+    (out / "finetune_gpu.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", required=True, help="HF folder whose tokenizer/chat template builds the data")
+    parser.add_argument("--smollm2", help="HF folder of SmolLM2-135M-Instruct (real weights) to finetune too")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seqs", default="16384,32768")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--ckpt-fallback", action="store_true", help="also run with gradient checkpointing")
+    parser.add_argument("--small", action="store_true", help="tiny random model instead of ~0.9B (CPU smoke test)")
+    parser.add_argument("--baseline-log", help="stdout of hf_baseline.py run in the same call")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(args.tokenizer)
+    work = Path(tempfile.mkdtemp(prefix="bench-ft-"))
+    results = []
+    for seq in map(int, args.seqs.split(",")):
+        data_dir = write_long_instances(tokenizer, seq, args.warmup + args.steps + 1, work / f"data-{seq}")
+        results.append(run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq, data_dir,
+                               work, args, ckpt=False))
+        if args.ckpt_fallback or "error" in results[-1]:
+            results.append(run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
+                                   data_dir, work, args, ckpt=True))
+        if args.smollm2:
+            from transformers import AutoModelForCausalLM
+
+            results.append(run_one("SmolLM2-135M", lambda: AutoModelForCausalLM.from_pretrained(
+                args.smollm2, dtype=torch.bfloat16), tokenizer, seq, data_dir, work, args, ckpt=False))
+    baseline = []
+    if args.baseline_log and Path(args.baseline_log).exists():
+        for line in Path(args.baseline_log).read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "seq" in row:
+                baseline.append(row)
+    report(results, baseline, out)
+
+
+if __name__ == "__main__":
+    main()
