@@ -28,11 +28,12 @@ class TransformersServe:
     """`with TransformersServe(model_dir) as srv: srv.base_url` -> http://127.0.0.1:PORT/v1."""
 
     def __init__(self, model_dir: str | Path, *, port: int | None = None, extra_args: tuple[str, ...] = (),
-                 startup_timeout: float = 180.0) -> None:
+                 startup_timeout: float = 180.0, env: dict[str, str] | None = None) -> None:
         self.model_dir = str(model_dir)
         self.port = port or free_port()
         self.extra_args = extra_args
         self.startup_timeout = startup_timeout
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.process: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="transformers-serve-", suffix=".log", delete=False)
 
@@ -51,7 +52,7 @@ class TransformersServe:
         cmd = [sys.executable, "-c", _LAUNCH, "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--device", "cpu", *self.extra_args, self.model_dir]
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                        env=self.env)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

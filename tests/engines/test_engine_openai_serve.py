@@ -10,7 +10,8 @@ from datafactory.testing import TransformersServe
 
 @pytest.fixture(scope="module")
 def served(embedded_model_dir):
-    with TransformersServe(embedded_model_dir) as server:
+    # one torch thread: on the shared 2-core machine more threads spin against each other
+    with TransformersServe(embedded_model_dir, env={"OMP_NUM_THREADS": "1"}) as server:
         yield server
 
 
