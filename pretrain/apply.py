@@ -17,6 +17,22 @@ XPOS_MODULE = "modeling_xpos_llama"
 XPOS_SOURCE = Path(__file__).with_name("xpos_modeling.py")
 
 
+def register_xpos() -> None:
+    """Make `xpos_llama` known to the Auto classes (no remote-code prompt when this package is present)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pretrain.xpos_modeling import XPosLlamaConfig, XPosLlamaForCausalLM
+
+    try:
+        AutoConfig.register("xpos_llama", XPosLlamaConfig)
+        AutoModelForCausalLM.register(XPosLlamaConfig, XPosLlamaForCausalLM)
+    except ValueError:
+        pass  # already registered
+
+
+register_xpos()
+
+
 class RopeConversionError(ValueError):
     """The model folder cannot be converted (missing config, unsupported architecture or variant)."""
 
