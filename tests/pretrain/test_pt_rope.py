@@ -45,8 +45,6 @@ def test_loaded_angles_equal_appendix_b(tiny_llama_dir, tmp_path, variant):
     assert torch.allclose(variant_angles(variant, d, b, base=beta * b, factor=1 / alpha), expected, rtol=1e-12)
     apply_rope_variant(tiny_llama_dir, variant, tmp_path / variant, base=beta * b, seq_len=seq)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / variant, trust_remote_code=True)
-    if variant == "xpos-abf":  # rebuilt from the modeling file saved in the checkpoint, not from this package
-        assert type(model).__module__.startswith("transformers_modules")
     loaded = model.model.rotary_emb.inv_freq.double()
     assert torch.allclose(loaded, expected, rtol=1e-6)
     assert model.config.max_position_embeddings == seq
@@ -76,6 +74,27 @@ def test_saved_variant_reloads_with_identical_logits(tiny_llama_dir, tmp_path, v
     with torch.no_grad():
         changed = (first(x).logits - plain(x).logits).abs().max().item()
     assert (changed == 0.0) == (variant == "none")
+
+
+def test_xpos_checkpoint_reloads_without_longscale(tiny_llama_dir, tmp_path):
+    """A fresh interpreter that never imports longscale rebuilds xPos from the checkpoint's own file."""
+    import subprocess
+    import sys
+
+    apply_rope_variant(tiny_llama_dir, "xpos-abf", tmp_path / "x", base=1e6, seq_len=256)
+    here = load_model(tmp_path / "x").eval()
+    x = torch.arange(40)[None] % TINY["vocab_size"]
+    with torch.no_grad():
+        expected = here(x).logits.double().sum().item()
+    code = ("import sys, torch; from transformers import AutoModelForCausalLM; "
+            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval(); "
+            "assert 'pretrain' not in sys.modules; "
+            "print(type(m).__module__, m(torch.arange(40)[None] % 97).logits.double().sum().item())")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x")], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    module, total = done.stdout.split()[-2:]
+    assert module.startswith("transformers_modules") and float(total) == pytest.approx(expected, rel=1e-6)
 
 
 def test_xpos_off_equals_plain_llama_and_on_is_shift_invariant(tiny_llama_dir):
