@@ -63,6 +63,7 @@ class Job(BaseModel):
     elapsed_seconds: float = 0.0
     created_at: float | None = None
     started_at: float | None = None
+    last_settled_at: float | None = Field(None, description="when the latest document finished")
     finished_at: float | None = None
     config: dict[str, Any] = Field(default_factory=dict, description="the config, API key masked")
     source: dict[str, Any] = Field(default_factory=dict)

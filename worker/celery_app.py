@@ -25,10 +25,9 @@ def make_celery(redis_url: str | None = None) -> Celery:
         broker_transport_options=transport,
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         result_expires=7 * 24 * 3600,
-        task_track_started=True,
+        task_ignore_result=True,  # the job hash in Redis is the record of truth; per-task results cost writes
         broker_connection_retry_on_startup=True,
-        worker_send_task_events=True, task_send_sent_event=True,  # for flower
-        worker_hijack_root_logger=False,
+        worker_hijack_root_logger=False,  # task events stay off unless Flower switches them on (it does)
     )
     return app
 

