@@ -51,20 +51,36 @@ def llama2_rendering(answer_type: str, user: str, answer: str) -> str:
     return f"[INST] {user} [/INST] {answer}"
 
 
-def overhead_tokens(answer_type: str, question: str, answer: str, target_tokenizer: Any) -> int:
-    """Tokens an instance takes besides the document: the target's chat template when it has one, else
-    the [INST] rendering, plus a safety margin."""
-    messages = [{"role": "user", "content": user_message(answer_type, "", question)},
-                {"role": "assistant", "content": answer}]
+_TEMPLATE_TOKENS: dict[tuple[int, str], tuple[Any, int]] = {}
+
+
+def _template_tokens(answer_type: str, target_tokenizer: Any) -> int:
+    """Tokens of an instance with an empty document, question and answer (cached per tokenizer)."""
+    key = (id(target_tokenizer), answer_type)
+    cached = _TEMPLATE_TOKENS.get(key)
+    if cached is not None and cached[0] is target_tokenizer:
+        return cached[1]
+    messages = [{"role": "user", "content": user_message(answer_type, "", "")},
+                {"role": "assistant", "content": ""}]
+    count = None
     if getattr(target_tokenizer, "chat_template", None):
         try:
             ids = target_tokenizer.apply_chat_template(messages, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-            return len(ids) + SAFETY_TOKENS
+            count = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
         except Exception:  # a template that refuses these roles: fall back to the plain rendering
-            pass
-    rendering = llama2_rendering(answer_type, messages[0]["content"], answer)
-    return count_tokens([rendering], target_tokenizer)[0] + SAFETY_TOKENS
+            count = None
+    if count is None:
+        count = count_tokens([llama2_rendering(answer_type, messages[0]["content"], "")], target_tokenizer)[0]
+    _TEMPLATE_TOKENS[key] = (target_tokenizer, count)
+    return count
+
+
+def overhead_tokens(answer_type: str, question: str, answer: str, target_tokenizer: Any) -> int:
+    """Tokens an instance takes besides the document: the target's chat template when it has one (else the
+    [INST] rendering) around empty fields, plus the question and answer, plus a safety margin. Rendering the
+    template once per tokenizer keeps instance building cheap (benchmark (b))."""
+    return _template_tokens(answer_type, target_tokenizer) + sum(count_tokens([question, answer], target_tokenizer)) \
+        + SAFETY_TOKENS
 
 
 def fit_window(document: TokenizedText, chunk_char_span: tuple[int, int], budget: int) -> Window:

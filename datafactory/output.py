@@ -4,6 +4,8 @@
 append takes an exclusive `fcntl.flock` on `.lock`, reads the ids other writers appended since it last
 looked (it remembers its read offset, so this costs only the new bytes), and appends only unseen ids.
 A line cut off by a crash is dropped on the next append (and reported); whole lines are never lost.
+Records that failed on the engine (`engine_error`) are kept, and generated again by a later run; readers
+(`latest_records`, `finalize`) keep the last record per id.
 JSONL is the source of truth; `finalize` rebuilds the Parquet copies and the manifest from it.
 """
 from __future__ import annotations
@@ -31,11 +33,35 @@ class OutputDirError(ValueError):
     """The output directory holds a run with different record-shaping settings."""
 
 
+RETRYABLE_REASONS = frozenset({"engine_error"})
+
+
+def is_retryable(record: dict[str, Any]) -> bool:
+    """A record that failed for a transient reason (the engine), to be generated again on resume."""
+    return record.get("reject_reason") in RETRYABLE_REASONS
+
+
 class _JsonlIndex:
-    """Ids in one JSONL file, read incrementally from a remembered byte offset."""
+    """Ids in one JSONL file, read incrementally from a remembered byte offset.
+
+    `ids` are done for good; `retry` are ids whose latest record is an engine error: a later run may append
+    a new record for them (readers keep the last record per id).
+    """
 
     def __init__(self, path: Path):
-        self.path, self.offset, self.ids = path, 0, set()
+        self.path, self.offset, self.ids, self.retry = path, 0, set(), set()
+
+    def add(self, record: dict[str, Any]) -> None:
+        if is_retryable(record):
+            self.retry.add(record["id"])
+        else:
+            self.ids.add(record["id"])
+            self.retry.discard(record["id"])
+
+    def is_new(self, record: dict[str, Any]) -> bool:
+        if record["id"] in self.ids:
+            return False
+        return not (record["id"] in self.retry and is_retryable(record))  # the same error again: nothing new
 
     def refresh(self) -> None:
         if not self.path.exists():
@@ -46,7 +72,7 @@ class _JsonlIndex:
         complete = data.rfind(b"\n") + 1  # only whole lines; a partial tail is looked at again later
         for line in data[:complete].splitlines():
             try:
-                self.ids.add(json.loads(line)["id"])
+                self.add(json.loads(line))
             except (ValueError, KeyError, TypeError):
                 log.warning("%s: skipping an unreadable line", self.path)
         self.offset += complete
@@ -59,6 +85,14 @@ class _JsonlIndex:
         if size > self.offset:
             log.warning("%s: dropping %d bytes of a line cut off by an interrupted writer", self.path, size - self.offset)
             os.truncate(self.path, self.offset)
+
+
+def latest_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file, one per id (the last one written), in first-seen order."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in read_jsonl(path):
+        latest[record.get("id")] = record
+    return list(latest.values())
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -93,7 +127,7 @@ class OutputWriter:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def done_ids(self) -> frozenset[str]:
-        """Ids of every qa record in the directory (written by any process)."""
+        """Ids of the qa records in the directory (any process) that need no new attempt."""
         with self._locked():
             self._qa.refresh()
             return frozenset(self._qa.ids)
@@ -118,7 +152,7 @@ class OutputWriter:
         index.repair_tail()
         fresh, seen = [], set()
         for record in records:
-            if record["id"] not in index.ids and record["id"] not in seen:
+            if index.is_new(record) and record["id"] not in seen:
                 fresh.append(record)
                 seen.add(record["id"])
         if dry_run or not fresh:
@@ -128,7 +162,8 @@ class OutputWriter:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
-        index.ids.update(seen)
+        for record in fresh:
+            index.add(record)
         index.offset += len(payload)
         if index is self._instances:
             self.written["instances"] += len(fresh)
@@ -160,8 +195,8 @@ class OutputWriter:
                  extra: dict[str, Any] | None = None, status: str = "complete") -> dict[str, Any]:
         """Write qa.parquet, instances.parquet and manifest.json from the JSONL files; return the manifest."""
         with self._locked():
-            qa = list(read_jsonl(self.qa_path))
-            instances = list(read_jsonl(self.instances_path))
+            qa = latest_records(self.qa_path)
+            instances = latest_records(self.instances_path)
             _write_parquet(qa, self.dir / "qa.parquet")
             _write_parquet(instances, self.dir / "instances.parquet")
             reasons = Counter(r.get("reject_reason") for r in qa if not r.get("accepted"))

@@ -105,3 +105,16 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     writer.check_compatible(GenerationConfig(chunk_tokens=500, concurrency=8).public_dict())  # harmless change
     with pytest.raises(OutputDirError, match="chunk_tokens: 500 -> 600"):
         writer.check_compatible(GenerationConfig(chunk_tokens=600).public_dict())
+
+
+def test_engine_errors_are_retried_on_resume(tmp_path):
+    failed = dict(_qa(7, accepted=False), reject_reason="engine_error", engine_error="http_503: injected")
+    writer = OutputWriter(tmp_path)
+    writer.append([failed, _qa(8)], [_instance(8)])
+    assert OutputWriter(tmp_path).done_ids() == {"q8"}  # q7 is to be generated again
+    assert writer.append([failed], []) == 0  # the same failure again adds nothing
+    assert writer.append([_qa(7)], [_instance(7)]) == 1
+    assert writer.append([_qa(7)], [_instance(7)]) == 0
+    manifest = writer.finalize(GenerationConfig().public_dict(), "m")
+    assert manifest["counts"]["qa"] == 2 and manifest["counts"]["accepted"] == 2
+    assert manifest["rejection_reasons"] == {}
