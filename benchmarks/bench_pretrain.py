@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pretrain.loss import chunked_lm_loss  # noqa: E402
-from pretrain.trainer import configure_checkpointing  # noqa: E402
+from pretrain.trainer import configure_checkpointing  # noqa: E402  (the trainer's own pieces)
 
 PEAK = 989e12
 BIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,

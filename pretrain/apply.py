@@ -97,10 +97,12 @@ def load_model(model_dir: str | Path, **kwargs):
     return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
 
 
-def save_hf(model, output: str | Path, tokenizer=None) -> Path:
-    """save_pretrained plus what transformers drops: vLLM's rope keys and, for xPos, the modeling file."""
+def save_hf(model, output: str | Path, tokenizer=None, state_dict: dict | None = None) -> Path:
+    """save_pretrained plus what transformers drops: vLLM's rope keys and, for xPos, the modeling file.
+
+    `state_dict` overrides the model's own (a full state dict gathered from FSDP shards)."""
     output = Path(output)
-    model.save_pretrained(output, safe_serialization=True)
+    model.save_pretrained(output, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(output)
     config = json.loads((output / "config.json").read_text())

@@ -35,7 +35,8 @@ def checkpoint_dir(output: Path) -> Path:
     return Path(output) / "checkpoints"
 
 
-def save_checkpoint(output: Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2) -> Path:
+def save_checkpoint(output: Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2,
+                    model_state: dict | None = None) -> Path:
     from pretrain.apply import save_hf
 
     root = checkpoint_dir(output)
@@ -43,7 +44,7 @@ def save_checkpoint(output: Path, step: int, model, tokenizer, trainer_state: di
     tmp = root / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_hf(model, tmp, tokenizer)
+    save_hf(model, tmp, tokenizer, state_dict=model_state)
     torch.save(trainer_state | {"rng": rng_state()}, tmp / STATE_FILE)
     if final.exists():
         shutil.rmtree(final)

@@ -28,22 +28,39 @@ def init() -> tuple[int, int, int]:
     return dist.get_rank(), world, local
 
 
-def wrap(model, world: int):
-    """FSDP2 (fully_shard) each decoder layer, then the root; unchanged on one device."""
+def wrap(root, layers, world: int):
+    """FSDP2 (fully_shard) each decoder layer, then the root (the loss module); unchanged on one device."""
     if world == 1:
-        return model
+        return root
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for layer in model.model.layers:
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for layer in layers:
         fully_shard(layer, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-    return model
+    fully_shard(root, mp_policy=mp)
+    return root
 
 
-def unwrap(model):
-    """The module to save; FSDP2 modules keep their class, so this is the model itself."""
-    return model
+def full_state(model, optimizer, world: int) -> tuple[dict | None, dict | None]:
+    """(model, optimizer) state dicts to save: None/plain on one device, gathered full on every rank under FSDP."""
+    if world == 1:
+        return None, optimizer.state_dict() if optimizer is not None else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=opts)
+    optim_state = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+    return model_state, optim_state
+
+
+def load_optimizer_state(model, optimizer, state: dict, world: int) -> None:
+    if world == 1:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def take_batch(stream, micro: int, seq_len: int, rank: int, world: int) -> torch.Tensor:

@@ -73,10 +73,19 @@ def build_optimizer(model, cfg: PretrainConfig, device: torch.device):
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused, foreach=None if fused else False)
 
 
-def model_loss(model, input_ids: torch.Tensor, chunk: int, compute_dtype: torch.dtype) -> torch.Tensor:
-    """Mean next-token loss through the base model + chunked cross-entropy (no full logits)."""
-    hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state
-    return chunked_lm_loss(hidden, model.lm_head.weight, input_ids, chunk=chunk, compute_dtype=compute_dtype)
+class CausalLMLoss(torch.nn.Module):
+    """Mean next-token loss through the base model + chunked cross-entropy (no full logits).
+
+    A module (not a function) so that FSDP's root hooks gather the embedding/output weights it uses."""
+
+    def __init__(self, model, chunk: int, compute_dtype: torch.dtype):
+        super().__init__()
+        self.model, self.chunk, self.compute_dtype = model, chunk, compute_dtype
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        return chunked_lm_loss(hidden, self.model.lm_head.weight, input_ids, chunk=self.chunk,
+                               compute_dtype=self.compute_dtype)
 
 
 def plot_loss(history: list[dict], path: Path, title: str) -> None:
@@ -108,7 +117,9 @@ class Pretrainer:
         self.out = Path(cfg.output)
         self.out.mkdir(parents=True, exist_ok=True)
         self.rank, self.world, local = distributed.init()
-        self.device = resolve_device(cfg.device) if self.world == 1 else torch.device("cuda", local)
+        self.device = resolve_device(cfg.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", local)
         self.stages = parse_curriculum(cfg.curriculum, cfg.seq_len)
         self.max_len = max(length for length, _ in self.stages)
         self.total_steps = math.ceil(cfg.total_tokens / cfg.tokens_per_step)
@@ -129,7 +140,8 @@ class Pretrainer:
         if cfg.compile:
             for layer in self.model.model.layers:
                 layer.compile()
-        self.model = distributed.wrap(self.model, self.world)
+        self.loss_fn = distributed.wrap(CausalLMLoss(self.model, cfg.loss_chunk_tokens, self.compute_dtype),
+                                        self.model.model.layers, self.world)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio))
@@ -138,7 +150,7 @@ class Pretrainer:
         self.step, self.tokens, self.history = 0, 0, []
         if resume_from:
             state = load_trainer_state(resume_from)
-            self.optimizer.load_state_dict(state["optimizer"])
+            distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.world)
             self.scheduler.load_state_dict(state["scheduler"])
             self.stream.load_state_dict(state["data"])
             self.step, self.tokens, self.history = state["step"], state["tokens"], state["history"]
@@ -160,7 +172,7 @@ class Pretrainer:
         for _ in range(accum):
             batch = distributed.take_batch(self.stream, micro, seq_len, self.rank, self.world).to(self.device)
             with self._autocast():
-                loss = model_loss(self.model, batch, cfg.loss_chunk_tokens, self.compute_dtype) / accum
+                loss = self.loss_fn(batch) / accum
             loss.backward()
             loss_sum += loss.detach()
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -180,13 +192,14 @@ class Pretrainer:
         return record
 
     def save(self) -> Path | None:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        model_state, optim_state = distributed.full_state(self.model, self.optimizer, self.world)
+        state = {"optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
                  "data": self.stream.state_dict(), "step": self.step, "tokens": self.tokens,
                  "history": self.history, "config": self.cfg.model_dump()}
         if self.rank != 0:
             return None
-        return save_checkpoint(self.out, self.step, distributed.unwrap(self.model), self.tokenizer, state,
-                               keep=self.cfg.keep_checkpoints)
+        return save_checkpoint(self.out, self.step, self.model, self.tokenizer, state,
+                               keep=self.cfg.keep_checkpoints, model_state=model_state)
 
     def _write_metrics(self) -> None:
         with open(self.out / "metrics.jsonl", "w") as fh:
@@ -215,11 +228,12 @@ class Pretrainer:
                 self._write_metrics()
                 plot_loss(self.history, self.out / "loss_curve.png", f"{cfg.variant} @ {self.max_len}")
         self.save()
+        self._final_state = distributed.full_state(self.model, None, self.world)[0]
         if self.rank == 0:
             final = self.out / "final"
             from pretrain.apply import save_hf
 
-            save_hf(distributed.unwrap(self.model), final, self.tokenizer)
+            save_hf(self.model, final, self.tokenizer, state_dict=self._final_state)
         summary = {"steps": self.step, "tokens": self.tokens, "final_loss": self.history[-1]["loss"] if self.history else None,
                    "output": str(self.out / "final"), "resumed_from": str(self.resumed_from) if self.resumed_from else None}
         if self.rank == 0:

@@ -147,3 +147,28 @@ def test_chunked_loss_equals_full_cross_entropy():
     assert torch.allclose(gh, h.grad, atol=1e-6) and torch.allclose(gw, w.grad, atol=1e-6)
     per = per_token_losses(h, w, x, chunk=5)
     assert per.shape == (2, 32) and torch.allclose(per.mean(), ref, atol=1e-5)
+
+
+def test_fsdp_two_ranks_match_one_device(tiny_model, text_dir, tmp_path):
+    """torchrun with 2 CPU ranks (gloo, FSDP2) sees the same tokens per step and the same losses."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\nfrom pretrain.config import PretrainConfig\nfrom pretrain.trainer import pretrain\n"
+        f"pretrain(PretrainConfig(model={str(tiny_model)!r}, variant='abf', rope_base=1e5, source=[{str(text_dir)!r}],"
+        " seq_len=128, tokens_per_step=512, max_micro_batch=2, total_tokens=1536, lr=1e-3, warmup_steps=1,"
+        " device='cpu', output=sys.argv[1]), show_progress=False)\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(__import__("pathlib").Path(__file__).parents[2]))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script),
+                           str(tmp_path / "fsdp")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = PretrainConfig(model=str(tiny_model), variant="abf", rope_base=1e5, source=[str(text_dir)], seq_len=128,
+                            tokens_per_step=512, max_micro_batch=2, total_tokens=1536, lr=1e-3, warmup_steps=1,
+                            device="cpu", output=str(tmp_path / "single"))
+    pretrain(single, show_progress=False)
+    sharded, alone = _losses(tmp_path / "fsdp"), _losses(tmp_path / "single")
+    assert len(sharded) == 3 and sharded == pytest.approx(alone, rel=1e-4)
+    assert (tmp_path / "fsdp" / "final" / "model.safetensors").exists()
