@@ -10,6 +10,9 @@ case "${1:-run}" in
   run)
     python3 -m pip install -q --no-index --no-deps --target /tmp/site $D/wheels/*.whl
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+    for part in $D/gguf.part00 $D/gguf.part01; do
+      [ -f "$part" ] || { echo "missing $part: carry part00 in the previous call, part01 in this one"; exit 3; }
+    done
     mkdir -p /tmp/gguf && cat $D/gguf.part00 $D/gguf.part01 > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
     python3 -c "
 from pathlib import Path
