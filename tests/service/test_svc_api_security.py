@@ -183,3 +183,33 @@ def test_schemathesis_finds_no_server_errors(api):
         check()
     assert not failures, "\n".join(failures)
     assert len(statuses) >= 40 and any(code < 300 for code in statuses), statuses  # it really exercised the API
+
+
+def _run_api(env_extra: dict, *args: str):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LONGSCALE_")}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-m", "longscale.cli", "api", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_api_refuses_to_start_without_a_key():
+    done = _run_api({})
+    assert done.returncode == 2 and "LONGSCALE_API_KEY" in done.stderr
+
+
+def test_auth_off_refuses_a_non_loopback_bind():
+    done = _run_api({"LONGSCALE_AUTH_DISABLED": "true"}, "--host", "0.0.0.0")
+    assert done.returncode == 2 and "loopback" in done.stderr
+
+
+def test_auth_off_serves_loopback_clients_without_a_key(service_tmp, redis_url):
+    env = service_env(redis_url, LONGSCALE_AUTH_DISABLED="true", LONGSCALE_QUEUE="security-no-workers",
+                      LONGSCALE_JOBS_ROOT=str(service_tmp / "open-jobs"))
+    server, base = start_api(service_tmp, env, name="api-open")
+    try:
+        assert httpx.get(base + "/v1/jobs", timeout=10).status_code == 200
+    finally:
+        server.stop()

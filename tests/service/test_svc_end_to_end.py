@@ -155,6 +155,8 @@ def test_sigkill_of_a_worker_mid_job_loses_and_duplicates_nothing(stack, stub, e
     config = job_config(stub.base_url, embedded_model_dir)
     job_id = stack.submit("kill.jsonl", config)
     stack.wait(job_id, until=lambda job: job["documents_done"] >= 2)
+    assert len(stack.records(job_id, "qa")) >= 2  # JSONL streams while the job runs (whole lines only)
+    assert stack.http.get(f"/v1/jobs/{job_id}/qa", params={"format": "parquet"}).status_code == 409
     stack.workers["w1"].kill()
     in_flight = unfinished_tasks(stack.workers["w1"].log_text())
     try:
