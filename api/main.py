@@ -5,9 +5,13 @@ environment unless given.
 """
 from __future__ import annotations
 
+import json
+
 import redis
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 
 from api.limits import BodySizeLimit
 from api.metrics import API_PREFIX, Metrics, MetricsMiddleware, record_route
@@ -21,6 +25,13 @@ from worker.jobstore import JobStore
 async def _redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
     return JSONResponse({"detail": f"job store unavailable (Redis: {type(exc).__name__}: {exc}); retry later"},
                         status_code=503, headers={"Retry-After": "5"})
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422, rendered ASCII-escaped: the echoed input may hold a lone surrogate, which UTF-8 cannot
+    encode (the default renderer would turn the 422 into a 500)."""
+    body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+    return Response(body, status_code=422, media_type="application/json")
 
 
 def check_auth_settings(settings: ApiSettings) -> None:
@@ -42,4 +53,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_exception_handler(redis.RedisError, _redis_unavailable)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     return app

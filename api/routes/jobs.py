@@ -75,7 +75,7 @@ def create_job(body: JobCreate, request: Request, settings: ApiSettings = Depend
     input_dir = settings.jobs_root / job_id / "input"
     input_dir.mkdir(parents=True, exist_ok=True)
     path = input_dir / "documents.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return _submit(store, settings, request, job_id, path, config, {"kind": "inline", "documents": len(records)})
 
 

@@ -136,6 +136,12 @@ def test_upload_without_text_field_is_422_naming_it(api):
     assert "'text'" in reply.json()["detail"][0]["msg"]
 
 
+def test_malformed_unicode_in_inline_text_is_422(api):
+    reply = client(api).post("/v1/jobs", content=b'{"documents": [{"text": "ab\\ud800cd"}]}',
+                             headers={"Content-Type": "application/json"})
+    assert reply.status_code == 422 and reply.json()["detail"][0]["loc"] == ["body", "documents", 0, "text"]
+
+
 def test_unknown_job_is_404_and_bad_id_422(api):
     with client(api) as c:
         assert c.get("/v1/jobs/0123456789abcdef").status_code == 404
