@@ -54,7 +54,12 @@ def generate(inputs: list[str], config: GenerationConfig, output: Path, broker: 
     except (DocumentError, EngineError, OutputDirError, TokenizerError) as exc:
         raise ConfigError(str(exc)) from exc
     print_summary(manifest, output)
-    return 0 if manifest["counts"]["qa"] or manifest["this_run"]["processed"] == 0 else 1
+    run = manifest["this_run"]
+    if run["qa_new"] and run["engine_errors"] == run["qa_new"]:
+        print(f"longscale: the engine failed on every request (first: {run['first_engine_error']}); what was "
+              f"written is kept, and running the same command again retries them", file=sys.stderr)
+        return 1
+    return 0
 
 
 def print_summary(manifest: dict[str, Any], output: Path) -> None:

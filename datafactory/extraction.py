@@ -176,12 +176,15 @@ def _extract_qa(text: str | None, finish_reason: str | None, notes: list[str]) -
         notes.append("answer_before_question")
         pairs = [(questions[0], answers[0])]
     if not pairs:
-        if cut_off or (questions and not questions[-1].closed):
+        if cut_off:
             return Extraction(_first_text(questions), None, "truncated", 0, tuple(notes))
         return Extraction(_first_text(questions), _first_text(answers), "no_question" if not questions else "no_answer",
                           0, tuple(notes))
     for question_seg, answer_seg in pairs:
-        question, answer = decode_content(question_seg.raw), decode_content(answer_seg.raw)
+        answer_raw = answer_seg.raw
+        if not answer_seg.closed and not cut_off:  # ended without </answer>: keep its first paragraph only
+            answer_raw = answer_raw.strip().split("\n\n", 1)[0]
+        question, answer = decode_content(question_seg.raw), decode_content(answer_raw)
         if not answer_seg.closed and cut_off:
             return Extraction(question or None, answer or None, "truncated", len(pairs), tuple(notes))
         if question and answer:

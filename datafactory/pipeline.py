@@ -318,7 +318,7 @@ def run_generation(documents: Iterable[Document], config: Any, output_dir: str |
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     counter = RequestCounter()
     this_run = {"documents": len(documents), "processed": 0, "too_short": 0, "already_done": 0,
-                "qa_new": 0, "accepted_new": 0, "requests": 0, "resumed_from": len(skip_ids)}
+                "qa_new": 0, "accepted_new": 0, "engine_errors": 0, "first_engine_error": None, "requests": 0, "resumed_from": len(skip_ids)}
     status = "failed"
     with GenerationProgress(len(documents), enabled=progress) as bar:
         def on_result(result: DocumentResult) -> None:
@@ -327,6 +327,10 @@ def run_generation(documents: Iterable[Document], config: Any, output_dir: str |
             this_run["already_done"] += result.skipped == "done"
             this_run["qa_new"] += len(result.qa_records)
             this_run["accepted_new"] += sum(1 for r in result.qa_records if r["accepted"])
+            errors = [r["engine_error"] for r in result.qa_records if r["reject_reason"] == "engine_error"]
+            this_run["engine_errors"] += len(errors)
+            if errors and not this_run["first_engine_error"]:
+                this_run["first_engine_error"] = errors[0]
             bar.document_done(result, counter.rate)
 
         t1 = time.perf_counter()

@@ -34,6 +34,8 @@ UGLY_OUTPUTS = [
     (f"<question>{Q}\n<answer>{A}</answer>", "stop", None, Q, A),  # question never closed
     (f"<question><question>{Q}</question></question>\n<answer>{A}</answer>", "stop", None, Q, A),  # duplicated
     (f"<question>{Q}</question>\n<answer>{A}", "stop", None, Q, A),  # unclosed answer, ended normally
+    (f"<question>{Q}</answer>\n<answer>{A}\n\nThis question will later be used as a test.", "stop", None, Q, A),
+    (f"<question>{Q}\n\nThe answer is that Admiral Croft came.", "stop", "no_answer", None, None),
     (f"<question>{Q}</question>\n<answer>Admiral Croft, who had taken the house and", "length", "truncated",
      Q, "Admiral Croft, who had taken the house and"),
     (f"<question>{Q}</question>\n<ans", "length", "truncated", Q, None),
