@@ -88,6 +88,14 @@ class JobStore:
     def is_settled(self, job_id: str, document_id: str) -> bool:
         return bool(self.redis.sismember(f"{_job_key(job_id)}:settled", document_id))
 
+    def count_start(self, job_id: str, document_id: str) -> int:
+        """How many times a task for this document has started (deliveries, retries and redeliveries)."""
+        key = f"{_job_key(job_id)}:starts"
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, document_id, 1)
+            pipe.expire(key, 30 * 24 * 3600)
+            return int(pipe.execute()[0])
+
     def add_error(self, job_id: str, document_id: str | None, error: str) -> None:
         entry = json.dumps({"document": document_id, "error": error[:2000], "at": time.time()})
         key = f"{_job_key(job_id)}:errors"

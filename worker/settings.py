@@ -25,6 +25,8 @@ class WorkerSettings(BaseSettings):
     retry_backoff: float = Field(5.0, gt=0, description="first retry delay in seconds (doubles each time)")
     retry_backoff_max: float = Field(300.0, gt=0, description="longest retry delay in seconds")
     queue: str = Field("longscale", description="Celery queue the generation tasks go to")
+    max_lost_deliveries: int = Field(2, ge=1, description="a document whose worker died this many times while "
+                                     "running it (out of memory, a crash) fails instead of being redelivered")
     document_time_limit: int = Field(2 * 3600, ge=1, description="seconds one document may take before it fails "
                                      "alone (soft limit; the process is replaced 60 s later; prefork pool only)")
 

@@ -109,6 +109,10 @@ def generate_document(self: Task, job_id: str, ref: dict, config: dict) -> dict:
         return {"outcome": "cancelled"}
 
     started = time.perf_counter()
+    lost = jobs.count_start(job_id, doc_ref.id) - 1 - self.request.retries  # starts that never finished
+    if lost >= settings.max_lost_deliveries:
+        return _fail(jobs, job_id, doc_ref.id, config, f"its worker died {lost} times while running it (out of "
+                     "memory? a crash?); not redelivered again (LONGSCALE_MAX_LOST_DELIVERIES)", started)
     last_attempt = self.request.retries >= settings.task_retries
     try:
         document = read_document(doc_ref)
