@@ -89,8 +89,17 @@ def prepare_job(self: Task, job_id: str, request: dict, config: dict) -> dict:
 _LIMIT = get_worker_settings().document_time_limit
 
 
-@app.task(name="longscale.generate_document", bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=None, soft_time_limit=_LIMIT, time_limit=_LIMIT + 60)
+class DocumentTask(Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        """The task body never raises (but for retries): this runs for a hard time limit, in the parent
+        process after it killed the child; the document settles as failed so the job can still end."""
+        job_id, ref, config = args
+        _fail(store(), job_id, ref["id"], config, f"{type(exc).__name__}: {exc} (hard limit: "
+              f"LONGSCALE_DOCUMENT_TIME_LIMIT + 60 s)", time.perf_counter())
+
+
+@app.task(name="longscale.generate_document", base=DocumentTask, bind=True, acks_late=True,
+          reject_on_worker_lost=True, max_retries=None, soft_time_limit=_LIMIT, time_limit=_LIMIT + 60)
 def generate_document(self: Task, job_id: str, ref: dict, config: dict) -> dict:
     doc_ref = DocumentRef.model_validate(ref)
     cfg = GenerationConfig.model_validate(config)

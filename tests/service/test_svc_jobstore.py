@@ -65,6 +65,20 @@ def test_a_document_that_keeps_killing_its_worker_fails_instead_of_looping(store
     assert job["documents_failed"] == 1 and job["errors"][0]["document"] == "heavy"
 
 
+def test_a_hard_time_limit_settles_the_document_as_failed(store, tmp_path, monkeypatch):
+    """Celery calls on_failure in the worker's parent process after a hard time limit kills the child."""
+    from celery.exceptions import TimeLimitExceeded
+
+    import worker.tasks as tasks
+
+    monkeypatch.setattr(tasks, "_store", store)
+    job_id = make_job(store, tmp_path, total=2)
+    ref = write_spool([Document("slow", "text")], tmp_path / "out")[0]
+    tasks.generate_document.on_failure(TimeLimitExceeded(68), "task-id", [job_id, ref.model_dump(), {}], {}, None)
+    job = store.get(job_id)
+    assert job["documents_failed"] == 1 and "TimeLimitExceeded" in job["errors"][0]["error"]
+
+
 @pytest.mark.parametrize("counts,status,reason", [
     ({"documents_done": 3}, "succeeded", None),
     ({"documents_done": 2, "documents_failed": 1}, "partial", "1 of 3 documents failed; first error: boom"),
