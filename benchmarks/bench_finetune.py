@@ -72,7 +72,8 @@ def random_llama(vocab: int, seq: int, small: bool = False):
     cfg = LlamaConfig(vocab_size=vocab, num_key_value_heads=4 if not small else 2, max_position_embeddings=seq,
                       rope_theta=500000.0, **size)
     torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).to(dtype=torch.bfloat16 if CUDA else torch.float32)
+    with torch.device("cuda" if CUDA else "cpu"):  # initialise in place: no CPU init of ~1B parameters
+        return LlamaForCausalLM(cfg).to(dtype=torch.bfloat16 if CUDA else torch.float32)
 
 
 def flops_per_step(model, seq: int) -> float:
@@ -94,30 +95,32 @@ class StepClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ckpt, attn="sdpa", compile_=False):
+def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ckpt, rows=1, attn="sdpa", compile_=False):
     config = FinetuneConfig(model=name, output=str(out_dir), long_data=[str(data_dir)], pack_length=seq, max_length=seq,
-                            pad_to="max", drop_overlong=True, batch_tokens=seq, per_device_rows=1,
+                            pad_to="max", drop_overlong=True, batch_tokens=seq * rows, per_device_rows=rows,
                             max_steps=warmup + steps, gradient_checkpointing=ckpt, attn_implementation=attn,
                             bf16=CUDA, torch_compile=compile_, save_steps=10**6, logging_steps=1, warmup_ratio=0.0)
-    rows, stats = assemble_rows(config, tokenizer)
+    data, stats = assemble_rows(config, tokenizer)
     model.set_attn_implementation(attn)
     clock = StepClock()
     device = "cuda" if CUDA else "cpu"
-    trainer = build_trainer(config, to_dataset(rows), tokenizer, model=model.to(device), callbacks=[clock])
+    trainer = build_trainer(config, to_dataset(data), tokenizer, model=model.to(device), callbacks=[clock])
     trainer.args.save_strategy = "no"  # no multi-GB checkpoint at the end of a timing run
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     dts = [b - a for a, b in zip(clock.ends[warmup - 1:], clock.ends[warmup:])]
     dt = sum(dts) / len(dts)
-    flops = flops_per_step(trainer.model, seq)
+    flops = rows * flops_per_step(trainer.model, seq)
+    seq_tokens = seq * rows
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     result = dict(model=name, seq=seq, params_M=round(sum(p.numel() for p in trainer.model.parameters()) / 1e6),
-                  attn=attn, ckpt=ckpt, compile=compile_, steps_timed=len(dts), step_s=round(dt, 3),
-                  tok_s=round(seq / dt), real_tok_s=round(seq * (1 - stats["pad_fraction"]) / dt),
+                  attn=attn, ckpt=ckpt, compile=compile_, rows_per_step=rows, steps_timed=len(dts),
+                  step_s=round(dt, 3), tok_s=round(seq_tokens / dt),
+                  real_tok_s=round(seq_tokens * (1 - stats["pad_fraction"]) / dt),
                   mfu=round(flops / dt / PEAK_FLOPS, 3), hfu=round(flops * (4 / 3 if ckpt else 1) / dt / PEAK_FLOPS, 3),
                   peak_mem_GB=round(torch.cuda.max_memory_allocated() / 2**30, 1) if CUDA else None, pad_fraction=stats["pad_fraction"],
-                  rows=stats["rows"], loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4))
+                  loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4))
     del trainer
     return result
 
@@ -146,18 +149,18 @@ def report(results, baseline, out: Path) -> None:
     (out / "finetune_gpu.json").write_text(json.dumps({"env": env, "finetune": results, "baseline": baseline}, indent=2))
     lines = ["# finetune trainer throughput (GPU)", "", f"Device: {env['gpu']}; " +
              ", ".join(f"{k} {v}" for k, v in env.items() if k != "gpu"), "",
-             "| run | model | seq | params (M) | attn | ckpt | tokens/s | MFU | peak mem (GB) | loss first -> last |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | model | seq | rows/step | params (M) | attn | ckpt | tokens/s | MFU | peak mem (GB) | loss first -> last |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in baseline:
         if "tok_s" in r:
-            lines.append(f"| hf_baseline | random Llama | {r['seq']} | {r['params_M']} | {r['attn']} | {r['ckpt']} | "
+            lines.append(f"| hf_baseline | random Llama | {r['seq']} | 1 | {r['params_M']} | {r['attn']} | {r['ckpt']} | "
                          f"{r['tok_s']} | {r['mfu']} | {r['peak_mem_GB']} | - |")
     for r in results:
         if "error" in r:
-            lines.append(f"| finetune | {r['model']} | {r['seq']} | - | {r.get('attn')} | {r.get('ckpt')} | error: "
+            lines.append(f"| finetune | {r['model']} | {r['seq']} | {r.get('rows', 1)} | - | {r.get('attn')} | {r.get('ckpt')} | error: "
                          f"{r['error'][:80]} | - | - | - |")
         else:
-            lines.append(f"| finetune | {r['model']} | {r['seq']} | {r['params_M']} | {r['attn']} | {r['ckpt']} | "
+            lines.append(f"| finetune | {r['model']} | {r['seq']} | {r['rows_per_step']} | {r['params_M']} | {r['attn']} | {r['ckpt']} | "
                          f"{r['tok_s']} | {r['mfu']} | {r['peak_mem_GB']} | {r['loss_first']} -> {r['loss_last']} |")
     (out / "finetune_gpu.md").write_text("\n".join(lines) + "\n")
 
@@ -169,6 +172,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seqs", default="16384,32768")
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--micro-batch-tokens", type=int, default=0,
+                        help="~0.9B model: rows per micro-batch = max(1, this // seq) (0: one row)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--ckpt-fallback", action="store_true", help="also run with gradient checkpointing")
     parser.add_argument("--small", action="store_true", help="tiny random model instead of ~0.9B (CPU smoke test)")
@@ -180,9 +185,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ft-"))
     results = []
     for seq in map(int, args.seqs.split(",")):
-        data_dir = write_long_instances(tokenizer, seq, args.warmup + args.steps + 1, work / f"data-{seq}")
-        results.append(run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq, data_dir,
-                               work, args, ckpt=False))
+        rows = max(1, args.micro_batch_tokens // seq)
+        data_dir = write_long_instances(tokenizer, seq, rows * (args.warmup + args.steps) + 1, work / f"data-{seq}")
+        results.append(run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
+                               data_dir, work, args, ckpt=False, rows=rows))
         if args.ckpt_fallback or "error" in results[-1]:
             results.append(run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
                                    data_dir, work, args, ckpt=True))
