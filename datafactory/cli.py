@@ -43,8 +43,11 @@ def generate(inputs: list[str], config: GenerationConfig, output: Path, broker: 
     if broker:
         from worker.submit import submit_generation
 
-        result = submit_generation([str(p) for p in inputs], config, str(output), broker)
-        print(result if result is not None else f"submitted to {broker}; results will appear in {output}")
+        manifest = submit_generation([str(p) for p in inputs], config, str(output), broker, progress=progress)
+        if isinstance(manifest, dict) and "counts" in manifest:
+            print_summary(manifest, output)
+        else:
+            print(f"submitted to {broker}; results will appear in {output}")
         return 0
     try:
         documents = load_documents(inputs, config)
@@ -66,8 +69,8 @@ def print_summary(manifest: dict[str, Any], output: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    counts, run = manifest["counts"], manifest.get("this_run", {})
-    table = Table(title=f"generation {manifest['status']}: {output}")
+    counts, run = manifest["counts"], manifest.get("this_run") or {}
+    table = Table(title=f"generation {manifest.get('status', '')}: {output}")
     table.add_column("what")
     table.add_column("value", justify="right")
     rate = counts["acceptance_rate"]
@@ -79,9 +82,9 @@ def print_summary(manifest: dict[str, Any], output: Path) -> None:
         ("long instances", f"{counts['instances']} ({counts['truncated_instances']} truncated to fit)"),
         ("new this run", f"{run.get('qa_new', 0)} QA, {run.get('accepted_new', 0)} accepted"),
         ("requests, requests/s", f"{run.get('requests', 0)}, {run.get('requests_per_s', 0):.2f}"),
-        ("time", f"{manifest['timings'].get('generation_s', 0):.1f} s"),
+        ("time", f"{(manifest.get('timings') or {}).get('generation_s', 0):.1f} s"),
     ]
-    rows += [(f"rejected: {reason}", str(n)) for reason, n in manifest["rejection_reasons"].items()]
+    rows += [(f"rejected: {reason}", str(n)) for reason, n in (manifest.get("rejection_reasons") or {}).items()]
     for row in rows:
         table.add_row(*row)
     console = Console(file=sys.stdout)

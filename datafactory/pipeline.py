@@ -212,7 +212,7 @@ class RequestCounter:
 async def _process_group(docs: list[Document], config: Any, engine: Engine, tokenizers: Tokenizers,
                          skip_ids: frozenset[str], counter: RequestCounter) -> list[DocumentResult]:
     """A group of documents: one batched generation call for all their items, then instances per document."""
-    demonstration = uses_demonstration(config.prompt_mode, config.model)
+    demonstration = uses_demonstration(config.prompt_mode, engine.model_name)
     tokenized = await asyncio.to_thread(tokenize_texts, [d.text for d in docs], tokenizers.generator)
     results, plans = [], []
     for doc, tok in zip(docs, tokenized):

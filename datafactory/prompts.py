@@ -112,9 +112,10 @@ def copies_demonstration(question: str, answer: str, chunk_text: str) -> bool:
 
 
 def uses_demonstration(prompt_mode: str, model: str | None) -> bool:
-    """Resolve prompt_mode 'auto': demonstration for the embedded model (no --model, or its folder)."""
+    """Resolve prompt_mode 'auto': demonstration for the embedded model (no --model, its folder, or a server
+    that serves it under its name), the paper's zero-shot prompts for anything else."""
     if prompt_mode != "auto":
         return prompt_mode == "demonstration"
     from datafactory.embedded import MODEL_NAME
 
-    return model is None or Path(model).name == MODEL_NAME
+    return model is None or MODEL_NAME.lower() in Path(model).name.lower()
