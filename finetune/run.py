@@ -7,6 +7,7 @@ from typing import Any
 
 from finetune.assemble import assemble_rows, load_tokenizer, print_stats, save_prepared, to_dataset
 from finetune.config import FinetuneConfig
+from finetune.sources import DataError
 
 
 def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
@@ -20,6 +21,9 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"stats": stats, "outputs": outputs}
     if config.prepare_only:
         return result
+    if not rows:
+        raise DataError(f"nothing to train on: no rows were assembled (samples read: {stats['samples_read']}, "
+                        f"long samples over --max-length dropped: {stats['overlong_dropped']})")
     from finetune.trainer import train
 
     dataset = to_dataset(rows)
@@ -28,3 +32,15 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     result["outputs"].update({k: summary[k] for k in ("final_model", "loss_curve", "train_log") if summary.get(k)})
     (output / "finetune_result.json").write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def demo_config(model: str, long_data: list[str], output: str, short_data: list[str] | None = None,
+                steps: int = 2, max_length: int = 4096) -> FinetuneConfig:
+    """A few LoRA steps for `longscale demo` on 2 CPU cores (~10 s per 1k-token step for SmolLM2-135M).
+
+    Long instances over `max_length` are dropped and counted (a CPU step at 8k tokens takes minutes).
+    """
+    return FinetuneConfig(model=model, output=output, long_data=long_data, short_data=short_data or [],
+                          pack_length=1024, max_length=max_length, drop_overlong=True, batch_tokens=1024, max_steps=steps,
+                          lora_r=8, lora_alpha=16, learning_rate=1e-4, warmup_ratio=0.0,
+                          gradient_checkpointing=False, save_steps=10**6, logging_steps=1)

@@ -54,12 +54,14 @@ def sft_args(config: FinetuneConfig, row_tokens: int):
         gradient_accumulation_steps=accumulation_steps(config, row_tokens, world),
         learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,
         weight_decay=config.weight_decay, num_train_epochs=config.epochs, max_steps=config.max_steps,
-        bf16=use_bf16(config), gradient_checkpointing=config.gradient_checkpointing,
+        bf16=use_bf16(config),
         torch_compile=config.torch_compile, save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps, seed=config.seed, report_to="none", remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, length_column_name="length",
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
     )
+    # the older name: TRL 1.16 reads `args.gradient_checkpointing`, and transformers 5.17 has only it
+    kwargs["gradient_checkpointing"] = config.gradient_checkpointing
     if config.pad_to == "bucket" and config.per_device_rows > 1:
         kwargs["train_sampling_strategy"] = "group_by_length"
     return SFTConfig(**kwargs)

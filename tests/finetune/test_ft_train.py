@@ -87,3 +87,15 @@ def test_cli_prepare_only_writes_dataset_and_stats(tmp_path, tiny_llama_dir, dat
     assert not (out / "final").exists()  # prepare-only never trains
     code = longscale_main(["finetune", "--model", "m", "--output", str(out), "--pack-length", "many"])
     assert code == 2 and "--pack-length" in capsys.readouterr().err
+
+
+def test_nothing_left_to_train_is_a_clear_error_and_keeps_the_stats(tmp_path, tiny_llama_dir):
+    from finetune.run import demo_config
+    from finetune.sources import DataError
+
+    long_dir = write_long_dir(tmp_path / "gen", [4000, 5000])
+    config = demo_config(str(tiny_llama_dir), [str(long_dir)], str(tmp_path / "out"), max_length=256)
+    assert config.lora_r and config.max_steps <= 4
+    with pytest.raises(DataError, match="nothing to train on.*dropped: 2"):
+        run_finetune(config)
+    assert json.loads((tmp_path / "out" / "dataset_stats.json").read_text())["overlong_dropped"] == 2
