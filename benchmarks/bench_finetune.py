@@ -64,6 +64,25 @@ def write_long_instances(tokenizer, seq: int, n: int, out: Path) -> Path:
     return out
 
 
+def write_short_instances(tokenizer, n: int, out: Path, seed: int = 0) -> Path:
+    """n FT-Short-like chat samples (20-1,500-token passages to summarise), for the packed-row path."""
+    import random
+
+    rng = random.Random(seed)
+    books = [b.read_text(encoding="utf-8") for b in BOOKS]
+    lines = []
+    for i in range(n):
+        text = books[i % len(books)]
+        size = int(rng.paretovariate(1.2) * 200) % 6000 + 80  # many short samples, a long tail (characters)
+        start = rng.randrange(0, len(text) - size)
+        passage = text[start:start + size]
+        lines.append({"id": f"short-{i}", "messages": [
+            {"role": "user", "content": f"Summarise this passage in one sentence:\n{passage}"},
+            {"role": "assistant", "content": "It is " + passage.split(".")[0][:200].strip() + "."}]})
+    out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return out
+
+
 def random_llama(vocab: int, seq: int, small: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -76,12 +95,16 @@ def random_llama(vocab: int, seq: int, small: bool = False):
         return LlamaForCausalLM(cfg).to(dtype=torch.bfloat16 if CUDA else torch.float32)
 
 
-def flops_per_step(model, seq: int) -> float:
-    """hf_baseline.py's formula: 6 N_non-embedding T + 6 V h T (LM head) + 6 L h T^2 (causal attention)."""
+def flops_per_step(model, seq: int, sample_lengths: list[int] | None = None) -> float:
+    """hf_baseline.py's formula: 6 N_non-embedding T + 6 V h T (LM head) + 6 L h T^2 (causal attention).
+
+    For packed rows with per-sample attention the attention term is summed over the samples (6 L h sum n_i^2).
+    """
     c = model.config
     n = sum(p.numel() for p in model.parameters())
     emb = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
-    return 6 * (n - emb) * seq + 6 * c.vocab_size * c.hidden_size * seq + 6 * c.num_hidden_layers * c.hidden_size * seq * seq
+    squares = sum(x * x for x in sample_lengths) if sample_lengths else seq * seq
+    return 6 * (n - emb) * seq + 6 * c.vocab_size * c.hidden_size * seq + 6 * c.num_hidden_layers * c.hidden_size * squares
 
 
 class StepClock(TrainerCallback):
@@ -95,8 +118,10 @@ class StepClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ckpt, rows=1, attn="sdpa", compile_=False):
-    config = FinetuneConfig(model=name, output=str(out_dir), long_data=[str(data_dir)], pack_length=seq, max_length=seq,
+def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ckpt, rows=1, attn="sdpa", compile_=False,
+            short_file=None):
+    data_kw = {"short_data": [str(short_file)]} if short_file else {"long_data": [str(data_dir)]}
+    config = FinetuneConfig(model=name, output=str(out_dir), **data_kw, pack_length=seq, max_length=seq,
                             pad_to="max", drop_overlong=True, batch_tokens=seq * rows, per_device_rows=rows,
                             max_steps=warmup + steps, gradient_checkpointing=ckpt, attn_implementation=attn,
                             bf16=CUDA, torch_compile=compile_, save_steps=10**6, logging_steps=1, warmup_ratio=0.0)
@@ -111,16 +136,20 @@ def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ck
     trainer.train()
     dts = [b - a for a, b in zip(clock.ends[warmup - 1:], clock.ends[warmup:])]
     dt = sum(dts) / len(dts)
-    flops = rows * flops_per_step(trainer.model, seq)
+    if short_file:  # packed rows differ: use their mean attention cost
+        per_row = [flops_per_step(trainer.model, seq, r["seq_lengths"]) for r in data]
+        flops = rows * sum(per_row) / len(per_row)
+    else:
+        flops = rows * flops_per_step(trainer.model, seq)
     seq_tokens = seq * rows
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    result = dict(model=name, seq=seq, params_M=round(sum(p.numel() for p in trainer.model.parameters()) / 1e6),
+    result = dict(model=name + (" packed FT-Short" if short_file else ""), seq=seq, params_M=round(sum(p.numel() for p in trainer.model.parameters()) / 1e6),
                   attn=attn, ckpt=ckpt, compile=compile_, rows_per_step=rows, steps_timed=len(dts),
                   step_s=round(dt, 3), tok_s=round(seq_tokens / dt),
                   real_tok_s=round(seq_tokens * (1 - stats["pad_fraction"]) / dt),
                   mfu=round(flops / dt / PEAK_FLOPS, 3), hfu=round(flops * (4 / 3 if ckpt else 1) / dt / PEAK_FLOPS, 3),
                   peak_mem_GB=round(torch.cuda.max_memory_allocated() / 2**30, 1) if CUDA else None, pad_fraction=stats["pad_fraction"],
-                  loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4))
+                  packing_efficiency=stats["packing_efficiency"], loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4))
     del trainer
     return result
 
@@ -134,7 +163,7 @@ def run_one(label, make_model, tokenizer, seq, data_dir, work, args, **kw):
     except Exception as exc:  # an OOM or a kernel refusal is a result too
         import traceback
         traceback.print_exc()
-        result = dict(model=label, seq=seq, error=repr(exc)[:400], **{k: v for k, v in kw.items()})
+        result = dict(model=label, seq=seq, error=repr(exc)[:400], **{k: str(v) for k, v in kw.items()})
     print(json.dumps(result), flush=True)
     del model
     gc.collect()
@@ -175,6 +204,8 @@ def main() -> None:
     parser.add_argument("--micro-batch-tokens", type=int, default=0,
                         help="~0.9B model: rows per micro-batch = max(1, this // seq) (0: one row)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--packed", action="store_true",
+                        help="also time packed FT-Short rows (per-sample attention, flex_attention) for the ~0.9B model")
     parser.add_argument("--ckpt-fallback", action="store_true", help="also run with gradient checkpointing")
     parser.add_argument("--small", action="store_true", help="tiny random model instead of ~0.9B (CPU smoke test)")
     parser.add_argument("--baseline-log", help="stdout of hf_baseline.py run in the same call")
@@ -197,6 +228,12 @@ def main() -> None:
 
             results.append(run_one("SmolLM2-135M", lambda: AutoModelForCausalLM.from_pretrained(
                 args.smollm2, dtype=torch.bfloat16), tokenizer, seq, data_dir, work, args, ckpt=False))
+    if args.packed:
+        seq = int(args.seqs.split(",")[0])
+        short_file = write_short_instances(tokenizer, 1500 if not args.small else 200, work / "short.jsonl")
+        results.append(run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
+                               None, work, args, ckpt=False, attn="flex_attention" if CUDA else "sdpa",
+                               short_file=short_file))
     baseline = []
     if args.baseline_log and Path(args.baseline_log).exists():
         for line in Path(args.baseline_log).read_text().splitlines():
