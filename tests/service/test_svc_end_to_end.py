@@ -115,7 +115,10 @@ def reference_run(docs: Path, config: dict, out: Path) -> tuple[list[str], list[
 
     cfg = GenerationConfig.model_validate(config)
     manifest = run_generation(load_documents([docs], cfg), cfg, out, progress=False)
-    ids = lambda name: [json.loads(line)["id"] for line in (out / name).read_text().splitlines()]
+    def ids(name: str) -> list[str]:
+        path = out / name
+        return [json.loads(line)["id"] for line in path.read_text().splitlines()] if path.exists() else []
+
     return ids("qa.jsonl"), ids("instances.jsonl"), manifest
 
 
