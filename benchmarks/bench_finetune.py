@@ -154,7 +154,7 @@ def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ck
     return result
 
 
-def run_one(label, make_model, tokenizer, seq, data_dir, work, args, **kw):
+def run_single(label, make_model, tokenizer, seq, data_dir, work, args, **kw):
     model = None
     try:
         model = make_model()
@@ -189,7 +189,7 @@ def report(results, baseline, out: Path) -> None:
             lines.append(f"| finetune | {r['model']} | {r['seq']} | {r.get('rows', 1)} | - | {r.get('attn')} | {r.get('ckpt')} | error: "
                          f"{r['error'][:80]} | - | - | - |")
         else:
-            lines.append(f"| finetune | {r['model']} | {r['seq']} | {r['rows_per_step']} | {r['params_M']} | {r['attn']} | {r['ckpt']} | "
+            lines.append(f"| finetune | {r['model']} | {r['seq']} | {r['rows_per_step']} | {r['params_M']} | {r['attn']}{'+compile' if r['compile'] else ''} | {r['ckpt']} | "
                          f"{r['tok_s']} | {r['mfu']} | {r['peak_mem_GB']} | {r['loss_first']} -> {r['loss_last']} |")
     (out / "finetune_gpu.md").write_text("\n".join(lines) + "\n")
 
@@ -206,34 +206,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--packed", action="store_true",
                         help="also time packed FT-Short rows (per-sample attention, flex_attention) for the ~0.9B model")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the ~0.9B model at the first seq with torch.compile (last: compile is slow)")
     parser.add_argument("--ckpt-fallback", action="store_true", help="also run with gradient checkpointing")
     parser.add_argument("--small", action="store_true", help="tiny random model instead of ~0.9B (CPU smoke test)")
     parser.add_argument("--baseline-log", help="stdout of hf_baseline.py run in the same call")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(args.tokenizer)
-    work = Path(tempfile.mkdtemp(prefix="bench-ft-"))
-    results = []
-    for seq in map(int, args.seqs.split(",")):
-        rows = max(1, args.micro_batch_tokens // seq)
-        data_dir = write_long_instances(tokenizer, seq, rows * (args.warmup + args.steps) + 1, work / f"data-{seq}")
-        results.append(run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
-                               data_dir, work, args, ckpt=False, rows=rows))
-        if args.ckpt_fallback or "error" in results[-1]:
-            results.append(run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
-                                   data_dir, work, args, ckpt=True))
-        if args.smollm2:
-            from transformers import AutoModelForCausalLM
-
-            results.append(run_one("SmolLM2-135M", lambda: AutoModelForCausalLM.from_pretrained(
-                args.smollm2, dtype=torch.bfloat16), tokenizer, seq, data_dir, work, args, ckpt=False))
-    if args.packed:
-        seq = int(args.seqs.split(",")[0])
-        short_file = write_short_instances(tokenizer, 1500 if not args.small else 200, work / "short.jsonl")
-        results.append(run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
-                               None, work, args, ckpt=False, attn="flex_attention" if CUDA else "sdpa",
-                               short_file=short_file))
     baseline = []
     if args.baseline_log and Path(args.baseline_log).exists():
         for line in Path(args.baseline_log).read_text().splitlines():
@@ -243,6 +223,39 @@ def main() -> None:
                 continue
             if "seq" in row:
                 baseline.append(row)
+    tokenizer = load_tokenizer(args.tokenizer)
+    work = Path(tempfile.mkdtemp(prefix="bench-ft-"))
+    results: list[dict] = []
+
+    def run_one(*a, **kw):  # write the report after every run, so a cut-off call still brings figures back
+        result = run_single(*a, **kw)
+        results.append(result)
+        report(results, baseline, out)
+        return result
+
+    for seq in map(int, args.seqs.split(",")):
+        rows = max(1, args.micro_batch_tokens // seq)
+        data_dir = write_long_instances(tokenizer, seq, rows * (args.warmup + args.steps) + 1, work / f"data-{seq}")
+        run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
+                data_dir, work, args, ckpt=False, rows=rows)
+        if args.ckpt_fallback or "error" in results[-1]:
+            run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
+                    data_dir, work, args, ckpt=True)
+        if args.smollm2:
+            from transformers import AutoModelForCausalLM
+
+            run_one("SmolLM2-135M", lambda: AutoModelForCausalLM.from_pretrained(
+                args.smollm2, dtype=torch.bfloat16), tokenizer, seq, data_dir, work, args, ckpt=False)
+    if args.packed:
+        seq = int(args.seqs.split(",")[0])
+        short_file = write_short_instances(tokenizer, 1500 if not args.small else 200, work / "short.jsonl")
+        run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
+                None, work, args, ckpt=False, attn="flex_attention" if CUDA else "sdpa", short_file=short_file)
+    if args.compile:
+        seq = int(args.seqs.split(",")[0])
+        rows = max(1, args.micro_batch_tokens // seq)
+        run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
+                work / f"data-{seq}", work, args, ckpt=False, rows=rows, compile_=True)
     report(results, baseline, out)
 
 
