@@ -3,8 +3,9 @@
 Both sides see the same text in the same run: the baseline is `Tokenizer.encode_batch` on the documents
 (what any pipeline must pay at least once); ours is the factory's path from text to long instances
 (tokenize once, chunk on paragraph/sentence boundaries, choose chunks, fit each instance's window around
-its chunk in the same encoding, render the Figure 10 template). Rounds alternate baseline/ours and the
-median of each is kept. Target: ratio >= 0.9.
+its chunk in the same encoding, render the Figure 10 template). Rounds alternate baseline/ours; the ratio
+is taken on the best round of each (the least disturbed by other load on a shared machine), and the ratio
+of medians is reported too. Target: ratio >= 0.9.
 
     python3 benchmarks/bench_factory_overhead_chunking.py [--copies 2] [--rounds 5]
 """
@@ -37,7 +38,7 @@ def factory_path(texts: list[str], tokenizer, chunk_tokens: int, chunks_per_doc,
             record = {"id": f"{doc_index}-{chunk.index}", "doc_id": f"doc{doc_index}", "answer_type": "normal",
                       "question": "What did Anne decide after the walk to Uppercross?",
                       "answer": "She decided to stay at Kellynch until the Crofts arrived.", "model": "bench"}
-            build_instance(record, chunk, tokenized, max_context, tokenizer)
+            build_instance(record, chunk, tokenized, max_context, tokenizer, same_encoding=True)
             built += 1
     return built
 
@@ -54,11 +55,13 @@ def measure(texts, tokenizer, rounds: int, chunk_tokens: int, chunks_per_doc, ma
         t0 = time.perf_counter()
         instances = factory_path(texts, tokenizer, chunk_tokens, chunks_per_doc, max_context)
         ours_times.append(time.perf_counter() - t0)
-    base, ours = statistics.median(base_times), statistics.median(ours_times)
+    base, ours = min(base_times), min(ours_times)
     return {"chunk_tokens": chunk_tokens, "chunks_per_doc": chunks_per_doc, "max_context": max_context,
             "documents": len(texts), "tokens": n_tokens, "instances_per_round": instances,
             "baseline_tokens_per_s": round(n_tokens / base), "factory_tokens_per_s": round(n_tokens / ours),
-            "ratio": round(base / ours, 3), "baseline_s": [round(t, 4) for t in base_times],
+            "ratio": round(base / ours, 3),
+            "ratio_of_medians": round(statistics.median(base_times) / statistics.median(ours_times), 3),
+            "baseline_s": [round(t, 4) for t in base_times],
             "factory_s": [round(t, 4) for t in ours_times]}
 
 
@@ -67,6 +70,7 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=2, help="copies of the sample corpus (distinct documents)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the embedded model's)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON figures go")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -82,16 +86,17 @@ def main() -> int:
     results = [measure(texts, tokenizer, args.rounds, *case) for case in cases]
     report = {"benchmark": "factory chunking + instance building vs raw tokenizers encode_batch",
               "target_ratio": 0.9, "tokenizer": Path(args.tokenizer).name, "machine": platform.node(),
-              "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "python": platform.python_version(),
+              "cpus": os.cpu_count(), "rounds": args.rounds, "load_avg_at_end": os.getloadavg(), "python": platform.python_version(),
               "results": results}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
     for r in results:
         print(f"chunk_tokens={r['chunk_tokens']:>5} chunks_per_doc={r['chunks_per_doc']!s:>3} "
               f"max_context={r['max_context']:>5}: baseline {r['baseline_tokens_per_s']:>9,} tok/s, "
               f"factory {r['factory_tokens_per_s']:>9,} tok/s, ratio {r['ratio']:.3f} "
+              f"(of medians {r['ratio_of_medians']:.3f}) "
               f"({r['instances_per_round']} instances)")
-    print(f"written to {RESULTS}")
+    print(f"written to {args.output}")
     return 0
 
 

@@ -78,9 +78,9 @@ class TokenizedText:
         span = self.encoding.token_to_chars(token)
         return span[1] if span else self.end_char(token - 1)
 
-    def first_token_at(self, char: int) -> int:
-        """Index of the first token that starts at or after `char` (binary search, O(log n) lookups)."""
-        lo, hi = 0, self.n_tokens
+    def first_token_at(self, char: int, lo: int = 0, hi: int | None = None) -> int:
+        """Index of the first token that starts at or after `char` (binary search in [lo, hi], O(log n))."""
+        hi = self.n_tokens if hi is None else hi
         while lo < hi:
             mid = (lo + hi) // 2
             if self.start_char(mid) < char:
@@ -112,10 +112,17 @@ def count_tokens(texts: Sequence[str], tokenizer: Any) -> list[int]:
 
 
 def _last_cut(pattern: re.Pattern[str], text: str, lo: int, hi: int, at_start: bool) -> int | None:
-    last = None
-    for match in pattern.finditer(text, lo, hi):
-        last = match.start() if at_start else match.end()
-    return last
+    """Position of the last match in text[lo:hi], scanning backwards in growing windows (a boundary is
+    usually near the end, so this reads a few hundred characters instead of the whole window)."""
+    width = 512
+    while True:
+        start = max(lo, hi - width)
+        last = None
+        for match in pattern.finditer(text, start, hi):
+            last = match.start() if at_start else match.end()
+        if last is not None or start == lo:
+            return last
+        hi, width = start + 64, width * 4  # overlap the previous window so a boundary across it is found
 
 
 def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
@@ -143,7 +150,7 @@ def chunk_document(tokenized: TokenizedText, chunk_tokens: int) -> list[Chunk]:
             if cut is None:
                 cut = _last_cut(_SENTENCE_END, text, lo_char, hi_char, at_start=False)
             if cut is not None:
-                end = min(limit, max(start + 1, tokenized.first_token_at(cut)))
+                end = min(limit, max(start + 1, tokenized.first_token_at(cut, start, limit)))
         char_start, char_end = _strip_span(text, tokenized.start_char(start), tokenized.end_char(end - 1))
         chunks.append(Chunk(len(chunks), start, end, char_start, char_end, text[char_start:char_end]))
         start = end

@@ -83,11 +83,18 @@ def overhead_tokens(answer_type: str, question: str, answer: str, target_tokeniz
         + SAFETY_TOKENS
 
 
-def fit_window(document: TokenizedText, chunk_char_span: tuple[int, int], budget: int) -> Window:
-    """The contiguous token window of at most `budget` tokens that holds the chunk (start kept if possible)."""
+def fit_window(document: TokenizedText, chunk_char_span: tuple[int, int], budget: int,
+               chunk_token_span: tuple[int, int] | None = None) -> Window:
+    """The contiguous token window of at most `budget` tokens that holds the chunk (start kept if possible).
+
+    `chunk_token_span` skips the lookup when `document` is the very encoding the chunk was cut from.
+    """
     n = document.n_tokens
-    chunk_start = document.last_token_before(chunk_char_span[0])  # first token ending after the chunk start
-    chunk_end = max(chunk_start + 1, document.first_token_at(chunk_char_span[1]))
+    if chunk_token_span is not None:
+        chunk_start, chunk_end = chunk_token_span
+    else:
+        chunk_start = document.last_token_before(chunk_char_span[0])  # first token ending after the chunk start
+        chunk_end = max(chunk_start + 1, document.first_token_at(chunk_char_span[1], chunk_start))
     if chunk_end - chunk_start > budget:
         raise ChunkDoesNotFit(f"the source chunk takes {chunk_end - chunk_start} target tokens, more than the "
                               f"{budget} left for the document; lower --chunk-tokens or raise --max-context")
@@ -107,14 +114,16 @@ def fit_window(document: TokenizedText, chunk_char_span: tuple[int, int], budget
 
 
 def build_instance(qa_record: dict[str, Any], chunk: Chunk, document: TokenizedText, max_context: int,
-                   target_tokenizer: Any) -> dict[str, Any]:
+                   target_tokenizer: Any, same_encoding: bool = False) -> dict[str, Any]:
     """A long QA instance (chat messages + [INST] rendering) for one accepted pair.
 
-    `document` is the document tokenized with the TARGET tokenizer; `chunk` spans characters of the same text.
+    `document` is the document tokenized with the TARGET tokenizer; `chunk` spans characters of the same text
+    (`same_encoding`: the chunk was cut from this very encoding, so its token span is reused).
     """
     answer_type, question, answer = qa_record["answer_type"], qa_record["question"], qa_record["answer"]
     overhead = overhead_tokens(answer_type, question, answer, target_tokenizer)
-    window = fit_window(document, chunk.char_span, max_context - overhead)
+    window = fit_window(document, chunk.char_span, max_context - overhead,
+                        chunk.token_span if same_encoding else None)
     kept = document.text[window.char_start:window.char_end]
     user = user_message(answer_type, kept, question)
     return {

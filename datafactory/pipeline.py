@@ -186,7 +186,7 @@ def _attach_instances(result: DocumentResult, doc: Document, items: list[WorkIte
         if record["accepted"]:
             try:
                 result.instances.append(build_instance(record, chunks[record["id"]], target_doc, config.max_context,
-                                                       tokenizers.target))
+                                                       tokenizers.target, same_encoding=tokenizers.same))
             except ChunkDoesNotFit as exc:
                 record.update(accepted=False, reject_reason="chunk_exceeds_context", engine_error=str(exc))
     result.qa_records.extend(records)

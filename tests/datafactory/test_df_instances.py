@@ -45,15 +45,16 @@ def _qa(answer_type="normal"):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=document, chunk_tokens=st.integers(16, 120), pick=st.floats(0, 1), max_context=st.integers(260, 900),
-       answer_type=st.sampled_from(["normal", "short"]), other=st.booleans())
+       answer_type=st.sampled_from(["normal", "short"]), other=st.booleans(), same=st.booleans())
 def test_truncation_keeps_the_source_chunk(tokenizer, other_tokenizer, text, chunk_tokens, pick, max_context,
-                                           answer_type, other):
+                                           answer_type, other, same):
     target = other_tokenizer if other else tokenizer
     chunks = chunk_document(tokenize_texts([text], tokenizer)[0], chunk_tokens)
     chunk = chunks[int(pick * (len(chunks) - 1))]
     target_doc = tokenize_texts([text], target)[0]
     try:
-        instance = build_instance(_qa(answer_type), chunk, target_doc, max_context, target)
+        instance = build_instance(_qa(answer_type), chunk, target_doc, max_context, target, same_encoding=same and
+                                  not other)
     except ChunkDoesNotFit:
         assert count_tokens([chunk.text], target)[0] > 100  # only a chunk far larger than the budget
         return
