@@ -87,6 +87,12 @@ def test_cli_prepare_only_writes_dataset_and_stats(tmp_path, tiny_llama_dir, dat
     assert not (out / "final").exists()  # prepare-only never trains
     code = longscale_main(["finetune", "--model", "m", "--output", str(out), "--pack-length", "many"])
     assert code == 2 and "--pack-length" in capsys.readouterr().err
+    # YAML spells the same settings; flags override it
+    yaml_file = tmp_path / "ft.yaml"
+    yaml_file.write_text(f"model: {tiny_llama_dir}\noutput: {tmp_path / 'from-yaml'}\npack-length: 128\n"
+                         f"max_length: 512\nprepare_only: true\nshort_data: [{data['short_data'][0]}]\n")
+    assert longscale_main(["finetune", "--config", str(yaml_file), "--pack-length", "192"]) == 0
+    assert set(datasets.load_from_disk(str(tmp_path / "from-yaml" / "dataset"))["length"]) == {192}
 
 
 def test_nothing_left_to_train_is_a_clear_error_and_keeps_the_stats(tmp_path, tiny_llama_dir):
