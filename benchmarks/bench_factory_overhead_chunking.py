@@ -8,6 +8,11 @@ is taken on the best round of each (the least disturbed by other load on a share
 of medians is reported too. Target: ratio >= 0.9.
 
     python3 benchmarks/bench_factory_overhead_chunking.py [--copies 2] [--rounds 5]
+
+With --pipeline-stub it also measures the whole pipeline of one process (tokenize, chunk, prompt, HTTP,
+extraction, critique, instances, JSONL) against FaultInjectingServer (a fake OpenAI-compatible server that
+answers canned tags after 200 ms): sustained requests/s and max requests in flight, written to
+benchmarks/results/factory_pipeline_stub.json. The ceiling is concurrency / 0.2 s.
 """
 from __future__ import annotations
 
@@ -65,12 +70,47 @@ def measure(texts, tokenizer, rounds: int, chunk_tokens: int, chunks_per_doc, ma
             "factory_s": [round(t, 4) for t in ours_times]}
 
 
+def pipeline_stub(tokenizer_dir: str, n_docs: int, concurrencies: list[int], delay_ms: float = 200.0) -> dict:
+    import tempfile
+
+    from datafactory.config import GenerationConfig
+    from datafactory.documents import Document
+    from datafactory.pipeline import load_tokenizers, run_generation
+    from datafactory.testing.fault_server import FaultInjectingServer
+
+    books = [p.read_text() for p in sorted(sample_corpus_dir().glob("*.txt"))]
+    docs = [Document(f"d{i}", books[i % 3][(i // 3) * 300:(i // 3) * 300 + 1500]) for i in range(n_docs)]
+    runs = []
+    with FaultInjectingServer(delay_ms=delay_ms) as server:
+        for concurrency in concurrencies:
+            config = GenerationConfig(engine="openai", base_url=server.base_url, tokenizer=tokenizer_dir,
+                                      min_doc_tokens=100, chunk_tokens=300, chunks_per_doc=1, max_context=2048,
+                                      concurrency=concurrency, max_retries=0)
+            tokenizers = load_tokenizers(config)
+            server.reset_stats()
+            with tempfile.TemporaryDirectory() as out:
+                t0 = time.perf_counter()
+                manifest = run_generation(docs, config, out, progress=False, tokenizers=tokenizers)
+                elapsed = time.perf_counter() - t0
+            stats = server.stats()
+            runs.append({"concurrency": concurrency, "documents": n_docs, "requests": stats["chat_requests"],
+                         "seconds": round(elapsed, 2), "requests_per_s": round(stats["chat_requests"] / elapsed),
+                         "ceiling_requests_per_s": round(concurrency / (delay_ms / 1000)),
+                         "max_in_flight": stats["max_in_flight"], "accepted": manifest["counts"]["accepted"]})
+            print(f"pipeline vs stub ({delay_ms:.0f} ms): concurrency {concurrency}: {runs[-1]['requests_per_s']} "
+                  f"req/s, max in flight {stats['max_in_flight']}, {stats['chat_requests']} requests")
+    return {"benchmark": "whole pipeline of one process against FaultInjectingServer", "delay_ms": delay_ms,
+            "machine": platform.node(), "cpus": os.cpu_count(), "runs": runs}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=2, help="copies of the sample corpus (distinct documents)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the embedded model's)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON figures go")
+    parser.add_argument("--pipeline-stub", action="store_true", help="also measure the pipeline against a stub server")
+    parser.add_argument("--stub-docs", type=int, default=4500)
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -97,6 +137,11 @@ def main() -> int:
               f"(of medians {r['ratio_of_medians']:.3f}) "
               f"({r['instances_per_round']} instances)")
     print(f"written to {args.output}")
+    if args.pipeline_stub:
+        stub = pipeline_stub(args.tokenizer, args.stub_docs, [256, 512])
+        stub_path = args.output.parent / "factory_pipeline_stub.json"
+        stub_path.write_text(json.dumps(stub, indent=2))
+        print(f"written to {stub_path}")
     return 0
 
 

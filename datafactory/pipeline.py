@@ -271,8 +271,10 @@ async def _run_groups(documents: Iterable[Document], config: Any, engine: Engine
 
     async def run_one(group: list[Document]) -> None:
         try:
-            for result in await _process_group(group, config, engine, tokenizers, skip_ids, counter):
-                writer.append(result.qa_records, result.instances)
+            results = await _process_group(group, config, engine, tokenizers, skip_ids, counter)
+            # one locked, fsynced append per group, not per document
+            writer.append([r for res in results for r in res.qa_records], [i for res in results for i in res.instances])
+            for result in results:
                 on_result(result)
         finally:
             in_flight.release()
