@@ -267,7 +267,7 @@ def _groups(documents: Iterable[Document], min_items: int, config: Any) -> Itera
 async def _run_groups(documents: Iterable[Document], config: Any, engine: Engine, tokenizers: Tokenizers,
                       writer: OutputWriter, skip_ids: frozenset[str], counter: RequestCounter, on_result) -> None:
     in_flight = asyncio.Semaphore(2)  # two groups overlap: one drains while the next fills the engine
-    tasks: set[asyncio.Task] = set()
+    pending: set[asyncio.Task] = set()
 
     async def run_one(group: list[Document]) -> None:
         try:
@@ -282,15 +282,13 @@ async def _run_groups(documents: Iterable[Document], config: Any, engine: Engine
     try:
         for group in _groups(documents, max(config.concurrency, config.batch_size), config):
             await in_flight.acquire()
-            task = asyncio.create_task(run_one(group))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            for done in [t for t in tasks if t.done()]:
-                done.result()
-        if tasks:
-            await asyncio.gather(*tasks)
+            for task in [t for t in pending if t.done()]:
+                pending.discard(task)
+                task.result()  # a failed group stops the run here, before more work is started
+            pending.add(asyncio.create_task(run_one(group)))
+        await asyncio.gather(*pending)
     finally:
-        for task in tasks:
+        for task in pending:
             task.cancel()
 
 

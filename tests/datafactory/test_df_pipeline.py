@@ -87,6 +87,11 @@ def test_engine_errors_are_recorded_and_retried(tmp_path, tokenizers):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["counts"]["qa"] == 3
     assert len(latest_records(tmp_path / "qa.jsonl")) == 3
+    for fail_on in (1, 3):  # whichever group's call dies, the run stops with the error, never silently
+        with pytest.raises(RuntimeError, match="engine died"):
+            run_generation(_small_docs(6), config, tmp_path / f"fail{fail_on}", progress=False,
+                           engine=FaultInjectingEngine(raise_on_call=fail_on), tokenizers=tokenizers)
+        assert json.loads((tmp_path / f"fail{fail_on}" / "manifest.json").read_text())["status"] == "failed"
 
 
 @pytest.mark.slow
