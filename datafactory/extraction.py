@@ -24,7 +24,7 @@ _CDATA = re.compile(r"<!\[CDATA\[(.*?)(?:\]\]>|$)", re.DOTALL)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _ENTITY = re.compile(r"&(#[0-9]{1,7};|#[xX][0-9a-fA-F]{1,6};|[A-Za-z][A-Za-z0-9]{1,31};)")
 _SIMPLE_MARKUP = re.compile(r"</?[A-Za-z][\w-]*\s*/?>")
-_LABEL = re.compile(r"^\s*(?:\*\*)?\s*(?:question|answer|q|a)\s*(?:\d+\s*)?[:.)-]\s*(?:\*\*)?\s*", re.IGNORECASE)
+_LABEL = re.compile(r"^\s*(?:\*\*)?\s*(?:(?i:question|answer)\s*(?:\d+\s*)?[:.)-]|[QA]\s*\d*\s*:)\s*(?:\*\*)?\s*")
 _XML_ENTITIES = {"amp", "lt", "gt", "quot", "apos"}
 _PARSER = etree.XMLParser(recover=True, resolve_entities=False, no_network=True, huge_tree=True)
 

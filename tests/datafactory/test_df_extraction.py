@@ -49,6 +49,7 @@ UGLY_OUTPUTS = [
     ("   \n\t ", "stop", "empty_output", None, None),
     (f"<question>Question: {Q}</question>\n<answer>Answer: {A}</answer>", "stop", None, Q, A),
     (f"<question>**{Q}**</question><answer>**{A}**</answer>", "stop", None, Q, A),
+    (f"<question>Q: {Q}</question><answer>A. Elliot</answer>", "stop", None, Q, "A. Elliot"),  # initial, not label
     (f"<answer>{A}</answer>\n<question>{Q}</question>", "stop", None, Q, A),  # order swapped
     (f"{Q}</question>\n<answer>{A}</answer>", "stop", None, Q, A),  # opener missing
     (f"<question>{Q}</question>\n<answer><b>{A}</b></answer>", "stop", None, Q, A),  # stray markup inside
@@ -138,3 +139,17 @@ def test_extraction_never_raises(text, finish):
         assert got.question and got.answer
     verdict = parse_critique(text, finish)
     assert verdict.verdict in (None, "yes", "no")
+
+
+WORDS = st.sampled_from(["Anne", "Wentworth", "&", "AT&T", "3 < 5", "a>b", "café", "“quoted”", "it's", "?", "!",
+                         "Lyme;", "50%", "x=1", "(aside)", "\u2014", "naïve", "Mr.", "\"said\"", "#1", "[note]"])
+FIELD = st.lists(WORDS, min_size=1, max_size=12).map(" ".join)
+PROSE = st.sampled_from(["", "Sure! Here it is:\n", "Based on the text, ", "```xml\n", "\n\n"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(question=FIELD, answer=FIELD, before=PROSE, after=PROSE, spaces=st.sampled_from(["", " ", "\n", "\n\n  "]))
+def test_clean_pairs_come_back_unchanged(question, answer, before, after, spaces):
+    text = f"{before}<question>{spaces}{question}{spaces}</question>\n<answer>{spaces}{answer}{spaces}</answer>{after}"
+    got = extract_qa(text, "stop")
+    assert got.ok and got.question == question and got.answer == answer
