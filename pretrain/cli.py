@@ -7,6 +7,7 @@ from pathlib import Path
 
 from longscale.configcli import ConfigError, add_model_flags, resolve_config
 
+
 class _AppendOrStart(argparse._AppendAction):
     """'append' that starts a fresh list when the default is configcli's "not given" marker.
 

@@ -65,7 +65,7 @@ def configure_checkpointing(model, mode: str, every: int) -> None:
 
 def build_optimizer(model, cfg: PretrainConfig, device: torch.device):
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pretrain.probes.common import new_figure, save_figure, write_result
 from pretrain.rope import variant_angles
@@ -56,5 +55,3 @@ def rope_decay_for_model(model_dir: str | Path, **kwargs) -> dict:
                  or cfg.get("rope_theta", 10_000.0))
     return rope_decay(head_dim=head_dim, base=base, **kwargs)
 
-
-_ = torch  # the formulas come from pretrain.rope's torch helpers

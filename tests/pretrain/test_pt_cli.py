@@ -1,0 +1,81 @@
+"""`longscale pretrain ...` and `longscale probe ...` end to end on a tiny random Llama (real tokenizer)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from longscale.cli import main
+from pretrain.probes.common import HFModel
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, embedded_model_dir):
+    out = tmp_path_factory.mktemp("tinycli") / "model"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                 tie_word_embeddings=True, eos_token_id=2,
+                                 rope_parameters={"rope_type": "default", "rope_theta": 1e4})).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(embedded_model_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli_texts")
+    sentences = [f"Sentence number {i} tells of Anne and the {i % 7} letters she kept." for i in range(300)]
+    (d / "book.txt").write_text(" ".join(sentences))
+    return d
+
+
+def test_apply_rope_cli_writes_the_checkpoint(tiny, tmp_path, capsys):
+    assert main(["pretrain", "apply-rope", "--model", str(tiny), "--variant", "abf", "--base", "2e5",
+                 "--seq-len", "1024", "--output", str(tmp_path / "abf")]) == 0
+    cfg = json.loads((tmp_path / "abf" / "config.json").read_text())
+    assert cfg["rope_theta"] == 2e5 and cfg["max_position_embeddings"] == 1024
+    assert json.loads(capsys.readouterr().out)["changes"]["rope_parameters"]["rope_theta"] == 2e5
+    assert main(["pretrain", "apply-rope", "--model", str(tmp_path / "nothing"), "--variant", "abf",
+                 "--output", str(tmp_path / "x")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_pretrain_cli_with_repeated_sources(tiny, texts, tmp_path, capsys):
+    argv = ["pretrain", "--model", str(tiny), "--variant", "pi", "--output", str(tmp_path / "run"),
+            "--source", f"a={texts}:1", "--source", f"b={texts / 'book.txt'}:0.5", "--seq-len", "256",
+            "--tokens-per-step", "512", "--max-micro-batch", "2", "--total-tokens", "1024", "--warmup-steps", "1",
+            "--lr", "1e-3", "--device", "cpu"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 and (tmp_path / "run" / "final" / "config.json").exists()
+    assert main(argv[:-2] + ["--device", "cpu", "--seq-len", "300"]) == 2  # 512 is not a multiple of 300
+    assert "--tokens-per-step" in capsys.readouterr().err
+
+
+def test_probe_cli_writes_json_and_png(tiny, texts, tmp_path):
+    for probe, extra in (("first-sentence", ["--samples", "2"]), ("loss-by-position", ["--bin-size", "64"]),
+                         ("context-scaling", ["--windows", "1"]), ("passkey", ["--samples", "1"])):
+        lengths = "128,256,512" if probe == "context-scaling" else "256"
+        assert main(["probe", probe, "--model", str(tiny), "--texts", str(texts), "--lengths", lengths,
+                     "--device", "cpu", "--output", str(tmp_path / probe)] + extra) == 0
+        name = probe.replace("-", "_")
+        assert json.loads((tmp_path / probe / f"{name}.json").read_text())["probe"] == probe
+        assert (tmp_path / probe / f"{name}.png").stat().st_size > 1000
+    assert main(["probe", "rope-decay", "--model", str(tiny), "--lengths", "4k", "--output", str(tmp_path / "rd")]) == 0
+    assert main(["probe", "first-sentence", "--model", str(tiny), "--lengths", "256", "--output",
+                 str(tmp_path / "no-texts")]) == 2
+
+
+def test_hf_model_adapter_batches_and_scores(tiny):
+    model = HFModel(tiny, device="cpu")
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12], [1, 2, 3]]
+    answers = model.answer(prompts, 3)
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+    assert answers[0] == model.answer([prompts[0]], 3)[0]  # batching does not change greedy output
+    losses = model.token_losses(torch.tensor([[5, 6, 7, 8, 9]]))
+    assert losses.shape == (4,) and torch.isfinite(losses).all()
