@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +12,22 @@ import torch
 from transformers import AutoTokenizer
 
 from pretrain.probes.common import normalize, parse_lengths, split_sentences
-from pretrain.probes.first_sentence import PLAIN_HEAD, PLAIN_TAIL, run_first_sentence, score
-from pretrain.probes.losses import context_scaling, fit_power_law, loss_by_position, token_windows
+from pretrain.probes.first_sentence import (
+    PLAIN_HEAD,
+    PLAIN_TAIL,
+    run_first_sentence,
+    score,
+)
+from pretrain.probes.losses import (
+    context_scaling,
+    fit_power_law,
+    loss_by_position,
+    token_windows,
+)
 from pretrain.probes.passkey import run_passkey
 from pretrain.probes.rope_decay import decay_curve, rope_decay
 
-CORPUS = "/work/shared/data/corpus/persuasion.txt"
+CORPUS = Path(__file__).resolve().parents[2] / "datafactory" / "sample_corpus" / "persuasion.txt"
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +37,7 @@ def tok(embedded_model_dir):
 
 @pytest.fixture(scope="module")
 def texts():
-    from pathlib import Path
-
-    path = Path(CORPUS)
-    if not path.exists():  # the repo's own sample corpus is the fallback
-        path = next(Path(__file__).resolve().parents[2].glob("datafactory/sample_corpus/*.txt"))
-    return [path.read_text()[:120_000]]
+    return [CORPUS.read_text()[:120_000]]  # the repo's own sample corpus
 
 
 def _document(tok, prompt_ids):

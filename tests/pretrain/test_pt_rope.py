@@ -10,7 +10,12 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from pretrain.apply import RopeConversionError, apply_rope_variant, load_model, save_hf
 from pretrain.rope import granularity, rope_config_changes, variant_angles
-from pretrain.xpos_modeling import XPosLlamaConfig, XPosLlamaForCausalLM, xpos_scale, xpos_zeta
+from pretrain.xpos_modeling import (
+    XPosLlamaConfig,
+    XPosLlamaForCausalLM,
+    xpos_scale,
+    xpos_zeta,
+)
 
 TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64)

@@ -13,7 +13,14 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from longscale.configcli import ConfigError, resolve_config
 from pretrain.config import PretrainConfig
-from pretrain.data import DataSourceError, PackedStream, SourceSpec, build_stream, parse_curriculum, seq_len_at
+from pretrain.data import (
+    DataSourceError,
+    PackedStream,
+    SourceSpec,
+    build_stream,
+    parse_curriculum,
+    seq_len_at,
+)
 from pretrain.loss import chunked_lm_loss, per_token_losses
 from pretrain.trainer import lr_lambda, pretrain, step_shape
 
