@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = [
     ("api.cli", "api"),
     ("finetune.cli", "train"),
     ("pretrain.cli", "train"),
+    ("pretrain.evaluation.cli", "eval"),
     ("longscale.demo", None),
     ("longscale.model_cli", None),
 ]
