@@ -20,7 +20,7 @@ SUBCOMMAND_MODULES = [
     ("worker.cli", "worker"),
     ("api.cli", "api"),
     ("finetune.cli", "train"),
-    ("pretrain.cli", "train"),
+    ("pretrain.cli", None),
     ("pretrain.evaluation.cli", "eval"),
     ("longscale.demo", None),
     ("longscale.model_cli", None),

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
-_UNSET = object()
+# argparse never produces None for a flag that was given, so None means "not given" for every flag.
 
 
 class ConfigError(ValueError):
@@ -50,12 +50,12 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, 
         helptext = helptext.replace("%", "%%")
         if annotation is bool:
             target.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
-                                default=_UNSET, help=helptext)
+                                default=None, help=helptext)
         elif typing.get_origin(annotation) in (list, tuple):
-            target.add_argument(_flag(name), dest=name, action="append", default=_UNSET, metavar="V",
+            target.add_argument(_flag(name), dest=name, action="append", default=None, metavar="V",
                                 help=helptext + " (repeat or comma-separate)")
         else:
-            target.add_argument(_flag(name), dest=name, default=_UNSET, metavar=name.upper(), help=helptext)
+            target.add_argument(_flag(name), dest=name, default=None, metavar=name.upper(), help=helptext)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -76,8 +76,8 @@ def flags_given(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, A
     """The model's fields that were given on the command line (lists split on commas)."""
     given: dict[str, Any] = {}
     for name in model.model_fields:
-        value = getattr(args, name, _UNSET)
-        if value is _UNSET:
+        value = getattr(args, name, None)
+        if value is None:
             continue
         if isinstance(value, list):
             value = [part.strip() for item in value for part in str(item).split(",") if part.strip()]
@@ -88,9 +88,12 @@ def flags_given(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, A
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"  {_flag(where) if isinstance(err['loc'][0], str) else where}: {err['msg']}"
-                     f" (got {err.get('input')!r})")
+        loc = err["loc"]
+        if not loc:  # a model-level check: its message names the settings involved
+            lines.append(f"  {err['msg']}")
+            continue
+        where = _flag(str(loc[0])) + "".join(f"[{p}]" for p in loc[1:])
+        lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
 
 
