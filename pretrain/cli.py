@@ -8,26 +8,6 @@ from pathlib import Path
 from longscale.configcli import ConfigError, add_model_flags, resolve_config
 
 
-class _AppendOrStart(argparse._AppendAction):
-    """'append' that starts a fresh list when the default is configcli's "not given" marker.
-
-    Work-around: argparse's append copies the default, and configcli's marker is not a list, so a
-    list flag given on the command line crashes. Remove once longscale.configcli handles it.
-    """
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if not isinstance(getattr(namespace, self.dest, None), list):
-            setattr(namespace, self.dest, [])
-        super().__call__(parser, namespace, values, option_string)
-
-
-def _add_flags(parser: argparse.ArgumentParser, model) -> None:
-    add_model_flags(parser, model)
-    for action in parser._actions:
-        if isinstance(action, argparse._AppendAction):
-            action.__class__ = _AppendOrStart
-
-
 PROBES = ("first-sentence", "passkey", "loss-by-position", "context-scaling", "rope-decay")
 
 
@@ -39,12 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Continue pretraining a Llama-architecture checkpoint at a longer length. "
                                        "`longscale pretrain apply-rope ...` only converts the RoPE variant.")
     train.add_argument("--config", help="YAML file with the same settings as the flags")
-    _add_flags(train, PretrainConfig)
+    add_model_flags(train, PretrainConfig)
     train.set_defaults(func=_run_pretrain)
     actions = train.add_subparsers(dest="pretrain_action", metavar="ACTION")
     apply = actions.add_parser("apply-rope", help="write a checkpoint converted to a RoPE variant, no training")
     apply.add_argument("--config", help="YAML file")
-    _add_flags(apply, ApplyRopeConfig)
+    add_model_flags(apply, ApplyRopeConfig)
     apply.set_defaults(func=_run_apply)
 
     probe = sub.add_parser("probe", help="long-context probes (JSON + PNG)")
@@ -52,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name in PROBES:
         p = names.add_parser(name, help=f"{name} probe")
         p.add_argument("--config", help="YAML file")
-        _add_flags(p, ProbeConfig)
+        add_model_flags(p, ProbeConfig)
         p.set_defaults(func=_run_probe)
     probe.set_defaults(func=lambda a: probe.print_help() or 2)
 
