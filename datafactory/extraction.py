@@ -7,7 +7,8 @@ tag *structure* is recovered by a small scanner that only knows our tag names an
 CDATA) after escaping what would break it. Every rejection carries a machine-readable reason:
 
   empty_output, no_question, no_answer, empty, truncated, short_answer_too_long, copied_demonstration,
-  critique_rejected, critique_unparseable, engine_error (the last three are set by the pipeline).
+  answer_repeats_question, echoed_prompt, degenerate_question, critique_rejected, critique_unparseable, engine_error (the
+  last three are set by the pipeline).
 """
 from __future__ import annotations
 
@@ -216,16 +217,38 @@ def check_pair(extraction: Extraction, answer_type: str, chunk_text: str) -> Ext
         reason = "copied_demonstration"
     elif answer_type == "short" and len((extraction.answer or "").split()) > SHORT_ANSWER_MAX_WORDS:
         reason = "short_answer_too_long"
-    elif _same(extraction.question, extraction.answer):
+    elif _restates(extraction.question or "", extraction.answer or ""):
         reason = "answer_repeats_question"
+    elif any(phrase in (extraction.question or "").lower() for phrase in _PROMPT_PHRASES):
+        reason = "echoed_prompt"
+    elif _DEGENERATE_QUESTION.search(extraction.question or ""):
+        reason = "degenerate_question"
     if reason is None:
         return extraction
     return Extraction(extraction.question, extraction.answer, reason, extraction.pairs, extraction.notes)
 
 
-def _same(a: str | None, b: str | None) -> bool:
-    norm = lambda s: re.sub(r"[\W_]+", " ", (s or "").lower()).strip()  # noqa: E731
-    return bool(norm(a)) and norm(a) == norm(b)
+_PROMPT_PHRASES = ("text chunk", "delimited by triple quotes", "wrap the question", "xml tags",
+                   "reading comprehension test")
+_DEGENERATE_QUESTION = re.compile(r"\banswer to (?:the|this|that|your) question\b", re.IGNORECASE)
+_STOPWORDS = frozenset("the a an and or of to in on at for with by from was were is are be been had has have did "
+                       "does do what who whom whose why how when where which that this these those it its her his "
+                       "their she he they them him not".split())
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _STOPWORDS and len(w) > 2}
+
+
+def _restates(question: str, answer: str) -> bool:
+    """The answer only repeats the question's words (at most one new content word in four or more words)."""
+    words = re.findall(r"\w+", answer)
+    if not words:
+        return False
+    new = _content_words(answer) - _content_words(question)
+    if len(words) < 4:
+        return not new and bool(_content_words(answer))  # a short answer made only of question words
+    return len(new) <= 1
 
 
 _YES = {"yes", "y", "true", "correct", "supported", "valid", "pass"}

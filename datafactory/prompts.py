@@ -47,10 +47,12 @@ DEMO_CHUNK = (
 DEMO_PAIRS = {
     "normal": ("Why did Mara Quill decide to relight the lighthouse on Garra Point?",
                "She believed the reef would wreck more boats unless the light burned again."),
-    "short": ("How many winters had the lighthouse on Garra Point been dark?", "Eleven winters."),
+    "short": ("What did Mara Quill take with her when she rowed out to the lighthouse?",
+              "A lantern and her late father's logbook."),
 }
 DEMO_WRONG_ANSWER = ("Who paid Mara Quill to relight the lighthouse?", "The village council paid her.")
-DEMO_MARKERS = ("garra point", "mara quill", "eleven winters", "wreck of the alder")
+# Phrases of the worked example that a real chunk is unlikely to hold (checked only when the chunk lacks them).
+DEMO_MARKERS = ("garra", "mara quill", "eleven winters", "wreck of the alder", "logbook", "lighthouse")
 
 
 def _quoted(text: str) -> str:

@@ -20,8 +20,8 @@ DEMO_CONFIG = GenerationConfig(
     short_ratio=0.5,
     critique="filter",
     max_context=2048,            # small instances, so a CPU finetuning step on them stays affordable
-    max_new_tokens=128,
-    temperature=0.7,
+    max_new_tokens=72,
+    temperature=0.3,
     seed=0,
     batch_size=6,
 )

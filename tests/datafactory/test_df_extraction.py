@@ -85,7 +85,7 @@ def test_repairs_are_recorded():
 def test_content_checks():
     ok = extract_qa(f"<question>{Q}</question><answer>{A}</answer>")
     assert check_pair(ok, "short", "Admiral Croft visited Kellynch Hall.").ok
-    long_answer = extract_qa(f"<question>{Q}</question><answer>{'word ' * 30}</answer>")
+    long_answer = extract_qa(f"<question>{Q}</question><answer>{' '.join(f'word{i}' for i in range(30))}</answer>")
     assert check_pair(long_answer, "short", "").reason == "short_answer_too_long"
     assert check_pair(long_answer, "normal", "").ok
     demo_q, demo_a = DEMO_PAIRS["short"]
@@ -96,6 +96,23 @@ def test_content_checks():
     assert check_pair(real, "short", DEMO_CHUNK).ok
     echo = extract_qa(f"<question>{Q}</question><answer>{Q}</answer>")
     assert check_pair(echo, "normal", "").reason == "answer_repeats_question"
+    restated = extract_qa("<question>Why did the Curate's wife refuse to pay the final payment on her father's "
+                          "estate?</question><answer>The Curate's wife refused to pay the final payment on her "
+                          "father's estate.</answer>")
+    assert check_pair(restated, "normal", "").reason == "answer_repeats_question"
+    informative = extract_qa("<question>Why did the Curate's wife refuse to pay?</question><answer>She believed "
+                             "the estate owed her brother money.</answer>")
+    assert check_pair(informative, "normal", "").ok
+    assert check_pair(extract_qa("<question>Did Anne stay?</question><answer>Yes.</answer>"), "short", "").ok
+    prompt_echo = extract_qa("<question>You are given a text chunk taken from a long text. Write a question."
+                             "</question><answer>Something about Bath.</answer>")
+    assert check_pair(prompt_echo, "normal", "").reason == "echoed_prompt"
+    loop = extract_qa("<question>What is the answer to this question?</question><answer>She had no idea of her "
+                      "own destiny.</answer>")
+    assert check_pair(loop, "normal", "").reason == "degenerate_question"
+    partial_copy = extract_qa("<question>What did Maria desire?</question><answer>A lamp and her late father's "
+                              "logbook.</answer>")
+    assert check_pair(partial_copy, "short", "Maria desired a new bonnet.").reason == "copied_demonstration"
 
 
 @pytest.mark.parametrize("text,verdict", [

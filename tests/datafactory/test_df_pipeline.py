@@ -13,8 +13,8 @@ from datafactory.pipeline import Tokenizers, load_tokenizers, plan_document, pro
 from datafactory.prompts import DEMO_CHUNK, NORMAL_PROMPT, SHORT_PROMPT
 
 KNOWN_REASONS = {None, "empty_output", "no_question", "no_answer", "empty", "truncated", "short_answer_too_long",
-                 "copied_demonstration", "answer_repeats_question", "critique_rejected", "critique_unparseable",
-                 "engine_error", "chunk_exceeds_context", "unparseable"}
+                 "copied_demonstration", "answer_repeats_question", "echoed_prompt", "degenerate_question",
+                 "critique_rejected", "critique_unparseable", "engine_error", "chunk_exceeds_context", "unparseable"}
 QA_FIELDS = {"id", "doc_id", "chunk_index", "chunk_token_span", "answer_type", "question", "answer", "critique",
              "accepted", "reject_reason", "model", "raw"}
 
