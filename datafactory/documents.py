@@ -80,6 +80,15 @@ def _read_text_file(path: Path, root: Path) -> Document:
 
 
 def _read_jsonl(path: Path, config: Any) -> list[Document]:
+    """JSON Lines (one object per line), or for a .json file a JSON array of objects."""
+    if path.suffix.lower() == ".json":
+        head = path.read_text(encoding="utf-8").lstrip()[:1]
+        if head == "[":
+            try:
+                records = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise DocumentError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
+            return documents_from_records(records, config, source=str(path))
     records = []
     with path.open(encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
@@ -134,9 +143,10 @@ def _iter_path(path: Path, config: Any) -> Iterator[Document]:
     if _is_saved_dataset(path):
         yield from _read_saved_dataset(path, config)
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + (".jsonl", ".parquet"))
+        files = sorted(p for p in path.rglob("*")
+                       if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + (".jsonl", ".json", ".parquet"))
         if not files:
-            raise DocumentError(f"{path}: no .txt, .md, .jsonl or .parquet files in this directory")
+            raise DocumentError(f"{path}: no .txt, .md, .jsonl, .json or .parquet files in this directory")
         for file in files:
             if file.suffix.lower() in TEXT_SUFFIXES:
                 yield _read_text_file(file, path)

@@ -188,7 +188,8 @@ def _attach_instances(result: DocumentResult, doc: Document, items: list[WorkIte
                 result.instances.append(build_instance(record, chunks[record["id"]], target_doc, config.max_context,
                                                        tokenizers.target, same_encoding=tokenizers.same))
             except ChunkDoesNotFit as exc:
-                record.update(accepted=False, reject_reason="chunk_exceeds_context", engine_error=str(exc))
+                record.update(accepted=False, reject_reason="chunk_exceeds_context")
+                record["extraction_notes"].append(str(exc))
     result.qa_records.extend(records)
 
 
@@ -218,7 +219,7 @@ async def _process_group(docs: list[Document], config: Any, engine: Engine, toke
     for doc, tok in zip(docs, tokenized):
         result = DocumentResult(doc.id, n_tokens=tok.n_tokens)
         results.append(result)
-        if tok.n_tokens < config.min_doc_tokens:
+        if tok.n_tokens < max(1, config.min_doc_tokens):
             result.skipped = "too_short"
             plans.append([])
             continue

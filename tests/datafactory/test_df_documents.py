@@ -52,6 +52,11 @@ def test_parquet_and_saved_dataset(tmp_path):
     assert docs[0].id == "7" and docs[0].text == "from a dataset"
 
 
+def test_json_array(tmp_path):
+    (tmp_path / "docs.json").write_text(json.dumps([{"text": "one", "id": "a"}, {"text": "two"}]))
+    assert [d.id for d in load_documents([tmp_path / "docs.json"], CONFIG)] == ["a", text_id("two")]
+
+
 def test_records_from_the_api():
     docs = documents_from_records([{"text": "inline", "title": "T"}], CONFIG)
     assert docs[0].id == text_id("inline") and docs[0].meta["title"] == "T"
@@ -63,7 +68,7 @@ def test_records_from_the_api():
     (lambda p: (p / "y.jsonl").write_text('{"body": "ok"}\n') and p / "y.jsonl", "no 'text' field"),
     (lambda p: (p / "z.jsonl").write_text('{"text": 5}\n') and p / "z.jsonl", "not text"),
     (lambda p: (p / "w.pdf").write_text("%PDF") and p / "w.pdf", "unsupported input"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "no .txt, .md, .jsonl or .parquet files"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "no .txt, .md, .jsonl, .json or .parquet files"),
     (lambda p: (p / "bad.parquet").write_text("not parquet") and p / "bad.parquet", "cannot read as Parquet"),
     (lambda p: (p / "latin.txt").write_bytes("caf\xe9".encode("latin-1")) and p / "latin.txt", "not UTF-8"),
 ])
