@@ -64,6 +64,11 @@ class FinetuneConfig(BaseModel):
             raise ValueError("give at least one of --short-data, --long-data, --pretrain-data")
         if (self.long_ratio or 0) + (self.pretrain_ratio or 0) > 1:
             raise ValueError("--long-ratio plus --pretrain-ratio must not exceed 1")
+        if (self.attn_implementation == "flash_attention_2" and self.pack_attention == "per-sample"
+                and self.per_device_rows > 1):
+            # transformers only finds packed samples for varlen flash attention in a batch of one row
+            raise ValueError("--attn-implementation flash_attention_2 keeps packed samples apart only with "
+                             "--per-device-rows 1 (or use flex_attention / sdpa)")
         if self.pad_to == "max" and self.pad_multiple > self.max_length:
             raise ValueError("--pad-multiple is larger than --max-length")
         return self

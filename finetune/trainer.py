@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def accumulation_steps(config: FinetuneConfig, row_tokens: int, world_size: int)
 def sft_args(config: FinetuneConfig, row_tokens: int):
     from trl import SFTConfig
 
-    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     kwargs: dict[str, Any] = dict(
         output_dir=str(Path(config.output) / "checkpoints"),
         per_device_train_batch_size=config.per_device_rows,
@@ -128,15 +129,18 @@ def train(config: FinetuneConfig, dataset, tokenizer, model=None) -> dict[str, A
     result = trainer.train(resume_from_checkpoint=resume_from)
     output = Path(config.output)
     final = output / "final"
-    model = trainer.model
-    if config.lora_r:
+    if not config.lora_r:
+        trainer.save_model(str(final))  # gathers FSDP shards; writes the tokenizer too
+    else:
         trainer.save_model(str(output / "adapter"))
-        model = model.merge_and_unload()
-    model.save_pretrained(str(final))
-    tokenizer.save_pretrained(str(final))
+        if trainer.is_world_process_zero():  # the merged copy loads anywhere (vLLM, transformers) without peft
+            trainer.model.merge_and_unload().save_pretrained(str(final))
+            tokenizer.save_pretrained(str(final))
     history = trainer.state.log_history
-    (output / "train_log.json").write_text(json.dumps(history, indent=1))
-    curve = plot_loss(history, output / "loss_curve.png")
+    curve = None
+    if trainer.is_world_process_zero():
+        (output / "train_log.json").write_text(json.dumps(history, indent=1))
+        curve = plot_loss(history, output / "loss_curve.png")
     return {"losses": [h["loss"] for h in history if "loss" in h], "global_step": trainer.state.global_step,
             "train_runtime_s": result.metrics.get("train_runtime"), "final_model": str(final),
             "loss_curve": str(curve) if curve else None, "train_log": str(output / "train_log.json"),

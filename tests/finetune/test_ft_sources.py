@@ -81,3 +81,16 @@ def test_mixing_ratios_by_samples_and_tokens():
     assert kept is data and not any(dropped.values())
     with pytest.raises(ConfigError, match="pretrain"):
         mix(data, long_ratio=0.2, pretrain_ratio=0.2, by="samples", seed=1)
+
+
+def test_config_refuses_settings_that_would_silently_break_isolation():
+    from pydantic import ValidationError
+
+    from finetune.config import FinetuneConfig
+
+    with pytest.raises(ValidationError, match="flash_attention_2 keeps packed samples apart only"):
+        FinetuneConfig(model="m", output="o", short_data=["s"], attn_implementation="flash_attention_2",
+                       per_device_rows=2)
+    with pytest.raises(ValidationError, match="at least one of"):
+        FinetuneConfig(model="m", output="o")
+    FinetuneConfig(model="m", output="o", short_data=["s"], attn_implementation="flash_attention_2")
