@@ -1,0 +1,200 @@
+"""run_eval(config): build the prompts per length, generate through a datafactory engine, score, and write
+results.json, results.md, records.jsonl and score_by_length.png into the output folder.
+
+Scoring: substring match (RULER's metric) and ROUGE look at the whole answer; F1 and exact match look at its
+first non-empty line, since models keep talking after a short answer and the paper's metrics expect the
+answer alone. A failed request (engine error) scores 0 and is counted; a prompt that cannot fit a length is
+skipped and counted. Records are written as each length finishes, so an interrupted run keeps them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from pretrain.evaluation.config import EvalConfig
+from pretrain.evaluation.metrics import score_prediction
+from pretrain.evaluation.prompts import Example, PromptTooLong, fit_prompt
+from pretrain.evaluation.ruler import RulerBuilder, read_essays, read_hotpot, read_squad
+from pretrain.evaluation.tasks import FILE_LOADERS, TASK_METRICS, TaskDataError
+
+SHOT_CONTEXT_TOKENS = 200
+
+
+def load_tokenizer(config: EvalConfig):
+    from transformers import AutoTokenizer
+
+    name = config.tokenizer or config.model
+    if not name:
+        from datafactory.embedded import ensure_embedded_model
+
+        name = str(ensure_embedded_model())
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as exc:
+        raise TaskDataError(f"could not load a tokenizer from {name!r} (give --tokenizer): {exc}") from exc
+
+
+def build_engine(config: EvalConfig):
+    from datafactory.config import GenerationConfig
+    from datafactory.engines import build_engine as df_build_engine
+
+    return df_build_engine(GenerationConfig(engine=config.engine, model=config.model, base_url=config.base_url,
+                                            api_key=config.api_key, batch_size=config.batch_size,
+                                            concurrency=config.concurrency, temperature=0.0,
+                                            max_new_tokens=config.max_new_tokens, seed=config.seed))
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
+
+
+def score(example: Example, metric: str, answer: str) -> dict[str, float]:
+    whole = metric in ("substring_match", "rouge_gm", "accuracy")
+    return score_prediction(metric, answer.strip() if whole else first_line(answer), example.answers,
+                            example.options, example.gold_index)
+
+
+def prompts_for_length(config: EvalConfig, tokenizer, length: int, ruler: RulerBuilder | None,
+                       examples: list[Example], shots: list[Example]) -> tuple[list[tuple[Example, list, dict]], int]:
+    """(example, messages, info) for one length, and how many examples did not fit."""
+    budget = length - config.max_new_tokens
+    if ruler is not None:
+        built = ruler.build(length, config.num_samples, max_new_tokens=config.max_new_tokens, depths=config.depths)
+        return [(ex, fit_prompt(ex, tokenizer, budget, config.prompt_style)[0], dict(ex.meta)) for ex in built], 0
+    out, skipped = [], 0
+    for ex in examples:
+        try:
+            messages, info = fit_prompt(ex, tokenizer, budget, config.prompt_style, shots)
+        except PromptTooLong:
+            skipped += 1
+            continue
+        out.append((ex, messages, info))
+    return out, skipped
+
+
+def _shots(examples: list[Example], tokenizer, n: int) -> list[Example]:
+    cut = []
+    for ex in examples[:n]:
+        ids = tokenizer(ex.context, add_special_tokens=False)["input_ids"]
+        cut.append(Example(ex.id, tokenizer.decode(ids[-SHOT_CONTEXT_TOKENS:]), ex.question, ex.answers, ex.metric,
+                           ex.options, ex.gold_index))
+    return cut
+
+
+def load_examples(config: EvalConfig, tokenizer, ruler: RulerBuilder | None = None
+                  ) -> tuple[RulerBuilder | None, list[Example], list[Example], int]:
+    if ruler is not None:
+        return ruler, [], [], 0
+    if config.task.startswith("ruler"):
+        pool = read_squad(config.data) if config.task == "ruler-squad" else read_hotpot(config.data)
+        essays = read_essays(config.essays) if config.essays else None
+        return RulerBuilder(pool, tokenizer, filler=config.filler, essays=essays, style=config.prompt_style,
+                            seed=config.seed), [], [], 0
+    examples, skipped = FILE_LOADERS[config.task](config.data)
+    if not examples:
+        raise TaskDataError(f"{config.data}: no {config.task} examples with gold answers ({skipped} without)")
+    shots = _shots(examples, tokenizer, config.few_shot)
+    rest = examples[config.few_shot:]
+    random.Random(config.seed).shuffle(rest)
+    return None, rest[:config.num_samples], shots, skipped
+
+
+def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, progress: bool = True,
+             ruler: RulerBuilder | None = None) -> dict[str, Any]:
+    """Evaluate one model on one task at every length. `engine`, `tokenizer` and a RULER builder (whose built
+    haystacks are cached) may be passed in to share them across calls; otherwise they are built from `config`."""
+    from tqdm import tqdm
+
+    from datafactory.engines import SamplingParams, generate_sync
+
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tokenizer or load_tokenizer(config)
+    metric = config.metric or TASK_METRICS[config.task]
+    ruler, examples, shots, no_gold = load_examples(config, tokenizer, ruler)
+    own_engine = engine is None
+    engine = engine or build_engine(config)
+    label = config.label or Path(config.model or "SmolLM2-135M-Instruct").name
+    params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0, seed=config.seed)
+    result: dict[str, Any] = {"task": config.task, "model": label, "metric": metric,
+                              "config": config.model_dump(mode="json", exclude={"api_key"}),
+                              "skipped_without_gold": no_gold, "by_length": {}}
+    records_path = out / "records.jsonl"
+    records_path.write_text("")
+    t0 = time.perf_counter()
+    try:
+        for length in config.lengths:
+            items, too_long = prompts_for_length(config, tokenizer, length, ruler, examples, shots)
+            answers: list[Any] = []
+            step = max(1, config.batch_size)
+            with tqdm(total=len(items), desc=f"{config.task} {label} @{length}", unit="q", disable=not progress) as bar:
+                for s in range(0, len(items), step):
+                    answers += generate_sync(engine, [m for _, m, _ in items[s:s + step]], params)
+                    bar.update(len(items[s:s + step]))
+            rows, errors = [], 0
+            for (ex, _, info), res in zip(items, answers, strict=True):
+                text = res.text if res.ok else ""
+                errors += not res.ok
+                rows.append({"length": length, "id": ex.id, "question": ex.question, "answers": ex.answers,
+                             "prediction": text, "error": res.error, "scores": score(ex, metric, text), **info})
+            with records_path.open("a") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in rows)
+            means = {k: sum(r["scores"][k] for r in rows) / len(rows) for k in (rows[0]["scores"] if rows else {})}
+            result["by_length"][str(length)] = {"n": len(rows), "score": means.get(metric), "scores": means,
+                                                "engine_errors": errors, "did_not_fit": too_long}
+            write_outputs(result, out)
+    finally:
+        result["elapsed_s"] = round(time.perf_counter() - t0, 1)
+        write_outputs(result, out)
+        if own_engine:
+            engine.close()
+    return result
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """One row per (model, task), one column per length: the primary metric (n, errors where any)."""
+    lengths = sorted({int(k) for r in results for k in r["by_length"]})
+    head = "| model | task | metric | " + " | ".join(f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in lengths) + " |"
+    lines = [head, "|" + "---|" * (3 + len(lengths))]
+    for r in results:
+        cells = []
+        for n in lengths:
+            cell = r["by_length"].get(str(n))
+            if not cell or cell["score"] is None:
+                cells.append("-")
+                continue
+            note = f" ({cell['engine_errors']} err)" if cell["engine_errors"] else ""
+            cells.append(f"{cell['score']:.3f}{note}")
+        lines.append(f"| {r['model']} | {r['task']} | {r['metric']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_scores(results: list[dict[str, Any]], path: Path, title: str = "score by context length") -> Path:
+    from pretrain.probes.common import new_figure, save_figure
+
+    fig, ax = new_figure(title, "context length (tokens)", "score")
+    for r in results:
+        xs = sorted(int(k) for k, v in r["by_length"].items() if v["score"] is not None)
+        if xs:
+            ax.plot(xs, [r["by_length"][str(x)]["score"] for x in xs], marker="o", label=f"{r['model']} ({r['task']})")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    (out / "results.md").write_text(f"# {result['task']}: {result['model']}\n\n" + markdown_table([result]) + "\n")
+    if result["by_length"]:
+        plot_scores([result], out / "score_by_length.png")
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    parts = [f"{k}: {v['score']:.3f}" for k, v in result["by_length"].items() if v["score"] is not None
+             and not math.isnan(v["score"])]
+    return f"{result['task']} {result['model']} ({result['metric']}): " + ", ".join(parts)

@@ -1,0 +1,191 @@
+"""Task loaders: local files in the standard formats of NarrativeQA, Qasper, QuALITY, QMSum, ZeroSCROLLS and
+the data factory's held-out long QA, all turned into `Example`s (users bring the files; none ship here).
+
+Formats read (JSON, JSONL, Parquet, or a folder of them):
+- narrativeqa: rows of the Hugging Face `deepmind/narrativeqa` layout ({document: {id, text}, question:
+  {text}, answers: [{text}]}); a SCROLLS/ZeroSCROLLS-style file goes through the `zeroscrolls` loader.
+- qasper: the release JSON ({paper_id: {title, abstract, full_text: [{section_name, paragraphs}], qas: [...]}})
+  or JSONL of such papers; answers from extractive spans, free-form answers, yes/no, or "Unanswerable".
+- quality: the release JSONL ({article_id, title, article, questions: [{question, options, gold_label (1-based)}]}).
+- qmsum: meeting JSON/JSONL ({meeting_transcripts: [{speaker, content}], general_query_list, specific_query_list}).
+- zeroscrolls: {id, input, output, document_start_index, document_end_index, query_start_index, query_end_index};
+  the metric follows the subset named in the path (ROUGE for gov_report/summ_screen/qmsum/squality, exact
+  match for quality, F1 otherwise).
+- factory-qa: a generation output folder (or its instances.jsonl): document and question from the instance.
+Items without a gold answer (test splits) are skipped and counted, never scored as wrong.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from pretrain.evaluation.prompts import Example
+
+
+class TaskDataError(ValueError):
+    """A task file is missing or not in the expected format; the message names the file and what was wrong."""
+
+
+TASK_METRICS = {"narrativeqa": "f1", "qasper": "f1", "quality": "accuracy", "qmsum": "rouge_gm", "zeroscrolls": "f1",
+                "factory-qa": "f1", "ruler-squad": "substring_match", "ruler-hotpot": "substring_match"}
+
+
+def read_records(path: str | Path) -> Iterable[tuple[str, Any]]:
+    """(where, record) for every record of a JSON/JSONL/Parquet file or a folder of them."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskDataError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".jsonl", ".parquet")) if path.is_dir() else [path]
+    if not files:
+        raise TaskDataError(f"{path}: no .json, .jsonl or .parquet files in it")
+    for file in files:
+        if file.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            for i, row in enumerate(pq.read_table(file).to_pylist()):
+                yield f"{file}:{i}", row
+        elif file.suffix == ".jsonl":
+            with file.open() as fh:
+                for n, line in enumerate(fh, 1):
+                    if line.strip():
+                        try:
+                            yield f"{file}:{n}", json.loads(line)
+                        except json.JSONDecodeError as exc:
+                            raise TaskDataError(f"{file}:{n}: not valid JSON ({exc.msg})") from None
+        else:
+            try:
+                data = json.loads(file.read_text())
+            except json.JSONDecodeError as exc:
+                raise TaskDataError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            if isinstance(data, list):
+                for i, rec in enumerate(data):
+                    yield f"{file}[{i}]", rec
+            else:
+                yield str(file), data
+
+
+def _need(rec: Any, keys: tuple[str, ...], where: str, task: str) -> None:
+    if not isinstance(rec, dict) or any(k not in rec for k in keys):
+        got = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
+        raise TaskDataError(f"{where}: not a {task} record: expected keys {list(keys)}, got {got}")
+
+
+def load_narrativeqa(path: str | Path) -> tuple[list[Example], int]:
+    out = []
+    for where, rec in read_records(path):
+        _need(rec, ("document", "question", "answers"), where, "NarrativeQA")
+        doc, q = rec["document"], rec["question"]
+        answers = [a["text"] if isinstance(a, dict) else str(a) for a in rec["answers"]]
+        out.append(Example(id=f"{doc.get('id', '')}:{len(out)}", context=doc["text"],
+                           question=q["text"] if isinstance(q, dict) else str(q), answers=answers, metric="f1"))
+    return out, 0
+
+
+def _qasper_answer(answer: dict) -> str | None:
+    a = answer.get("answer", answer)
+    if a.get("unanswerable"):
+        return "Unanswerable"
+    if a.get("extractive_spans"):
+        return ", ".join(a["extractive_spans"])
+    if a.get("free_form_answer"):
+        return a["free_form_answer"]
+    if a.get("yes_no") is not None:
+        return "Yes" if a["yes_no"] else "No"
+    return None
+
+
+def load_qasper(path: str | Path) -> tuple[list[Example], int]:
+    out, skipped = [], 0
+    for where, rec in read_records(path):
+        papers = rec.items() if isinstance(rec, dict) and "qas" not in rec else [(rec.get("id", where), rec)]
+        for paper_id, paper in papers:
+            _need(paper, ("title", "full_text", "qas"), f"{where} ({paper_id})", "Qasper")
+            sections = [f"{s.get('section_name') or ''}\n" + "\n".join(s.get("paragraphs") or [])
+                        for s in paper["full_text"]]
+            context = "\n\n".join([paper["title"], paper.get("abstract", "")] + sections)
+            for qa in paper["qas"]:
+                answers = [a for a in (_qasper_answer(x) for x in qa.get("answers", [])) if a]
+                if not answers:
+                    skipped += 1
+                    continue
+                out.append(Example(id=qa.get("question_id", f"{paper_id}:{len(out)}"), context=context,
+                                   question=qa["question"], answers=answers, metric="f1"))
+    return out, skipped
+
+
+def load_quality(path: str | Path) -> tuple[list[Example], int]:
+    out, skipped = [], 0
+    for where, rec in read_records(path):
+        _need(rec, ("article", "questions"), where, "QuALITY")
+        for q in rec["questions"]:
+            gold = q.get("gold_label")
+            if not gold:
+                skipped += 1
+                continue
+            out.append(Example(id=q.get("question_unique_id", f"{rec.get('article_id', where)}:{len(out)}"),
+                               context=rec["article"], question=q["question"], answers=[q["options"][gold - 1]],
+                               metric="accuracy", options=list(q["options"]), gold_index=gold - 1))
+    return out, skipped
+
+
+def load_qmsum(path: str | Path) -> tuple[list[Example], int]:
+    out = []
+    for where, rec in read_records(path):
+        _need(rec, ("meeting_transcripts",), where, "QMSum")
+        transcript = "\n".join(f"{t['speaker']}: {t['content']}" for t in rec["meeting_transcripts"])
+        for kind in ("general_query_list", "specific_query_list"):
+            for q in rec.get(kind, []):
+                out.append(Example(id=f"{Path(where).stem}:{kind[:3]}:{len(out)}", context=transcript,
+                                   question=q["query"], answers=[q["answer"]], metric="rouge_gm"))
+    return out, 0
+
+
+def zeroscrolls_metric(path: str | Path) -> str:
+    name = str(path).lower()
+    if any(k in name for k in ("gov_report", "summ_screen", "qmsum", "squality")):
+        return "rouge_gm"
+    return "exact_match" if "quality" in name else "f1"
+
+
+def load_zeroscrolls(path: str | Path) -> tuple[list[Example], int]:
+    out, skipped, metric = [], 0, zeroscrolls_metric(path)
+    for where, rec in read_records(path):
+        _need(rec, ("input",), where, "ZeroSCROLLS")
+        if not rec.get("output"):
+            skipped += 1
+            continue
+        text = rec["input"]
+        ds, de = rec.get("document_start_index"), rec.get("document_end_index")
+        qs, qe = rec.get("query_start_index"), rec.get("query_end_index")
+        if ds is not None and de is not None:
+            context = text[ds:de]
+            question = text[qs:qe] if qs is not None and qe is not None else text[de:].strip()
+        else:  # SCROLLS layout: the query, a blank line, then the document
+            question, _, context = text.partition("\n\n")
+        outputs = rec["output"] if isinstance(rec["output"], list) else [rec["output"]]
+        out.append(Example(id=str(rec.get("id", where)), context=context, question=question.strip(),
+                           answers=outputs, metric=metric))
+    return out, skipped
+
+
+def load_factory_qa(path: str | Path) -> tuple[list[Example], int]:
+    """Held-out long QA from a generation output: the kept document between the template's triple quotes."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "instances.jsonl"
+    out = []
+    for where, rec in read_records(path):
+        _need(rec, ("id", "messages", "question", "answer"), where, "factory instance")
+        user = next(m["content"] for m in rec["messages"] if m["role"] == "user")
+        parts = user.split('"""')
+        if len(parts) < 3:
+            raise TaskDataError(f"{where}: the user turn has no \"\"\"-delimited document (not a factory instance?)")
+        out.append(Example(id=rec["id"], context=parts[1].strip(), question=rec["question"], answers=[rec["answer"]],
+                           metric="f1", meta={"doc_id": rec.get("doc_id"), "answer_type": rec.get("answer_type")}))
+    return out, 0
+
+
+FILE_LOADERS: dict[str, Callable[[str | Path], tuple[list[Example], int]]] = {
+    "narrativeqa": load_narrativeqa, "qasper": load_qasper, "quality": load_quality, "qmsum": load_qmsum,
+    "zeroscrolls": load_zeroscrolls, "factory-qa": load_factory_qa}
