@@ -19,9 +19,10 @@ class GenerationProgress:
             self._progress = Progress(
                 TextColumn("[bold]documents"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("QA [green]{task.fields[accepted]} accepted[/] / [red]{task.fields[rejected]} rejected[/]"),
-                TextColumn("{task.fields[rate]:.2f} req/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
-            self._task = self._progress.add_task("generate", total=total_documents, accepted=0, rejected=0, rate=0.0)
+                TextColumn("{task.fields[requests]} requests, {task.fields[rate]:.2f} req/s"), TimeElapsedColumn(),
+                TextColumn("ETA"), TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
+            self._task = self._progress.add_task("generate", total=total_documents, accepted=0, rejected=0,
+                                                 requests=0, rate=0.0)
 
     def __enter__(self) -> "GenerationProgress":
         if self._progress:
@@ -31,6 +32,11 @@ class GenerationProgress:
     def __exit__(self, *exc: Any) -> None:
         if self._progress:
             self._progress.stop()
+
+    def requests_done(self, requests: int, requests_per_s: float) -> None:
+        """Requests completed so far (moves the rate while a group of documents is still running)."""
+        if self._progress:
+            self._progress.update(self._task, requests=requests, rate=requests_per_s)
 
     def document_done(self, result: Any, requests_per_s: float) -> None:
         self.accepted += sum(1 for r in result.qa_records if r["accepted"])
