@@ -53,9 +53,12 @@ def first_line(text: str) -> str:
 
 
 def score(example: Example, metric: str, answer: str) -> dict[str, float]:
-    whole = metric in ("substring_match", "rouge_gm", "accuracy")
-    return score_prediction(metric, answer.strip() if whole else first_line(answer), example.answers,
-                            example.options, example.gold_index)
+    """Substring match, ROUGE and choice accuracy on the whole answer; F1 and exact match on its first line."""
+    scores = score_prediction(metric, answer.strip(), example.answers, example.options, example.gold_index)
+    if "f1" in scores:
+        scores.update({k: v for k, v in score_prediction("f1", first_line(answer), example.answers).items()
+                       if k in ("f1", "exact_match")})
+    return scores
 
 
 def prompts_for_length(config: EvalConfig, tokenizer, length: int, ruler: RulerBuilder | None,

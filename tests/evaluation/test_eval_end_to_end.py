@@ -1,0 +1,107 @@
+"""run_eval end to end on tiny tasks: an oracle engine (a test double that answers from the gold) scores 1.0,
+a wrong one 0; outputs (JSON, markdown, records, PNG) are written; engine errors count as 0 and are reported;
+the CLI turns bad settings into clear errors."""
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from datafactory.engines import EngineResult
+from longscale.cli import main as longscale_main
+from longscale.configcli import ConfigError
+from pretrain.evaluation.config import EvalConfig
+from pretrain.evaluation.runner import run_eval
+
+from tests.evaluation.test_eval_ruler import squad_file
+
+
+class OracleEngine:
+    """Test double: finds which known question the prompt asks and answers with its gold (or a fixed wrong
+    answer, or an error), so the scoring path is checked without a model."""
+
+    name = "oracle"
+    model_name = "oracle"
+
+    def __init__(self, gold: dict[str, str], mode: str = "right"):
+        self.gold, self.mode, self.prompts = gold, mode, []
+
+    async def agenerate(self, conversations, params):
+        out = []
+        for conv in conversations:
+            text = conv[-1]["content"]
+            self.prompts.append(text)
+            if self.mode == "error":
+                out.append(EngineResult(text=None, error="http_503: injected"))
+                continue
+            # the question asked is the last one in the prompt (haystack paragraphs may mention others)
+            question = max(self.gold, key=lambda q: text.rfind(q))
+            answer = self.gold[question] if self.mode == "right" else "purple elephant"
+            out.append(EngineResult(text=f"{answer}\nextra words after the answer", finish_reason="stop"))
+        return out
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def tokenizer(embedded_model_dir):
+    return AutoTokenizer.from_pretrained(embedded_model_dir)
+
+
+def squad_gold(path):
+    data = json.loads(path.read_text())
+    return {qa["question"]: qa["answers"][0]["text"] for a in data["data"] for p in a["paragraphs"] for qa in p["qas"]
+            if not qa["is_impossible"]}
+
+
+@pytest.mark.parametrize("mode, expected", [("right", 1.0), ("wrong", 0.0)])
+def test_ruler_oracle_scores_one_and_wrong_scores_zero(tmp_path, tokenizer, mode, expected):
+    data = squad_file(tmp_path)
+    engine = OracleEngine(squad_gold(data), mode)
+    cfg = EvalConfig(task="ruler-squad", data=str(data), output=str(tmp_path / "out"), lengths="1k,2k", num_samples=4)
+    result = run_eval(cfg, engine=engine, tokenizer=tokenizer, progress=False)
+    for length in ("1024", "2048"):
+        cell = result["by_length"][length]
+        assert cell["n"] == 4 and cell["score"] == expected and cell["scores"]["f1"] == expected
+    out = tmp_path / "out"
+    assert json.loads((out / "results.json").read_text())["by_length"]["2048"]["score"] == expected
+    assert "| ruler-squad | substring_match |" in (out / "results.md").read_text()
+    assert (out / "score_by_length.png").stat().st_size > 1000
+    assert len((out / "records.jsonl").read_text().splitlines()) == 8
+    assert all(len(tokenizer(p)["input_ids"]) < 2048 for p in engine.prompts)
+
+
+def test_file_task_with_truncation_and_engine_errors(tmp_path, tokenizer):
+    rows = [{"article_id": f"a{i}", "title": "T", "article": "Long preamble. " * 400 + f"The key is number {i}.",
+             "questions": [{"question": f"What is key {i}?", "options": [f"number {i}", "number 99"], "gold_label": 1}]}
+            for i in range(3)]
+    data = tmp_path / "quality.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = EvalConfig(task="quality", data=str(data), output=str(tmp_path / "q"), lengths=[512, 4096], num_samples=3)
+    gold = {f"What is key {i}?": f"(A) number {i}" for i in range(3)}
+    right = run_eval(cfg, engine=OracleEngine(gold), tokenizer=tokenizer, progress=False)
+    assert right["metric"] == "accuracy" and all(c["score"] == 1.0 for c in right["by_length"].values())
+    records = [json.loads(line) for line in (tmp_path / "q" / "records.jsonl").read_text().splitlines()]
+    assert records[0]["context_tokens_dropped"] > 0  # 512 tokens: the article was cut from the left
+    failing = run_eval(cfg.model_copy(update={"output": str(tmp_path / "e")}), engine=OracleEngine(gold, "error"),
+                       tokenizer=tokenizer, progress=False)
+    assert failing["by_length"]["512"] == {"n": 3, "score": 0.0, "scores": {"accuracy": 0.0}, "engine_errors": 3,
+                                           "did_not_fit": 0}
+    assert "(3 err)" in (tmp_path / "e" / "results.md").read_text()
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="needs --data"):
+        EvalConfig(task="qasper", output="x")
+    with pytest.raises(ValueError, match="bad length"):
+        EvalConfig(task="qasper", data="d", output="x", lengths="4k,lots")
+    with pytest.raises(ValueError, match="needs --base-url"):
+        EvalConfig(task="qasper", data="d", output="x", engine="openai", tokenizer="t")
+
+
+def test_cli_reports_missing_file(tmp_path, capsys):
+    code = longscale_main(["eval", "--task", "ruler-squad", "--data", str(tmp_path / "nope.json"),
+                           "--output", str(tmp_path / "o"), "--lengths", "1k"])
+    assert code == 2
+    assert "nope.json: no such file" in capsys.readouterr().err
+    assert isinstance(ConfigError("x"), ValueError)
