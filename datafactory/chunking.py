@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-_PARAGRAPH_BREAK = re.compile(r"(?<=\S)\s*?\n[ \t\r\f\v]*\n")  # cut where the blank line starts
-_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")      # cut right after the punctuation
+PARAGRAPH_BREAK = re.compile(r"(?<=\S)\s*?\n[ \t\r\f\v]*\n")  # cut where the blank line starts
+SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")      # cut right after the punctuation
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,9 @@ class TokenizedText:
                 hi = mid
         return lo
 
-    def last_token_before(self, char: int) -> int:
-        """Index just past the last token that ends at or before `char`."""
-        lo, hi = 0, self.n_tokens
+    def last_token_before(self, char: int, lo: int = 0, hi: int | None = None) -> int:
+        """Index just past the last token that ends at or before `char` (binary search in [lo, hi])."""
+        hi = self.n_tokens if hi is None else hi
         while lo < hi:
             mid = (lo + hi) // 2
             if self.end_char(mid) <= char:
@@ -115,7 +115,7 @@ def count_tokens(texts: Sequence[str], tokenizer: Any) -> list[int]:
     return [len(enc) for enc in backend.encode_batch(list(texts), add_special_tokens=False)]
 
 
-def _last_cut(pattern: re.Pattern[str], text: str, lo: int, hi: int, at_start: bool) -> int | None:
+def last_cut(pattern: re.Pattern[str], text: str, lo: int, hi: int, at_start: bool) -> int | None:
     """Position of the last match in text[lo:hi], scanning backwards in growing windows (a boundary is
     usually near the end, so this reads a few hundred characters instead of the whole window)."""
     width = 512
@@ -150,9 +150,9 @@ def chunk_document(tokenized: TokenizedText, chunk_tokens: int) -> list[Chunk]:
         if limit < n:
             lo_char = tokenized.start_char(start + max(1, chunk_tokens // 2))
             hi_char = tokenized.start_char(limit)  # a cut at or before this keeps the chunk within budget
-            cut = _last_cut(_PARAGRAPH_BREAK, text, lo_char, hi_char, at_start=True)
+            cut = last_cut(PARAGRAPH_BREAK, text, lo_char, hi_char, at_start=True)
             if cut is None:
-                cut = _last_cut(_SENTENCE_END, text, lo_char, hi_char, at_start=False)
+                cut = last_cut(SENTENCE_END, text, lo_char, hi_char, at_start=False)
             if cut is not None:
                 end = min(limit, max(start + 1, tokenized.first_token_at(cut, start, limit)))
         char_start, char_end = _strip_span(text, tokenized.start_char(start), tokenized.end_char(end - 1))

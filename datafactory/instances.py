@@ -3,7 +3,8 @@
 The document is cut to fit `max_context` tokens of the TARGET tokenizer (the model to be finetuned), minus
 what the template, question and answer take. The kept text is one contiguous window that always contains
 the source chunk: the start of the document when the chunk lies within the budget from the start, else a
-window centred on the chunk. One contiguous window (rather than head + chunk) keeps the text natural; the
+window centred on the chunk; a cut side is moved (by at most 1/16 of the window) to a paragraph or sentence
+boundary so the text reads naturally. One contiguous window (rather than head + chunk) keeps the text natural; the
 cost is that a late chunk loses the document's opening. What was kept is recorded (token and char spans).
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from datafactory.chunking import Chunk, TokenizedText, count_tokens
+from datafactory.chunking import PARAGRAPH_BREAK, SENTENCE_END, Chunk, TokenizedText, last_cut, count_tokens
 
 NORMAL_TEMPLATE = ('You are given a long text (delimited by triple quotes) and a question. Read the text and answer '
                    'the question in the end. """ {document} """\n\nQuestion: {question}')
@@ -106,11 +107,32 @@ def fit_window(document: TokenizedText, chunk_char_span: tuple[int, int], budget
         start = chunk_start - (budget - (chunk_end - chunk_start)) // 2
         start = max(0, min(start, n - budget))
         end = start + budget
-    char_start = 0 if start == 0 else document.start_char(start)
-    char_end = len(document.text) if end >= n else document.end_char(end - 1)
-    char_start = min(char_start, chunk_char_span[0])
-    char_end = max(char_end, chunk_char_span[1])
+    text = document.text
+    char_start = 0 if start == 0 else min(document.start_char(start), chunk_char_span[0])
+    char_end = len(text) if end >= n else max(document.end_char(end - 1), chunk_char_span[1])
+    slack = min(4000, (char_end - char_start) // 16)  # how much text a cut side may give up to read naturally
+    if start > 0:  # begin at the next paragraph (else sentence) start, never past the chunk
+        char_start = _snap_forward(text, char_start, max(char_start, min(chunk_char_span[0], char_start + slack)))
+        start = document.first_token_at(char_start, start, max(start, chunk_start) + 1)
+    if end < n:  # end at the last paragraph (else sentence) end, never before the chunk
+        char_end = _snap_backward(text, min(char_end, max(chunk_char_span[1], char_end - slack)), char_end)
+        end = document.last_token_before(char_end, min(end, chunk_end) - 1, end)
     return Window(start, end, char_start, char_end, n)
+
+
+def _snap_forward(text: str, lo: int, hi: int) -> int:
+    match = PARAGRAPH_BREAK.search(text, lo, hi) or SENTENCE_END.search(text, lo, hi)
+    pos = match.end() if match else lo
+    while pos < hi and text[pos].isspace():
+        pos += 1
+    return pos
+
+
+def _snap_backward(text: str, lo: int, hi: int) -> int:
+    cut = last_cut(PARAGRAPH_BREAK, text, lo, hi, at_start=True)
+    if cut is None:
+        cut = last_cut(SENTENCE_END, text, lo, hi, at_start=False)
+    return hi if cut is None else cut
 
 
 def build_instance(qa_record: dict[str, Any], chunk: Chunk, document: TokenizedText, max_context: int,

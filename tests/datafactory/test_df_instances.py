@@ -77,6 +77,10 @@ def test_start_of_document_kept_when_the_chunk_is_early(tokenizer):
     assert early["truncated"] and early["kept_token_span"][0] == 0 and early["kept_char_span"][0] == 0
     late = build_instance(_qa("short"), chunks[-3], doc, 1024, tokenizer)
     assert late["kept_token_span"][0] > 0 and chunks[-3].text in late["messages"][0]["content"]
+    kept = text[late["kept_char_span"][0]:late["kept_char_span"][1]]
+    assert kept.startswith("Paragraph ") and kept.endswith("in the rain.")  # cut sides snap to paragraphs
+    start, end = late["kept_token_span"]
+    assert doc.start_char(start) == late["kept_char_span"][0] and doc.end_char(end - 1) == late["kept_char_span"][1]
 
 
 def test_figure10_templates_and_rendering(tokenizer):
