@@ -11,6 +11,7 @@ case "${1:-run}" in
   stage)
     python3 -m pip install -q --no-index --no-deps --target $D/site $D/wheels/*.whl 2>&1 | tail -2
     python3 -c "import torch, transformers, trl, datasets, gguf; print(torch.__version__, transformers.__version__, trl.__version__, datasets.__version__, torch.cuda.get_device_name(0))"
+    python3 -c "import finetune.run, finetune.trainer, pretrain.evaluation.runner, datafactory.pipeline, pretrain.trainer; print('imports ok')"
     ls -la $D; echo staged ;;
   run)
     [ -d $D/site/trl ] || python3 -m pip install -q --no-index --no-deps --target $D/site $D/wheels/*.whl

@@ -123,7 +123,7 @@ def table(results: dict) -> str:
     lengths = sorted({int(k) for m in models.values() for k in m.get("ruler-squad", {})})
     cols = [(t, n) for t in ("ruler-squad", "ruler-hotpot", "first_sentence") for n in lengths]
     names = {"ruler-squad": "SQuAD", "ruler-hotpot": "Hotpot", "first_sentence": "FSR"}
-    lines = ["| model | " + " | ".join(f"{names[t]} {n // 1024}k" for t, n in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = ["| model | " + " | ".join(f"{names[t]} {n // 1024}k" if n % 1024 == 0 else f"{names[t]} {n}" for t, n in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for label, m in models.items():
         cells = []
         for t, n in cols:
