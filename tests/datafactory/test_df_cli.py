@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
+
 from longscale.cli import main
 
 
@@ -53,3 +55,25 @@ def test_dead_engine_keeps_records_and_says_so(tmp_path, capsys, embedded_model_
     assert manifest["rejection_reasons"] == {"engine_error": 2} and manifest["status"] == "complete"
     records = [json.loads(line) for line in (out / "qa.jsonl").read_text().splitlines()]
     assert {r["doc_id"] for r in records} == {"na0", "na1"} and all(r["engine_error"] for r in records)
+
+
+@pytest.mark.slow
+def test_generate_over_a_real_transformers_serve(tmp_path, capsys, embedded_model_dir):
+    """`longscale generate --engine openai` against a real `transformers serve` of the embedded model: the
+    production path (vllm serve speaks the same protocol), over a real socket on 127.0.0.1."""
+    from datafactory.testing import TransformersServe
+
+    out = tmp_path / "out"
+    with TransformersServe(embedded_model_dir, env={"OMP_NUM_THREADS": "1"}) as served:
+        argv = ["generate", "--input", str(_corpus(tmp_path)), "--output", str(out), "--engine", "openai",
+                "--base-url", served.base_url, "--min-doc-tokens", "100", "--chunk-tokens", "160",
+                "--chunks-per-doc", "1", "--max-new-tokens", "48", "--concurrency", "2", "--no-progress"]
+        assert main(argv) == 0
+    assert "generation complete" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "qa.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and {r["doc_id"] for r in records} == {"na0", "na1"}
+    for record in records:
+        assert record["engine_error"] is None and record["raw"], record
+        assert record["model"] == str(embedded_model_dir) and record["prompt_mode"] == "demonstration"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["qa"] == 2 and manifest["this_run"]["requests"] >= 2
