@@ -169,9 +169,16 @@ def main() -> int:
     ap.add_argument("--scale", choices=sorted(SCALES), default="gpu")
     ap.add_argument("--work", default="/tmp/recipe_e2e")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--stages", default="base,abf,generate,ft-noinput,ft-input")
+    ap.add_argument("--stages", default="base,abf,generate,ft-noinput,ft-input",
+                    help="base/abf: evaluate those models; ft-*: finetune and evaluate (ABF training and generation "
+                         "always run, since the finetunes start from them)")
+    ap.add_argument("--samples", type=int, help="RULER questions per length (overrides the scale)")
+    ap.add_argument("--fsr-samples", type=int, help="FIRST-SENTENCE-RETRIEVAL windows per length")
+    ap.add_argument("--eval-batch", type=int, help="prompts per generation batch")
     args = ap.parse_args()
-    s = SCALES[args.scale]
+    s = dict(SCALES[args.scale])
+    s.update({k: v for k, v in (("samples", args.samples), ("fsr_samples", args.fsr_samples),
+                                ("eval_batch", args.eval_batch)) if v})
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
