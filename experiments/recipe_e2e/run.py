@@ -22,28 +22,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from datafactory.config import GenerationConfig  # noqa: E402
-from datafactory.documents import load_documents  # noqa: E402
-from datafactory.pipeline import run_generation  # noqa: E402
-from finetune.config import FinetuneConfig  # noqa: E402
-from finetune.run import run_finetune  # noqa: E402
-from pretrain.config import PretrainConfig  # noqa: E402
-from pretrain.evaluation.config import EvalConfig  # noqa: E402
-from pretrain.evaluation.prompts import Example, render  # noqa: E402
-from pretrain.evaluation.ruler import RulerBuilder, read_hotpot, read_squad  # noqa: E402
-from pretrain.evaluation.runner import build_engine, markdown_table, run_eval  # noqa: E402
-from pretrain.probes.common import HFModel, new_figure, save_figure  # noqa: E402
-from pretrain.probes.first_sentence import plot_accuracy, run_first_sentence  # noqa: E402
-from pretrain.trainer import Pretrainer  # noqa: E402
+from datafactory.config import GenerationConfig
+from datafactory.documents import load_documents
+from datafactory.pipeline import run_generation
+from finetune.config import FinetuneConfig
+from finetune.run import run_finetune
+from pretrain.config import PretrainConfig
+from pretrain.evaluation.config import EvalConfig
+from pretrain.evaluation.prompts import Example, render
+from pretrain.evaluation.ruler import RulerBuilder, read_hotpot, read_squad
+from pretrain.evaluation.runner import build_engine, run_eval
+from pretrain.probes.common import HFModel, new_figure, save_figure
+from pretrain.probes.first_sentence import plot_accuracy, run_first_sentence
+from pretrain.trainer import Pretrainer
 
 T0 = time.time()
 SCALES = {  # everything that sizes the run
-    "gpu": dict(pt_seq=32768, pt_tokens=96 * 32768, pt_step_tokens=32768, pt_warmup=5, lengths=[4096, 8192, 16384, 32768],
-                samples=20, fsr_samples=10, chunks_per_doc=40, gen_batch=64, max_context=16384, n_short=600,
-                ft_steps=60, ft_batch_tokens=32768, pack=8192, eval_batch=10, device="cuda"),
-    "tiny": dict(pt_seq=512, pt_tokens=2 * 512, pt_step_tokens=512, pt_warmup=0, lengths=[512, 1024],
-                 samples=2, fsr_samples=2, chunks_per_doc=1, gen_batch=4, max_context=1024, n_short=8,
-                 ft_steps=2, ft_batch_tokens=1024, pack=512, eval_batch=2, device="cpu"),
+    "gpu": {"pt_seq": 32768, "pt_tokens": 96 * 32768, "pt_step_tokens": 32768, "pt_warmup": 5, "lengths": [4096, 8192, 16384, 32768],
+                "samples": 20, "fsr_samples": 10, "chunks_per_doc": 40, "gen_batch": 64, "max_context": 16384, "n_short": 600,
+                "ft_steps": 60, "ft_batch_tokens": 32768, "pack": 8192, "eval_batch": 10, "device": "cuda"},
+    "tiny": {"pt_seq": 512, "pt_tokens": 2 * 512, "pt_step_tokens": 512, "pt_warmup": 0, "lengths": [512, 1024],
+                 "samples": 2, "fsr_samples": 2, "chunks_per_doc": 1, "gen_batch": 4, "max_context": 1024, "n_short": 8,
+                 "ft_steps": 2, "ft_batch_tokens": 1024, "pack": 512, "eval_batch": 2, "device": "cpu"},
 }
 
 

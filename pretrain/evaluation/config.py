@@ -57,7 +57,7 @@ class EvalConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _check(self) -> "EvalConfig":
+    def _check(self) -> EvalConfig:
         if not self.data:
             raise ValueError(f"--task {self.task} needs --data (the task file or folder)")
         if self.engine == "openai" and not self.base_url:

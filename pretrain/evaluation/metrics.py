@@ -63,8 +63,8 @@ def rouge(prediction: str, references: list[str]) -> dict[str, float]:
     best = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for ref in references:
         scores = _rouge_scorer().score(ref, prediction)
-        for key in best:
-            best[key] = max(best[key], scores[key].fmeasure)
+        for key, value in best.items():
+            best[key] = max(value, scores[key].fmeasure)
     best["rouge_gm"] = math.prod(best.values()) ** (1 / 3)
     return best
 

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pretrain.evaluation.prompts import Example, PromptStyle, count_prompt_tokens, render
+from pretrain.evaluation.prompts import (
+    Example,
+    PromptStyle,
+    count_prompt_tokens,
+    render,
+)
 from pretrain.evaluation.tasks import TaskDataError
 from pretrain.probes.common import split_sentences
 
@@ -155,7 +160,7 @@ class RulerBuilder:
             used += n + 8
         return pieces, sorted(spare, key=len)[:64]
 
-    def _assemble(self, fill: list[str], golds: list[str], depth: int | float) -> tuple[str, int]:
+    def _assemble(self, fill: list[str], golds: list[str], depth: float) -> tuple[str, int]:
         """The haystack text and the character offset of the (first) gold paragraph in it."""
         at = round(depth * len(fill))
         if self.filler == "essays":

@@ -17,8 +17,9 @@ Items without a gold answer (test splits) are skipped and counted, never scored 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from pretrain.evaluation.prompts import Example
 

@@ -11,7 +11,6 @@ from longscale.cli import main as longscale_main
 from longscale.configcli import ConfigError
 from pretrain.evaluation.config import EvalConfig
 from pretrain.evaluation.runner import run_eval
-
 from tests.evaluation.test_eval_ruler import squad_file
 
 

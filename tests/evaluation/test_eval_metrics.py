@@ -3,8 +3,15 @@ import math
 
 import pytest
 
-from pretrain.evaluation.metrics import (choice_accuracy, exact_match, normalize_answer, rouge, score_prediction,
-                                         substring_match, token_f1)
+from pretrain.evaluation.metrics import (
+    choice_accuracy,
+    exact_match,
+    normalize_answer,
+    rouge,
+    score_prediction,
+    substring_match,
+    token_f1,
+)
 
 
 def test_normalisation_drops_case_punctuation_articles():

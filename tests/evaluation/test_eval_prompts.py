@@ -2,7 +2,13 @@
 import pytest
 from transformers import AutoTokenizer
 
-from pretrain.evaluation.prompts import Example, PromptTooLong, count_prompt_tokens, fit_prompt, render
+from pretrain.evaluation.prompts import (
+    Example,
+    PromptTooLong,
+    count_prompt_tokens,
+    fit_prompt,
+    render,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,12 @@ import json
 
 import pytest
 
-from pretrain.evaluation.tasks import FILE_LOADERS, TaskDataError, load_factory_qa, zeroscrolls_metric
+from pretrain.evaluation.tasks import (
+    FILE_LOADERS,
+    TaskDataError,
+    load_factory_qa,
+    zeroscrolls_metric,
+)
 
 
 def write_jsonl(path, rows):
