@@ -104,3 +104,29 @@ def test_cli_reports_missing_file(tmp_path, capsys):
     assert code == 2
     assert "nope.json: no such file" in capsys.readouterr().err
     assert isinstance(ConfigError("x"), ValueError)
+
+
+def test_plain_few_shot_prompts_and_factory_task(tmp_path, tokenizer):
+    rows = [{"document": {"id": f"d{i}", "text": f"Chapter one. The hero of book {i} is Hero{i}."},
+             "question": {"text": f"Who is the hero of book {i}?"}, "answers": [{"text": f"Hero{i}"}]} for i in range(4)]
+    data = tmp_path / "nqa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gold = {r["question"]["text"]: r["answers"][0]["text"] for r in rows}
+    engine = OracleEngine(gold)
+    cfg = EvalConfig(task="narrativeqa", data=str(data), output=str(tmp_path / "n"), lengths=[1024],
+                     prompt_style="plain", few_shot=1, num_samples=10)
+    result = run_eval(cfg, engine=engine, tokenizer=tokenizer, progress=False)
+    assert result["by_length"]["1024"]["n"] == 3 and result["by_length"]["1024"]["score"] == 1.0  # the shot is not scored
+    assert all(p.startswith("Chapter one. The hero of book 0 is Hero0. Q: Who is the hero of book 0?, A: Hero0\n\n")
+               and p.endswith(", A:") for p in engine.prompts)
+
+    instance = {"id": "f1", "doc_id": "b", "question": "Who wrote the letter?", "answer": "Mr. Darcy",
+                "messages": [{"role": "user", "content": 'Read. """ Darcy wrote a letter. """\n\nQuestion: Who wrote the letter?'},
+                             {"role": "assistant", "content": "Mr. Darcy"}]}
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "gen" / "instances.jsonl").write_text(json.dumps(instance) + "\n")
+    cfg = EvalConfig(task="factory-qa", data=str(tmp_path / "gen"), output=str(tmp_path / "f"), lengths=[1024])
+    result = run_eval(cfg, engine=OracleEngine({"Who wrote the letter?": "Mr Darcy"}), tokenizer=tokenizer,
+                      progress=False)
+    assert result["metric"] == "f1" and result["by_length"]["1024"]["scores"] == {"f1": 1.0, "exact_match": 1.0,
+                                                                                  "substring_match": 0.0}
