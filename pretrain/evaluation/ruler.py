@@ -6,7 +6,9 @@ Haystack: other SQuAD/HotpotQA paragraphs numbered "Document i:" as in RULER (fi
 Graham essay sentences with the gold paragraph(s) set in at a sentence boundary (filler="essays"; sentences
 are split with a regex, since nltk's punkt data cannot be downloaded here). The gold goes at `depth` (0 =
 first, 1 = last) of the haystack; samples spread their depths evenly over [0, 1] unless depths are given.
-Each example fills its prompt to at most `length - max_new_tokens` tokens of the model's own rendering.
+Each example fills its prompt to `length - max_new_tokens` tokens of the model's own rendering, exactly where the
+last filler piece can be cut to fit (almost always), so a batch of one length needs no padding: the engine then
+passes no attention mask and SDPA keeps its flash kernel instead of a dense [batch, 1, L, L] mask.
 Everything is seeded: the same files, tokenizer and arguments give the same prompts.
 """
 from __future__ import annotations
@@ -194,6 +196,20 @@ class RulerBuilder:
             if t_total > max_prompt:
                 break
             fill, context, gold_char, total = trial, t_context, t_gold, t_total
+        if fill and spare and total < max_prompt:  # pad to the exact length with the start of a spare piece
+            source = self.tokenizer(" ".join(spare), add_special_tokens=False)["input_ids"]
+            edge = -1 if depth < 0.5 else 0
+            want = max_prompt - total
+            for _ in range(6):
+                fragment = self.tokenizer.decode(source[:max(0, want)]).strip()
+                trial = list(fill)
+                trial[edge] = f"{trial[edge]} {fragment}" if edge == -1 else f"{fragment} {trial[edge]}"
+                t_context, t_gold, t_total = measure(trial)
+                if t_total <= max_prompt and t_total > total:
+                    context, gold_char, total = t_context, t_gold, t_total
+                if t_total == max_prompt or want > len(source):
+                    break
+                want += max_prompt - t_total
         return Example(id=q["id"], context=context, question=q["query"], answers=q["answers"],
                        metric="substring_match",
                        meta={"depth": depth, "gold_char": gold_char, "gold_chars": sum(len(g) for g in golds),

@@ -79,6 +79,18 @@ def prompts_for_length(config: EvalConfig, tokenizer, length: int, ruler: RulerB
     return out, skipped
 
 
+def equal_length_batches(items: list[tuple[Example, list, dict]], batch_size: int) -> list[list[int]]:
+    """Indices in batches of prompts with the same token count where possible: a batch that needs no padding
+    needs no attention mask, so SDPA stays on its flash kernel (RULER prompts are built to the exact length)."""
+    groups: dict[Any, list[int]] = {}
+    for i, (_, _, info) in enumerate(items):
+        groups.setdefault(info.get("prompt_tokens"), []).append(i)
+    batches = [idx[s:s + batch_size] for idx in groups.values() if len(idx) > 1 for s in range(0, len(idx), batch_size)]
+    singles = sorted((idx[0] for idx in groups.values() if len(idx) == 1),
+                     key=lambda i: items[i][2].get("prompt_tokens") or 0)  # the rest: padded, neighbours by length
+    return batches + [singles[s:s + batch_size] for s in range(0, len(singles), batch_size)]
+
+
 def _shots(examples: list[Example], tokenizer, n: int) -> list[Example]:
     cut = []
     for ex in examples[:n]:
@@ -132,12 +144,12 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
     try:
         for length in config.lengths:
             items, too_long = prompts_for_length(config, tokenizer, length, ruler, examples, shots)
-            answers: list[Any] = []
-            step = max(1, config.batch_size)
+            answers: list[Any] = [None] * len(items)
             with tqdm(total=len(items), desc=f"{config.task} {label} @{length}", unit="q", disable=not progress) as bar:
-                for s in range(0, len(items), step):
-                    answers += generate_sync(engine, [m for _, m, _ in items[s:s + step]], params)
-                    bar.update(len(items[s:s + step]))
+                for batch in equal_length_batches(items, config.batch_size):
+                    for i, res in zip(batch, generate_sync(engine, [items[i][1] for i in batch], params), strict=True):
+                        answers[i] = res
+                    bar.update(len(batch))
             rows, errors = [], 0
             for (ex, _, info), res in zip(items, answers, strict=True):
                 text = res.text if res.ok else ""

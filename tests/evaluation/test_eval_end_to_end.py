@@ -130,3 +130,12 @@ def test_plain_few_shot_prompts_and_factory_task(tmp_path, tokenizer):
                       progress=False)
     assert result["metric"] == "f1" and result["by_length"]["1024"]["scores"] == {"f1": 1.0, "exact_match": 1.0,
                                                                                   "substring_match": 0.0}
+
+
+def test_equal_length_batches():
+    from pretrain.evaluation.runner import equal_length_batches
+
+    items = [(None, [], {"prompt_tokens": n}) for n in (100, 90, 100, 100, 70, 100, 80)]
+    batches = equal_length_batches(items, 2)
+    assert batches == [[0, 2], [3, 5], [4, 6], [1]]  # same-length batches first, then the rest by length
+    assert sorted(i for b in batches for i in b) == list(range(7))

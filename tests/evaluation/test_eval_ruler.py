@@ -51,6 +51,8 @@ def test_gold_at_requested_depth_and_length(tmp_path, tokenizer, length):
         tokens = count_prompt_tokens(tokenizer, render(ex, ex.context, "chat"))
         assert length - 32 - 120 <= tokens <= length - 32  # fills the length, never over it
         assert tokens == ex.meta["prompt_tokens"]
+    # exact length (no padding in a batch) for almost every example
+    assert sum(e.meta["prompt_tokens"] == length - 32 for e in examples) >= 4
 
 
 def test_seeded_and_same_questions_at_every_length(tmp_path, tokenizer):
