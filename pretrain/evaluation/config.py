@@ -20,7 +20,7 @@ class EvalConfig(BaseModel):
     data: str | None = Field(None, description="task file or folder (RULER: squad.json / hotpotqa.json; factory-qa: "
                              "a generation output folder)")
     output: str = Field(description="folder for results.json, results.md, records.jsonl and score_by_length.png")
-    lengths: list[int] = Field(default_factory=lambda: [4096, 8192, 16384, 32768],
+    lengths: list[int] = Field([4096, 8192, 16384, 32768],
                                description="context lengths in tokens (prompt + answer), e.g. 4k,8k,16k,32k")
     num_samples: int = Field(20, ge=1, description="questions per length (RULER: the same questions at every length)")
     engine: Literal["transformers", "openai", "vllm"] = Field("transformers", description="generation engine")
