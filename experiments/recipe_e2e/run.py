@@ -127,9 +127,10 @@ def table(results: dict) -> str:
     for label, m in models.items():
         cells = []
         for t, n in cols:
-            v = m.get(t, {}).get(str(n))
-            v = v["score"] if isinstance(v, dict) else v
-            cells.append("-" if v is None else f"{v:.2f}")
+            cell = m.get(t, {}).get(str(n))
+            v = cell["score"] if isinstance(cell, dict) else cell
+            errors = cell.get("engine_errors") if isinstance(cell, dict) else 0
+            cells.append("-" if v is None else f"{v:.2f}" + (f" ({errors} err)" if errors else ""))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
