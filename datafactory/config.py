@@ -44,6 +44,9 @@ class GenerationConfig(BaseModel):
     max_new_tokens: int = Field(384, ge=1, description="generation budget per request")
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="nucleus sampling")
+    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="penalise repeated tokens (1.0 = off); "
+                                      "small models loop without it. The openai engine sends it as vLLM's "
+                                      "extra sampling parameter")
     seed: int = Field(0, description="seed for chunk choice, prompt mix and sampling")
 
     concurrency: int = Field(64, ge=1, le=4096, description="requests in flight (openai engine)")

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 from datafactory.chunking import Chunk, TokenizedText, choose_answer_type, choose_chunks, chunk_document, tokenize_texts
 from datafactory.documents import Document
+from datafactory.engines import sampling_params_from_config
 from datafactory.engines.base import ChatMessages, Engine, EngineResult, SamplingParams
 from datafactory.extraction import check_pair, extract_qa, parse_critique
 from datafactory.instances import ChunkDoesNotFit, build_instance
@@ -154,7 +155,7 @@ async def _generate_records(items: list[WorkItem], config: Any, engine: Engine, 
     if not items:
         return []
     prompt_mode = "demonstration" if demonstration else "zero-shot"
-    params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p, config.seed)
+    params = sampling_params_from_config(config)
     results = await counter.call(engine, [item.messages for item in items], params)
     records = [_qa_record(item, engine.model_name, prompt_mode, res) for item, res in zip(items, results)]
     if config.critique == "off":
@@ -162,7 +163,8 @@ async def _generate_records(items: list[WorkItem], config: Any, engine: Engine, 
     pending = [(item, rec) for item, rec in zip(items, records) if rec["accepted"]]
     if not pending:
         return records
-    critique_params = SamplingParams(min(CRITIQUE_MAX_NEW_TOKENS, config.max_new_tokens), 0.0, 1.0, config.seed)
+    critique_params = sampling_params_from_config(
+        config, max_new_tokens=min(CRITIQUE_MAX_NEW_TOKENS, config.max_new_tokens), temperature=0.0, top_p=1.0)
     conversations = [critique_messages(item.chunk.text, rec["question"], rec["answer"], demonstration)
                      for item, rec in pending]
     verdicts = await counter.call(engine, conversations, critique_params)

@@ -23,7 +23,7 @@ class EngineError(RuntimeError):
 def sampling_params_from_config(config: "GenerationConfig", **overrides) -> SamplingParams:
     """The sampling fields of a GenerationConfig as SamplingParams (overrides win, e.g. max_new_tokens)."""
     values = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                  seed=config.seed)
+                  seed=config.seed, repetition_penalty=config.repetition_penalty)
     values.update(overrides)
     return SamplingParams(**values)
 

@@ -19,6 +19,7 @@ class SamplingParams:
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int | None = None
+    repetition_penalty: float = 1.0  # >1 discourages loops (small models); 1.0 = off
     stop: tuple[str, ...] = ()
 
 

@@ -174,6 +174,8 @@ class OpenAIEngine:
             payload["seed"] = params.seed
         if params.stop:
             payload["stop"] = list(params.stop)
+        if params.repetition_penalty != 1.0:
+            payload["repetition_penalty"] = params.repetition_penalty  # vLLM's extra sampling parameter
         payload.update(self.extra_body)
         return json.dumps(payload).encode()
 

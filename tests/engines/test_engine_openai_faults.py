@@ -44,6 +44,14 @@ def test_ok_reply_model_lookup_seed_and_api_key(stub):
     assert sent["authorization"] == "Bearer sk-test"
     assert sent["body"]["seed"] == 11 and sent["body"]["max_tokens"] == 32
     assert sent["body"]["model"] == "fault-injecting-stub" and sent["body"]["messages"] in (ASK, verdict_prompt)
+    assert "repetition_penalty" not in sent["body"]  # off by default: servers without it must not choke
+
+
+def test_repetition_penalty_is_sent_as_vllm_extra_parameter(stub):
+    from dataclasses import replace
+
+    generate_sync(engine_for(stub), [ASK], replace(PARAMS, repetition_penalty=1.2))
+    assert stub.stats()["bodies"][0]["body"]["repetition_penalty"] == 1.2
 
 
 def test_api_key_from_environment(stub, monkeypatch):
