@@ -45,8 +45,13 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, 
         if name in skip:
             continue
         annotation = _unwrap_optional(field.annotation)
-        default = field.default if field.default is not None else None
-        helptext = (field.description or "") + (f" (default: {default!r})" if default is not None else "")
+        if field.is_required():
+            suffix = " (required)"
+        elif field.default_factory is not None or field.default is None:
+            suffix = ""
+        else:
+            suffix = f" (default: {field.default!r})"
+        helptext = (field.description or "") + suffix
         helptext = helptext.replace("%", "%%")
         if annotation is bool:
             target.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
