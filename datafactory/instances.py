@@ -27,6 +27,11 @@ SAFETY_TOKENS = 8
 class ChunkDoesNotFit(ValueError):
     """The source chunk alone is longer than the instance's document budget."""
 
+    def __init__(self, chunk_tokens: int, budget: int):
+        super().__init__(f"the source chunk takes {chunk_tokens} target tokens, more than the {budget} left for "
+                         "the document; lower --chunk-tokens or raise --max-context")
+        self.chunk_tokens, self.budget = chunk_tokens, budget
+
 
 @dataclass(frozen=True)
 class Window:
@@ -97,8 +102,7 @@ def fit_window(document: TokenizedText, chunk_char_span: tuple[int, int], budget
         chunk_start = document.last_token_before(chunk_char_span[0])  # first token ending after the chunk start
         chunk_end = max(chunk_start + 1, document.first_token_at(chunk_char_span[1], chunk_start))
     if chunk_end - chunk_start > budget:
-        raise ChunkDoesNotFit(f"the source chunk takes {chunk_end - chunk_start} target tokens, more than the "
-                              f"{budget} left for the document; lower --chunk-tokens or raise --max-context")
+        raise ChunkDoesNotFit(chunk_end - chunk_start, budget)
     if n <= budget:
         start, end = 0, n
     elif chunk_end <= budget:

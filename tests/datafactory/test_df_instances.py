@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datafactory.chunking import chunk_document, count_tokens, tokenize_texts
@@ -44,6 +44,9 @@ def _qa(answer_type="normal"):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(text="Anne Anne Anne Anne walked.\n\nAnne Anne walked walked walked.\n\nAnne Anne Anne Anne Anne Anne walked "
+              "walked walked walked walked walked walked walked walked walked Uppercross.", chunk_tokens=37, pick=0.0,
+         max_context=260, answer_type="short", other=True, same=False)  # a chunk one token over a tiny budget
 @given(text=document, chunk_tokens=st.integers(16, 120), pick=st.floats(0, 1), max_context=st.integers(260, 900),
        answer_type=st.sampled_from(["normal", "short"]), other=st.booleans(), same=st.booleans())
 def test_truncation_keeps_the_source_chunk(tokenizer, other_tokenizer, text, chunk_tokens, pick, max_context,
@@ -55,8 +58,10 @@ def test_truncation_keeps_the_source_chunk(tokenizer, other_tokenizer, text, chu
     try:
         instance = build_instance(_qa(answer_type), chunk, target_doc, max_context, target, same_encoding=same and
                                   not other)
-    except ChunkDoesNotFit:
-        assert count_tokens([chunk.text], target)[0] > 100  # only a chunk far larger than the budget
+    except ChunkDoesNotFit as exc:
+        # refused only when the chunk's own target tokens (give or take a boundary token) exceed the budget
+        assert exc.chunk_tokens > exc.budget
+        assert abs(exc.chunk_tokens - count_tokens([chunk.text], target)[0]) <= 2
         return
     kept = text[instance["kept_char_span"][0]:instance["kept_char_span"][1]]
     assert chunk.text in kept
