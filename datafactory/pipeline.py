@@ -1,10 +1,11 @@
 """The recipe end to end: plan (tokenize, chunk, choose, prompt) -> generate -> extract -> critique -> instances.
 
-Three stable entry points (the Celery worker calls the first two per document, then OutputWriter):
+Three stable entry points (the Celery worker awaits `aprocess_document` per document, then OutputWriter):
 
 - `plan_document(doc, config, tokenizer) -> list[WorkItem]`: the requests one document will make.
 - `process_document(doc, config, engine, tokenizers, skip_ids=frozenset()) -> DocumentResult`: one
-  document through the whole recipe; work items whose ids are in `skip_ids` are not generated again.
+  document through the whole recipe; work items whose ids are in `skip_ids` are not generated again
+  (`aprocess_document` is the same, awaited on the caller's event loop).
 - `run_generation(documents, config, output_dir, engine=None, progress=True) -> manifest dict`: a corpus
   into an output directory, resuming what is there. Documents are processed in groups whose requests go to
   the engine in one call (so the openai engine keeps `concurrency` requests in flight and the transformers
@@ -257,10 +258,18 @@ async def _process_group(docs: list[Document], config: Any, engine: Engine, toke
     return results
 
 
+async def aprocess_document(doc: Document, config: Any, engine: Engine, tokenizers: Tokenizers,
+                            skip_ids: frozenset[str] = frozenset()) -> DocumentResult:
+    """One document through the whole recipe on the running event loop (the Celery task's unit of work:
+    a worker keeps one loop, so the engine's connections and the tokenizer thread outlive a document)."""
+    return (await _process_group([doc], config, engine, tokenizers, frozenset(skip_ids), RequestCounter()))[0]
+
+
 def process_document(doc: Document, config: Any, engine: Engine, tokenizers: Tokenizers,
                      skip_ids: frozenset[str] = frozenset()) -> DocumentResult:
-    """One document through the whole recipe (synchronous; the Celery task's unit of work)."""
-    return asyncio.run(_process_group([doc], config, engine, tokenizers, frozenset(skip_ids), RequestCounter()))[0]
+    """`aprocess_document` on a fresh event loop: simple, but every call pays for a new loop, thread and
+    connections (a few ms); callers that process many documents should keep a loop (asyncio.Runner)."""
+    return asyncio.run(aprocess_document(doc, config, engine, tokenizers, skip_ids))
 
 
 # ---- a corpus into an output directory --------------------------------------------------------------------

@@ -22,12 +22,31 @@ COUNTERS = ("documents_total", "documents_done", "documents_failed", "documents_
 TIMINGS = ("engine_seconds", "task_seconds")
 MAX_ERRORS = 200
 
-_SETTLE = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'last_settled_at', ARGV[2])
-for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
+STARTS_TTL = 30 * 24 * 3600
+
+# A document task's bookkeeping is two round trips: _BEGIN when it starts, _SETTLE when it ends.
+_BEGIN = """
+local job = redis.call('HGETALL', KEYS[1])
+if #job == 0 then return {job, 0, 0} end
+local settled = redis.call('SISMEMBER', KEYS[2], ARGV[1])
+local starts = 0
+if settled == 0 and redis.call('HGET', KEYS[1], 'cancel_requested') ~= '1' then
+  starts = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
+return {job, settled, starts}
 """
+
+_SETTLE = """
+local added = redis.call('SADD', KEYS[2], ARGV[1])
+if added == 1 then
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'last_settled_at', ARGV[2])
+  for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return {added, redis.call('HMGET', KEYS[1], 'status', 'documents_total', 'documents_done', 'documents_failed',
+                          'documents_cancelled')}
+"""
+SETTLE_COUNTERS = ("documents_total", "documents_done", "documents_failed", "documents_cancelled")  # _SETTLE's order
 
 
 def new_job_id() -> str:
@@ -38,12 +57,19 @@ def _job_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+def all_settled(job: dict) -> bool:
+    """Every document of a job that is not yet final has settled: time to finalize it."""
+    settled = job["documents_done"] + job["documents_failed"] + job["documents_cancelled"]
+    return job["status"] not in FINAL_STATES and 0 < job["documents_total"] <= settled
+
+
 class JobStore:
     """Reads and writes job state; every method is one or two Redis round trips."""
 
     def __init__(self, client: redis.Redis):
         self.redis = client
         self._settle = client.register_script(_SETTLE)
+        self._begin = client.register_script(_BEGIN)
 
     @classmethod
     def from_url(cls, url: str) -> "JobStore":
@@ -78,22 +104,37 @@ class JobStore:
             fields["finished_at"] = time.time()
         self.update(job_id, **fields)
 
-    def settle_document(self, job_id: str, document_id: str, counts: dict[str, float]) -> bool:
-        """Add one document's outcome to the counters, once; False when it was already settled."""
+    def begin_document(self, job_id: str, document_id: str) -> tuple[dict | None, bool, int]:
+        """A document task's first look, in one round trip: the job (None when gone, errors left out),
+        whether the document is settled already, and -- unless it is settled or the job cancelled -- how
+        many times a task for it has started, this one included (`count_start`)."""
+        key = _job_key(job_id)
+        raw, settled, starts = self._begin(keys=[key, f"{key}:settled", f"{key}:starts"],
+                                           args=[document_id, STARTS_TTL])
+        if not raw:
+            return None, False, 0
+        return self._parse(job_id, dict(zip(raw[::2], raw[1::2]))), bool(settled), int(starts)
+
+    def settle(self, job_id: str, document_id: str, counts: dict[str, float]) -> tuple[bool, bool]:
+        """Add one document's outcome to the counters, once, in one round trip: (added -- False when it
+        was already settled --, whether every document of the job has now settled: see `all_settled`)."""
         args: list[Any] = [document_id, time.time()]
         for name, value in counts.items():
             args += [name, value]
-        return bool(self._settle(keys=[_job_key(job_id), f"{_job_key(job_id)}:settled"], args=args))
+        added, (status, *numbers) = self._settle(keys=[_job_key(job_id), f"{_job_key(job_id)}:settled"], args=args)
+        job = {"status": status, **{name: int(float(n or 0)) for name, n in zip(SETTLE_COUNTERS, numbers)}}
+        return bool(added), all_settled(job)
 
-    def is_settled(self, job_id: str, document_id: str) -> bool:
-        return bool(self.redis.sismember(f"{_job_key(job_id)}:settled", document_id))
+    def settle_document(self, job_id: str, document_id: str, counts: dict[str, float]) -> bool:
+        """Add one document's outcome to the counters, once; False when it was already settled."""
+        return self.settle(job_id, document_id, counts)[0]
 
     def count_start(self, job_id: str, document_id: str) -> int:
         """How many times a task for this document has started (deliveries, retries and redeliveries)."""
         key = f"{_job_key(job_id)}:starts"
         with self.redis.pipeline() as pipe:
             pipe.hincrby(key, document_id, 1)
-            pipe.expire(key, 30 * 24 * 3600)
+            pipe.expire(key, STARTS_TTL)
             return int(pipe.execute()[0])
 
     def add_error(self, job_id: str, document_id: str | None, error: str) -> None:
@@ -117,6 +158,13 @@ class JobStore:
         raw = self.redis.hgetall(_job_key(job_id))
         if not raw:
             return None
+        job = self._parse(job_id, raw)
+        if with_errors:
+            job["errors"] = self.errors(job_id)
+        return job
+
+    @staticmethod
+    def _parse(job_id: str, raw: dict[str, str]) -> dict:
         job: dict[str, Any] = {"id": raw.get("id", job_id), "status": raw.get("status", "unknown"),
                                "reason": raw.get("reason") or None, "output_dir": raw.get("output_dir"),
                                "cancel_requested": raw.get("cancel_requested") == "1"}
@@ -134,8 +182,6 @@ class JobStore:
         job["elapsed_seconds"] = round(elapsed, 3)
         job["documents_per_second"] = round(job["documents_done"] / elapsed, 4) if elapsed else 0.0
         job["requests_per_second"] = round(job["requests"] / elapsed, 4) if elapsed else 0.0
-        if with_errors:
-            job["errors"] = self.errors(job_id)
         return job
 
     def list(self, offset: int = 0, limit: int = 50) -> tuple[int, list[dict]]:

@@ -2,7 +2,10 @@
 
 A worker process keeps one engine and one set of tokenizers per generation config (a job's config is
 the same for all its documents), and one `OutputWriter` per output directory (it reads other writers'
-ids incrementally, so re-checking `done_ids()` before each document costs only the new bytes).
+ids incrementally, so re-checking `done_ids()` before each document costs only the new bytes), and one
+event loop (`asyncio.Runner`) for all its documents, so the engine's keep-alive connections and the
+tokenizer thread are made once, not per document. A document that raises takes the loop with it (its
+leftover requests are cancelled, its sessions closed) and the next document starts a fresh one.
 
 Engine failures: the engine already retried each request with back-off. When any request of a document
 still failed, nothing is written and `EngineUnavailable` asks the task to retry the whole document later;
@@ -12,6 +15,8 @@ fails, so a later run generates it afresh.
 """
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,7 +27,7 @@ from datafactory.config import GenerationConfig
 from datafactory.documents import Document, load_documents  # noqa: F401  (re-exported for the tasks)
 from datafactory.engines import EngineError, build_engine
 from datafactory.output import OutputWriter, read_jsonl, QA_FILE
-from datafactory.pipeline import load_tokenizers, process_document
+from datafactory.pipeline import aprocess_document, load_tokenizers
 
 
 class EngineUnavailable(RuntimeError):
@@ -42,6 +47,26 @@ class Outcome:
 
 _runtimes: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
 _writers: dict[str, OutputWriter] = {}
+_local = threading.local()  # the event loop: one per process (prefork, solo), one per thread (threads pool)
+
+
+def _run(coro: Any) -> Any:
+    """Await `coro` on this process's (thread's) event loop, made on first use and kept across documents."""
+    runner = getattr(_local, "runner", None) or asyncio.Runner()
+    _local.runner = runner
+    try:
+        return runner.run(coro)
+    except BaseException:  # a poison document, a soft time limit: cancel what is left, start clean next time
+        close_runtime()
+        raise
+
+
+def close_runtime() -> None:
+    """Close this process's (thread's) event loop, and with it the engines' sessions on it; the worker
+    calls this when its process shuts down."""
+    runner, _local.runner = getattr(_local, "runner", None), None
+    if runner is not None:
+        runner.close()
 
 
 def _runtime(config: GenerationConfig) -> tuple[Any, Any]:
@@ -79,7 +104,7 @@ def run_document(document: Document, config: GenerationConfig, output_dir: str |
     engine, tokenizers = _runtime(config)
     writer = writer_for(output_dir)
     started = time.perf_counter()
-    result = process_document(document, config, engine, tokenizers, writer.done_ids())
+    result = _run(aprocess_document(document, config, engine, tokenizers, writer.done_ids()))
     engine_seconds = time.perf_counter() - started
     failed = [r for r in result.qa_records if r.get("reject_reason") == "engine_error"]
     if failed and (not last_attempt or len(failed) == len(result.qa_records)):

@@ -17,14 +17,14 @@ import logging
 import time
 from pathlib import Path
 
-from celery import Task
+from celery import Task, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, ConfigDict, Field
 
 from datafactory.config import GenerationConfig
 from worker import pipeline_bridge as bridge
 from worker.celery_app import app
-from worker.jobstore import FINAL_STATES, JobStore
+from worker.jobstore import JobStore, all_settled
 from worker.settings import get_worker_settings
 from worker.spool import DocumentRef, read_document, remove_spool, write_spool
 
@@ -48,16 +48,25 @@ def store() -> JobStore:
     return _store
 
 
+@signals.worker_process_shutdown.connect  # a prefork child exiting
+@signals.worker_shutdown.connect  # the solo/threads pool's process exiting
+def _close_event_loop(**_: object) -> None:
+    bridge.close_runtime()
+
+
 def _send_finalize(job_id: str, config: dict) -> None:
     finalize_job.apply_async(args=[job_id, config], queue=get_worker_settings().queue)
 
 
-def _finalize_if_complete(job_id: str, config: dict) -> None:
-    job = store().get(job_id, with_errors=False)
-    if job and job["status"] not in FINAL_STATES and job["documents_total"] > 0:
-        settled = job["documents_done"] + job["documents_failed"] + job["documents_cancelled"]
-        if settled >= job["documents_total"]:
-            _send_finalize(job_id, config)
+def _settle(jobs: JobStore, job_id: str, document_id: str, config: dict, counts: dict[str, float],
+            error: str | None = None) -> bool:
+    """Settle the document (its error recorded first time only), then send finalize if it was the last."""
+    added, complete = jobs.settle(job_id, document_id, counts)
+    if added and error:
+        jobs.add_error(job_id, document_id, error)
+    if complete:
+        _send_finalize(job_id, config)
+    return added
 
 
 @app.task(name="longscale.prepare_job", bind=True)
@@ -105,20 +114,20 @@ def generate_document(self: Task, job_id: str, ref: dict, config: dict) -> dict:
     cfg = GenerationConfig.model_validate(config)
     jobs = store()
     settings = get_worker_settings()
-    job = jobs.get(job_id, with_errors=False)
+    started = time.perf_counter()
+    job, settled, starts = jobs.begin_document(job_id, doc_ref.id)
     if job is None:
         log.warning("job %s is gone from Redis; dropping document %s", job_id, doc_ref.id)
         return {"outcome": "orphaned"}
-    if jobs.is_settled(job_id, doc_ref.id):  # redelivered after it finished (the worker died before the ack)
-        _finalize_if_complete(job_id, config)
+    if settled:  # redelivered after it finished (the worker died before the ack)
+        if all_settled(job):
+            _send_finalize(job_id, config)
         return {"outcome": "already-settled"}
     if job["cancel_requested"]:
-        if jobs.settle_document(job_id, doc_ref.id, {"documents_cancelled": 1}):
-            _finalize_if_complete(job_id, config)
+        _settle(jobs, job_id, doc_ref.id, config, {"documents_cancelled": 1})
         return {"outcome": "cancelled"}
 
-    started = time.perf_counter()
-    lost = jobs.count_start(job_id, doc_ref.id) - 1 - self.request.retries  # starts that never finished
+    lost = starts - 1 - self.request.retries  # starts that never finished
     if lost >= settings.max_lost_deliveries:
         return _fail(jobs, job_id, doc_ref.id, config, f"its worker died {lost} times while running it (out of "
                      "memory? a crash?); not redelivered again (LONGSCALE_MAX_LOST_DELIVERIES)", started)
@@ -147,16 +156,13 @@ def generate_document(self: Task, job_id: str, ref: dict, config: dict) -> dict:
     counts = {"documents_done": 1, "documents_too_short": int(outcome.too_short), "qa_records": outcome.qa_records, "qa_accepted": outcome.qa_accepted,
               "instances": outcome.instances, "requests": outcome.requests,
               "engine_seconds": outcome.engine_seconds, "task_seconds": time.perf_counter() - started}
-    jobs.settle_document(job_id, doc_ref.id, counts)
-    _finalize_if_complete(job_id, config)
+    _settle(jobs, job_id, doc_ref.id, config, counts)
     return {"outcome": "done", "document": doc_ref.id, "qa_records": outcome.qa_records}
 
 
 def _fail(jobs: JobStore, job_id: str, document_id: str, config: dict, error: str, started: float) -> dict:
-    if jobs.settle_document(job_id, document_id, {"documents_failed": 1,
-                                                  "task_seconds": time.perf_counter() - started}):
-        jobs.add_error(job_id, document_id, error)
-    _finalize_if_complete(job_id, config)
+    _settle(jobs, job_id, document_id, config, {"documents_failed": 1, "task_seconds": time.perf_counter() - started},
+            error)
     return {"outcome": "failed", "document": document_id, "error": error}
 
 

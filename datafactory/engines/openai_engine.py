@@ -8,8 +8,10 @@ gives an EngineResult with `error` ("http_503: ...", "timeout", "connect_error: 
 The semaphore is held only while a request is on the wire, not during back-off sleeps, so a struggling
 request never blocks a slot.
 
-Transport: aiohttp, one pooled session per event loop shared by all concurrent `agenerate` calls and
-closed when the last one ends (so `generate_sync`, which runs a fresh loop per call, leaks nothing).
+Transport: aiohttp, one pooled session per event loop shared by all `agenerate` calls on it, kept open
+(keep-alive connections reused across calls and documents) until the loop shuts down its async generators
+-- `asyncio.run` and `asyncio.Runner.close` do, so `generate_sync` leaks nothing -- or `close()`/`aclose()`.
+Reopening it per call cost a Celery worker about 2 ms a document (two sessions, two TCP connects).
 Measured here with benchmarks/bench_openai_engine.py against a 200 ms stub at 256 in flight: httpx
 peaks near 360 requests/s (its connection pool scans every connection per request, quadratic in the pool
 size, even when sharded into small clients), aiohttp sustains over 1,000.
@@ -80,7 +82,7 @@ class _Final(Exception):
 class _LoopPool:
     session: "aiohttp.ClientSession"
     semaphore: asyncio.Semaphore
-    users: int = 0
+    keeper: Any = None  # the async generator that closes the session when its loop shuts down
 
 
 class OpenAIEngine:
@@ -139,7 +141,7 @@ class OpenAIEngine:
         return models[0]
 
     # -- the pooled session, one per running loop ------------------------------------------------
-    async def _acquire(self) -> _LoopPool:
+    async def _pool(self) -> _LoopPool:
         import aiohttp
 
         loop = asyncio.get_running_loop()
@@ -149,22 +151,27 @@ class OpenAIEngine:
             session = aiohttp.ClientSession(connector=connector, headers=self._headers,
                                             timeout=aiohttp.ClientTimeout(total=self.request_timeout))
             pool = self._pools[loop] = _LoopPool(session, asyncio.Semaphore(self.concurrency))
-        pool.users += 1
+            pool.keeper = self._keep_open(loop, pool)
+            await anext(pool.keeper)  # registers with the loop's shutdown_asyncgens()
         return pool
 
-    async def _release(self, pool: _LoopPool) -> None:
-        pool.users -= 1
-        if pool.users == 0:
-            self._pools.pop(asyncio.get_running_loop(), None)
+    async def _keep_open(self, loop: asyncio.AbstractEventLoop, pool: _LoopPool):
+        try:
+            yield
+        finally:
+            self._pools.pop(loop, None)
             await pool.session.close()
+
+    async def aclose(self) -> None:
+        """Close this loop's session now (the next call on the loop opens a new one)."""
+        pool = self._pools.get(asyncio.get_running_loop())
+        if pool is not None:
+            await pool.keeper.aclose()
 
     # -- generation -------------------------------------------------------------------------------
     async def agenerate(self, conversations: list[ChatMessages], params: SamplingParams) -> list[EngineResult]:
-        pool = await self._acquire()
-        try:
-            return list(await asyncio.gather(*(self._complete(pool, c, params) for c in conversations)))
-        finally:
-            await self._release(pool)
+        pool = await self._pool()
+        return list(await asyncio.gather(*(self._complete(pool, c, params) for c in conversations)))
 
     def _payload(self, messages: ChatMessages, params: SamplingParams) -> bytes:
         payload: dict[str, Any] = {"model": self.model_name, "messages": messages,
@@ -244,4 +251,10 @@ class OpenAIEngine:
         return EngineResult(text=text, finish_reason=choice.get("finish_reason"), attempts=attempts, usage=usage)
 
     def close(self) -> None:
-        """Nothing to release: sessions close when the last `agenerate` call on their loop ends."""
+        """Close the sessions of loops that are idle (not running, not closed); a running loop's session
+        closes when that loop shuts down, or by `await engine.aclose()` on it."""
+        for loop, pool in list(self._pools.items()):
+            if loop.is_closed():
+                self._pools.pop(loop, None)
+            elif not loop.is_running():
+                loop.run_until_complete(pool.keeper.aclose())

@@ -2,6 +2,7 @@
 (a real HTTP server on 127.0.0.1 that runs no model and fails on purpose)."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -137,6 +138,24 @@ def test_concurrency_is_bounded_and_engine_reusable_across_loops(stub):
     assert stub.stats()["max_in_flight"] == 8 and engine.max_in_flight == 8
     again = generate_sync(engine, [ASK] * 3, PARAMS)  # a new event loop gets its own session
     assert all(r.ok for r in again)
+
+
+def test_a_loop_keeps_one_session_open_until_the_loop_or_the_engine_closes(stub):
+    """A worker's persistent loop reuses its session (keep-alive connections) across calls; shutting the
+    loop down, or engine.close() while it is idle, closes it (no 'Unclosed client session')."""
+    engine = engine_for(stub)
+    with asyncio.Runner() as runner:
+        assert runner.run(engine.agenerate([ASK], PARAMS))[0].ok
+        session = engine._pools[runner.get_loop()].session
+        assert runner.run(engine.agenerate([ASK] * 2, PARAMS))[1].ok
+        assert engine._pools[runner.get_loop()].session is session and not session.closed
+    assert session.closed and not engine._pools
+    with asyncio.Runner() as runner:
+        runner.run(engine.agenerate([ASK], PARAMS))
+        session = engine._pools[runner.get_loop()].session
+        engine.close()
+        assert session.closed and not engine._pools
+        assert runner.run(engine.agenerate([ASK], PARAMS))[0].ok  # a later call opens a new one
 
 
 def test_build_engine_from_config(stub):

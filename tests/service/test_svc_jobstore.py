@@ -34,6 +34,25 @@ def test_a_document_settles_once_however_often_it_is_delivered(store, tmp_path):
     assert job["engine_seconds"] == 0.25 and job["last_settled_at"] is not None
 
 
+def test_begin_and_settle_answer_the_task_in_one_round_trip_each(store, tmp_path):
+    """begin: the job, settled?, starts (not counted once settled or cancelled); settle: added?, all settled?"""
+    assert store.begin_document("no-such-job", "d1") == (None, False, 0)
+    job_id = make_job(store, tmp_path, total=2)
+    job, settled, starts = store.begin_document(job_id, "d1")
+    assert (job["id"], job["documents_total"], settled, starts) == (job_id, 2, False, 1)
+    assert store.begin_document(job_id, "d1")[2] == 2  # a redelivery counts as another start
+    assert store.settle(job_id, "d1", {"documents_done": 1}) == (True, False)  # d2 still open
+    assert store.begin_document(job_id, "d1")[1:] == (True, 0)
+    assert store.settle(job_id, "d1", {"documents_done": 1}) == (False, False)  # not counted again
+    assert store.settle(job_id, "d2", {"documents_failed": 1}) == (True, True)  # the last one: finalize
+    store.set_status(job_id, "partial")
+    assert store.settle(job_id, "d2", {"documents_failed": 1}) == (False, False)  # final already
+    cancelled = make_job(store, tmp_path, total=1)
+    store.request_cancel(cancelled)
+    job, settled, starts = store.begin_document(cancelled, "d1")
+    assert job["cancel_requested"] and (settled, starts) == (False, 0)
+
+
 def test_errors_are_kept_newest_last_and_bounded(store, tmp_path):
     job_id = make_job(store, tmp_path, total=1)
     for i in range(250):
