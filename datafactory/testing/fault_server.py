@@ -35,6 +35,8 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from datafactory.testing.processes import stop_process
+
 CANNED_QA = ("Here is a question and answer based on the text.\n"
              "<question>Who wrote the letter that Elizabeth read in the grove?</question>\n"
              "<answer>Mr. Darcy wrote the letter, explaining his conduct towards Wickham and Jane.</answer>")
@@ -254,13 +256,7 @@ class FaultInjectingServer:
         raise RuntimeError(f"FaultInjectingServer did not start (last output: {line!r})")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace_s=5)
         if self.process is not None and self.process.stdout:
             self.process.stdout.close()
         self.process = None

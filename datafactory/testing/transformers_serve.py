@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from datafactory.testing.processes import stop_process
+
 _LAUNCH = "import sys; from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; sys.exit(main())"
 
 
@@ -70,13 +72,7 @@ class TransformersServe:
         raise RuntimeError(f"transformers serve was not ready after {self.startup_timeout:.0f} s:\n{tail}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace_s=10)
         self._log.close()
 
     def __enter__(self) -> "TransformersServe":
