@@ -204,8 +204,11 @@ def test_engine_stopping_mid_job_retries_then_ends_partial_keeping_records(stack
 
 def test_poison_document_fails_alone(stack, stub, embedded_model_dir):
     """A document far longer than the rest, with every chunk asked about, runs past the 8 s per-document
-    limit: it fails alone, recorded, and the job goes on to `partial` with the others' records."""
-    stub.configure(delay_ms=40)
+    limit: it fails alone, recorded, and the job goes on to `partial` with the others' records.
+
+    ~235 chunks at one request in flight and 200 ms a request need ~47 s, far past the limit whatever the
+    machine's speed; the other documents (~6 chunks) need ~1.2 s each."""
+    stub.configure(delay_ms=200)
     write_docs(stack.data_root / "poison.jsonl", 4, offset=30, giant_at=2)
     config = job_config(stub.base_url, embedded_model_dir, chunks_per_doc="all", concurrency=1, critique="off")
     job = stack.wait(stack.submit("poison.jsonl", config), timeout=60)
