@@ -2,27 +2,20 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from longscale.cli import main
 from pretrain.probes.common import HFModel
+
+from tests.pretrain.tiny_llama import save_tiny_llama
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, embedded_model_dir):
     out = tmp_path_factory.mktemp("tinycli") / "model"
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                 tie_word_embeddings=True, eos_token_id=2,
-                                 rope_parameters={"rope_type": "default", "rope_theta": 1e4})).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(embedded_model_dir / name, out / name)
-    return out
+    return save_tiny_llama(out, embedded_model_dir, max_positions=256, rope_theta=1e4, eos_token_id=2)
 
 
 @pytest.fixture(scope="module")

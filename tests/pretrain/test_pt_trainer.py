@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from longscale.configcli import ConfigError, resolve_config
 from pretrain.config import PretrainConfig
@@ -24,19 +23,14 @@ from pretrain.data import (
 from pretrain.loss import chunked_lm_loss, per_token_losses
 from pretrain.trainer import lr_lambda, pretrain, step_shape
 
+from tests.pretrain.tiny_llama import save_tiny_llama
+
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, embedded_model_dir):
     """A tiny random Llama with the embedded model's real tokenizer."""
     out = tmp_path_factory.mktemp("tinytrain") / "model"
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                 tie_word_embeddings=True,
-                                 rope_parameters={"rope_type": "default", "rope_theta": 10_000.0})).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(embedded_model_dir / name, out / name)
-    return out
+    return save_tiny_llama(out, embedded_model_dir, max_positions=64, rope_theta=10_000.0)
 
 
 @pytest.fixture(scope="module")
