@@ -15,15 +15,7 @@ case "${1:-run}" in
     ls -la $D; echo staged ;;
   run)
     [ -d $D/site/trl ] || python3 -m pip install -q --no-index --no-deps --target $D/site $D/wheels/*.whl
-    for part in $D/gguf.part00 $D/gguf.part01; do
-      [ -f "$part" ] || { echo "missing $part: carry part00 in the staging call, part01 in this one"; exit 3; }
-    done
-    mkdir -p /tmp/gguf && cat $D/gguf.part00 $D/gguf.part01 > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
-    python3 -c "
-from pathlib import Path
-from datafactory.embedded import convert_gguf_to_hf
-out = Path('/tmp/models/SmolLM2-135M-Instruct'); out.parent.mkdir(parents=True, exist_ok=True)
-convert_gguf_to_hf(Path('/tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf'), out)"
+    bash experiments/stage_smollm2.sh $D /tmp/models/SmolLM2-135M-Instruct
     shift || true
     OUTDIR=${OUT:-/tmp/out}; mkdir -p $OUTDIR
     timeout ${RECIPE_TIMEOUT:-540} python3 experiments/recipe_e2e/run.py --model /tmp/models/SmolLM2-135M-Instruct \

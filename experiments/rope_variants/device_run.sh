@@ -10,15 +10,7 @@ case "${1:-run}" in
   run)
     python3 -m pip install -q --no-index --no-deps --target /tmp/site $D/wheels/*.whl
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-    for part in $D/gguf.part00 $D/gguf.part01; do
-      [ -f "$part" ] || { echo "missing $part: carry part00 in the previous call, part01 in this one"; exit 3; }
-    done
-    mkdir -p /tmp/gguf && cat $D/gguf.part00 $D/gguf.part01 > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
-    python3 -c "
-from pathlib import Path
-from datafactory.embedded import convert_gguf_to_hf
-out = Path('/tmp/models/SmolLM2-135M-Instruct'); out.parent.mkdir(parents=True, exist_ok=True)
-convert_gguf_to_hf(Path('/tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf'), out)"
+    bash experiments/stage_smollm2.sh $D /tmp/models/SmolLM2-135M-Instruct
     shift || true
     python3 experiments/rope_variants/run.py --model /tmp/models/SmolLM2-135M-Instruct --corpus $D/corpus \
       --out "${OUT:-/tmp/out}" "$@" 2>&1 | tee "${OUT:-/tmp/out}/log.txt"
