@@ -118,7 +118,7 @@ class StepClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ckpt, rows=1, attn="sdpa", compile_=False,
+def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ckpt, rows=1, attn="sdpa", compile_="off",
             short_file=None):
     data_kw = {"short_data": [str(short_file)]} if short_file else {"long_data": [str(data_dir)]}
     config = FinetuneConfig(model=name, output=str(out_dir), **data_kw, pack_length=seq, max_length=seq,
@@ -189,7 +189,7 @@ def report(results, baseline, out: Path) -> None:
             lines.append(f"| finetune | {r['model']} | {r['seq']} | {r.get('rows', 1)} | - | {r.get('attn')} | {r.get('ckpt')} | error: "
                          f"{r['error'][:80]} | - | - | - |")
         else:
-            lines.append(f"| finetune | {r['model']} | {r['seq']} | {r['rows_per_step']} | {r['params_M']} | {r['attn']}{'+compile' if r['compile'] else ''} | {r['ckpt']} | "
+            lines.append(f"| finetune | {r['model']} | {r['seq']} | {r['rows_per_step']} | {r['params_M']} | {r['attn']}{'' if r['compile'] == 'off' else '+compile ' + r['compile']} | {r['ckpt']} | "
                          f"{r['tok_s']} | {r['mfu']} | {r['peak_mem_GB']} | {r['loss_first']} -> {r['loss_last']} |")
     (out / "finetune_gpu.md").write_text("\n".join(lines) + "\n")
 
@@ -206,8 +206,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--packed", action="store_true",
                         help="also time packed FT-Short rows (per-sample attention, flex_attention) for the ~0.9B model")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time the ~0.9B model at the first seq with torch.compile (last: compile is slow)")
+    parser.add_argument("--compile", default="off,layers",
+                        help="torch_compile modes to time for the ~0.9B model at every seq (off, layers, model)")
     parser.add_argument("--ckpt-fallback", action="store_true", help="also run with gradient checkpointing")
     parser.add_argument("--small", action="store_true", help="tiny random model instead of ~0.9B (CPU smoke test)")
     parser.add_argument("--baseline-log", help="stdout of hf_baseline.py run in the same call")
@@ -233,29 +233,27 @@ def main() -> None:
         report(results, baseline, out)
         return result
 
+    modes = args.compile.split(",")
     for seq in map(int, args.seqs.split(",")):
         rows = max(1, args.micro_batch_tokens // seq)
         data_dir = write_long_instances(tokenizer, seq, rows * (args.warmup + args.steps) + 1, work / f"data-{seq}")
-        run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
-                data_dir, work, args, ckpt=False, rows=rows)
+        for mode in modes:  # the modes side by side at each length: the comparison is within one call
+            run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
+                    data_dir, work, args, ckpt=False, rows=rows, compile_=mode)
         if args.ckpt_fallback or "error" in results[-1]:
             run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
-                    data_dir, work, args, ckpt=True)
+                    data_dir, work, args, ckpt=True, compile_=modes[-1])
         if args.smollm2:
             from transformers import AutoModelForCausalLM
 
             run_one("SmolLM2-135M", lambda: AutoModelForCausalLM.from_pretrained(
-                args.smollm2, dtype=torch.bfloat16), tokenizer, seq, data_dir, work, args, ckpt=False)
+                args.smollm2, dtype=torch.bfloat16), tokenizer, seq, data_dir, work, args, ckpt=False, compile_=modes[-1])
     if args.packed:
         seq = int(args.seqs.split(",")[0])
         short_file = write_short_instances(tokenizer, 1500 if not args.small else 200, work / "short.jsonl")
         run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
-                None, work, args, ckpt=False, attn="flex_attention" if CUDA else "sdpa", short_file=short_file)
-    if args.compile:
-        seq = int(args.seqs.split(",")[0])
-        rows = max(1, args.micro_batch_tokens // seq)
-        run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
-                work / f"data-{seq}", work, args, ckpt=False, rows=rows, compile_=True)
+                None, work, args, ckpt=False, attn="flex_attention" if CUDA else "sdpa", short_file=short_file,
+                compile_=modes[-1])
     report(results, baseline, out)
 
 

@@ -52,7 +52,9 @@ class FinetuneConfig(BaseModel):
     gradient_checkpointing: bool = Field(True, description="recompute activations in backward (less memory, ~25% slower)")
     attn_implementation: Literal["sdpa", "flash_attention_2", "flex_attention", "eager"] = Field(
         "sdpa", description="attention kernel")
-    torch_compile: bool = Field(False, description="torch.compile the model")
+    torch_compile: Literal["auto", "off", "layers", "model"] = Field(
+        "auto", description="layers: torch.compile each decoder layer (fuses norms/SwiGLU/RoPE; the fast setting on a "
+        "GPU); model: the Trainer's whole-model compile (slower here); auto: layers on CUDA, off elsewhere")
     save_steps: int = Field(500, ge=1, description="checkpoint every N optimizer steps")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     resume: bool = Field(False, description="resume from the newest checkpoint in OUTPUT/checkpoints")

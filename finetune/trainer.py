@@ -56,7 +56,7 @@ def sft_args(config: FinetuneConfig, row_tokens: int):
         learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,
         weight_decay=config.weight_decay, num_train_epochs=config.epochs, max_steps=config.max_steps,
         bf16=use_bf16(config),
-        torch_compile=config.torch_compile, save_steps=config.save_steps, save_total_limit=config.save_total_limit,
+        torch_compile=config.torch_compile == "model", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps, seed=config.seed, report_to="none", remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, length_column_name="length",
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
@@ -66,6 +66,26 @@ def sft_args(config: FinetuneConfig, row_tokens: int):
     if config.pad_to == "bucket" and config.per_device_rows > 1:
         kwargs["train_sampling_strategy"] = "group_by_length"
     return SFTConfig(**kwargs)
+
+
+def compile_mode(config: FinetuneConfig) -> str:
+    if config.torch_compile == "auto":
+        return "layers" if torch.cuda.is_available() else "off"
+    return config.torch_compile
+
+
+def compile_decoder_layers(model) -> int:
+    """`torch.compile` each decoder layer in place (the classes named in `model._no_split_modules`); returns how many.
+
+    Per layer rather than the whole model: one small graph per layer type compiles fast and fuses the element-wise
+    work (RMSNorm, SwiGLU, RoPE) that dominates at 16k once attention is flash; the LM head, the loss, PEFT wrapping
+    and FSDP hooks stay outside the graph. The whole-model compile through the Trainer ran at half the speed.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 def lora_config(config: FinetuneConfig):
@@ -82,6 +102,8 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model=None, callba
     from trl import SFTTrainer
 
     model = model if model is not None else load_model(config)
+    if compile_mode(config) == "layers":
+        log.info("torch.compile: %d decoder layers", compile_decoder_layers(model))
     row_tokens = max(dataset["length"]) if len(dataset) else config.pack_length
     return SFTTrainer(model=model, args=sft_args(config, row_tokens), train_dataset=dataset,
                       processing_class=tokenizer, peft_config=lora_config(config),

@@ -105,3 +105,20 @@ def test_nothing_left_to_train_is_a_clear_error_and_keeps_the_stats(tmp_path, ti
     with pytest.raises(DataError, match="nothing to train on.*dropped: 2"):
         run_finetune(config)
     assert json.loads((tmp_path / "out" / "dataset_stats.json").read_text())["overlong_dropped"] == 2
+
+
+def test_per_layer_compile_trains_like_eager(tmp_path, tiny_llama_dir, data):
+    """`--torch-compile layers` compiles every decoder layer and changes nothing but speed (same losses)."""
+    torch.set_num_threads(2)
+    losses = {}
+    for mode in ("off", "layers"):
+        config = cfg(tmp_path / mode, tiny_llama_dir, data, max_steps=3, torch_compile=mode)
+        tokenizer = load_tokenizer(config.model)
+        rows, _ = assemble_rows(config, tokenizer)
+        trainer = build_trainer(config, to_dataset(rows), tokenizer)
+        layers = trainer.model.model.layers
+        assert all((layer._compiled_call_impl is not None) == (mode == "layers") for layer in layers)
+        trainer.train()
+        losses[mode] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses["off"]) == 3
+    assert losses["layers"] == pytest.approx(losses["off"], rel=1e-4)
