@@ -118,11 +118,14 @@ def to_dataset(rows: list[dict[str, Any]]):
     return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
 
 
-def save_prepared(rows: list[dict[str, Any]], stats: dict[str, Any], output: Path) -> dict[str, str]:
-    output.mkdir(parents=True, exist_ok=True)
-    to_dataset(rows).save_to_disk(str(output / "dataset"))
-    (output / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
-    return {"dataset": str(output / "dataset"), "dataset_stats": str(output / "dataset_stats.json")}
+def save_prepared(rows: list[dict[str, Any]], stats: dict[str, Any], output: Path, write: bool = True) -> dict[str, str]:
+    """Write OUTPUT/dataset and dataset_stats.json (with `write=False` only return their paths)."""
+    paths = {"dataset": str(output / "dataset"), "dataset_stats": str(output / "dataset_stats.json")}
+    if write:
+        output.mkdir(parents=True, exist_ok=True)
+        to_dataset(rows).save_to_disk(paths["dataset"])
+        Path(paths["dataset_stats"]).write_text(json.dumps(stats, indent=2))
+    return paths
 
 
 def print_stats(stats: dict[str, Any]) -> None:

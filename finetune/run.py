@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +11,21 @@ from finetune.config import FinetuneConfig
 from finetune.sources import DataError
 
 
+def is_main_process() -> bool:
+    """Under torchrun / accelerate launch every rank assembles the same rows; only RANK 0 writes shared files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Returns {"stats": ..., "outputs": {...}} plus the training summary when it trained."""
     output = Path(config.output)
+    main = is_main_process()
     tokenizer = load_tokenizer(config.model)
     rows, stats = assemble_rows(config, tokenizer)
-    print_stats(stats)
-    outputs = save_prepared(rows, stats, output)
-    (output / "finetune_config.json").write_text(config.model_dump_json(indent=2))
+    outputs = save_prepared(rows, stats, output, write=main)
+    if main:
+        print_stats(stats)
+        (output / "finetune_config.json").write_text(config.model_dump_json(indent=2))
     result: dict[str, Any] = {"stats": stats, "outputs": outputs}
     if config.prepare_only:
         return result
@@ -30,7 +38,8 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     summary = train(config, dataset, tokenizer)
     result["training"] = summary
     result["outputs"].update({k: summary[k] for k in ("final_model", "loss_curve", "train_log") if summary.get(k)})
-    (output / "finetune_result.json").write_text(json.dumps(result, indent=2, default=str))
+    if main:
+        (output / "finetune_result.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
