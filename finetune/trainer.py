@@ -45,6 +45,16 @@ def accumulation_steps(config: FinetuneConfig, row_tokens: int, world_size: int)
     return max(1, math.ceil(config.batch_tokens / per_micro))
 
 
+def fsdp_checkpoints_activations() -> bool:
+    """True under `accelerate launch` with FSDP's own activation checkpointing (configs/fsdp/*.yaml): the Trainer
+    refuses both at once, so that setting wins over --gradient-checkpointing (which still governs a plain launch)."""
+    on = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and \
+        os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true"
+    if on:
+        log.info("FSDP activation checkpointing is on: the model's own gradient checkpointing stays off")
+    return on
+
+
 def sft_args(config: FinetuneConfig, row_tokens: int):
     from trl import SFTConfig
 
@@ -62,7 +72,7 @@ def sft_args(config: FinetuneConfig, row_tokens: int):
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
     )
     # the older name: TRL 1.16 reads `args.gradient_checkpointing`, and transformers 5.17 has only it
-    kwargs["gradient_checkpointing"] = config.gradient_checkpointing
+    kwargs["gradient_checkpointing"] = config.gradient_checkpointing and not fsdp_checkpoints_activations()
     if config.pad_to == "bucket" and config.per_device_rows > 1:
         kwargs["train_sampling_strategy"] = "group_by_length"
     return SFTConfig(**kwargs)
