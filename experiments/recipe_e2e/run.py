@@ -378,7 +378,8 @@ def run_stages(args, s: dict, stages: list[str], budget: Budget, model: Path, wo
                               long_data=[str(gen_dir)], pack_length=s["pack"], max_length=s["max_context"] + 256,
                               drop_overlong=True, loss_on_long_input=input_loss, learning_rate=5e-5, warmup_ratio=0.05,
                               batch_tokens=s["ft_batch_tokens"], max_steps=s["ft_steps"], gradient_checkpointing=False,
-                              save_steps=10**6, logging_steps=1, seed=0)
+                              save_steps=10**6, logging_steps=1, seed=0,
+                              torch_compile="off")  # 60 steps of a 135M model: compiling would cost more than it saves
         r = run_finetune(fcfg)
         free()
         checkpoints[key] = Path(r["outputs"]["final_model"])
