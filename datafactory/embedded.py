@@ -62,6 +62,17 @@ def extract_gguf(cache: Path | None = None) -> Path:
     return gguf
 
 
+def align_special_tokens(tokenizer, config) -> None:
+    """Take BOS/EOS from the model config, which the GGUF metadata fills reliably.
+
+    transformers 5.17's GGUF tokenizer conversion sets SmolLM2's EOS to <|im_start|> (5.24 gets <|im_end|>); a
+    wrong EOS would end every finetuning sample with the wrong token."""
+    for name in ("bos", "eos"):
+        token_id = getattr(config, f"{name}_token_id", None)
+        if isinstance(token_id, int) and getattr(tokenizer, f"{name}_token_id") != token_id:
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
+
+
 def convert_gguf_to_hf(gguf: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF into a plain HF folder (config without quantization, safetensors, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -81,6 +92,7 @@ def convert_gguf_to_hf(gguf: Path, out_dir: Path) -> Path:
             raise EmbeddedModelError(f"GGUF weights do not match the config: missing={missing} unexpected={unexpected}")
         plain.tie_weights()
         plain.save_pretrained(tmp, safe_serialization=True)
+        align_special_tokens(tokenizer, config)
         tokenizer.save_pretrained(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -150,6 +150,7 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path | None:
 def train(config: FinetuneConfig, dataset, tokenizer, model=None) -> dict[str, Any]:
     """Train, save the final model (LoRA merged into it) and the loss curve; return losses and paths."""
     from longscale.configcli import ConfigError
+    from pretrain.apply import restore_dropped_config
 
     resume_from = None
     if config.resume:
@@ -171,6 +172,7 @@ def train(config: FinetuneConfig, dataset, tokenizer, model=None) -> dict[str, A
     history = trainer.state.log_history
     curve = None
     if trainer.is_world_process_zero():
+        restore_dropped_config(final)  # an ABF checkpoint stays ABF for vLLM too
         (output / "train_log.json").write_text(json.dumps(history, indent=1))
         curve = plot_loss(history, output / "loss_curve.png")
     return {"losses": [h["loss"] for h in history if "loss" in h], "global_step": trainer.state.global_step,

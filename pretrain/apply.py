@@ -105,6 +105,13 @@ def save_hf(model, output: str | Path, tokenizer=None, state_dict: dict | None =
     model.save_pretrained(output, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(output)
+    return restore_dropped_config(output)
+
+
+def restore_dropped_config(output: str | Path) -> Path:
+    """Put back into a saved HF folder what `save_pretrained` drops: vLLM's `rope_theta` / `rope_scaling` keys
+    (transformers 5 keeps only `rope_parameters`) and, for xPos, the modeling file and its `auto_map`."""
+    output = Path(output)
     config = json.loads((output / "config.json").read_text())
     params = dict(config.get("rope_parameters") or {})
     extra: dict = {"rope_theta": params.get("rope_theta")}

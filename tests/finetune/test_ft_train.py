@@ -55,6 +55,7 @@ def test_full_finetune_loss_falls_and_rope_is_kept(tmp_path, tiny_llama_dir, dat
     original = json.loads((tiny_llama_dir / "config.json").read_text())
     assert saved["rope_parameters"] == original["rope_parameters"]  # an ABF model stays ABF
     assert saved["rope_parameters"]["rope_theta"] == 500000.0
+    assert saved["rope_theta"] == 500000.0  # vLLM's spelling, which save_pretrained drops, is written back
     stats = json.loads((out / "dataset_stats.json").read_text())
     assert stats["rows"] == result["stats"]["rows"] and stats["loss_tokens"] > 0
 
