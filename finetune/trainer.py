@@ -84,20 +84,6 @@ def compile_mode(config: FinetuneConfig) -> str:
     return config.torch_compile
 
 
-def compile_decoder_layers(model) -> int:
-    """`torch.compile` each decoder layer in place (the classes named in `model._no_split_modules`); returns how many.
-
-    Per layer rather than the whole model: one small graph per layer type compiles fast and fuses the element-wise
-    work (RMSNorm, SwiGLU, RoPE) that dominates at 16k once attention is flash; the LM head, the loss, PEFT wrapping
-    and FSDP hooks stay outside the graph. The whole-model compile through the Trainer ran at half the speed.
-    """
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    for layer in layers:
-        layer.compile()
-    return len(layers)
-
-
 def lora_config(config: FinetuneConfig):
     if not config.lora_r:
         return None
@@ -113,6 +99,8 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model=None, callba
 
     model = model if model is not None else load_model(config)
     if compile_mode(config) == "layers":
+        from pretrain.apply import compile_decoder_layers
+
         log.info("torch.compile: %d decoder layers", compile_decoder_layers(model))
     row_tokens = max(dataset["length"]) if len(dataset) else config.pack_length
     return SFTTrainer(model=model, args=sft_args(config, row_tokens), train_dataset=dataset,

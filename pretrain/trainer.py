@@ -111,7 +111,7 @@ class Pretrainer:
     def __init__(self, cfg: PretrainConfig, *, show_progress: bool = True):
         from transformers import AutoTokenizer
 
-        from pretrain.apply import load_model, load_variant_model
+        from pretrain.apply import compile_decoder_layers, load_model, load_variant_model
 
         self.cfg, self.show_progress = cfg, show_progress
         self.out = Path(cfg.output)
@@ -138,8 +138,7 @@ class Pretrainer:
         self.model.to(self.device).train()
         configure_checkpointing(self.model, cfg.grad_ckpt, cfg.ckpt_every_layers)
         if cfg.compile:
-            for layer in self.model.model.layers:
-                layer.compile()
+            compile_decoder_layers(self.model)
         self.loss_fn = distributed.wrap(CausalLMLoss(self.model, cfg.loss_chunk_tokens, self.compute_dtype),
                                         self.model.model.layers, self.world)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
