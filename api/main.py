@@ -18,7 +18,7 @@ from api.metrics import API_PREFIX, Metrics, MetricsMiddleware, record_route
 from api.routes import health, jobs
 from api.settings import ApiSettings, get_api_settings
 from longscale import __version__
-from longscale.configcli import ConfigError
+from longscale.common.errors import ConfigError
 from worker.jobstore import JobStore
 
 

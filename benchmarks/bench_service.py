@@ -110,7 +110,7 @@ def main() -> None:
         for n_workers in (1, 2, 4):
             while len(workers) < n_workers:
                 workers.append(ManagedProcess(f"w{len(workers) + 1}", [
-                    sys.executable, "-m", "longscale.cli", "worker", "--concurrency", "1", "--pool", args.pool,
+                    sys.executable, "-m", "longscale.commands.main", "worker", "--concurrency", "1", "--pool", args.pool,
                     "--loglevel", "WARNING"], tmp, env))
             workers[0].wait_for(lambda: _ready(redis_url, len(workers)), "every worker answering ping", timeout=120)
             engine.configure(delay_ms=10)

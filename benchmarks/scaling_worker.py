@@ -93,7 +93,7 @@ def pretrain(args) -> None:
 
 def finetune(args) -> None:
     if not CUDA:
-        from finetune.cpu_fsdp import allow_fsdp_on_cpu
+        from longscale.commands.cpu_fsdp import allow_fsdp_on_cpu
 
         allow_fsdp_on_cpu()  # the CPU smoke test: accelerate enables FSDP only on accelerators
     else:

@@ -12,11 +12,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from longscale.common.errors import LongscaleError
 
 TEXT_SUFFIXES = (".txt", ".md")
 
 
-class DocumentError(ValueError):
+class DocumentError(LongscaleError, ValueError):
     """Documents could not be read; the message names the file or field at fault."""
 
 

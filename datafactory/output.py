@@ -20,6 +20,7 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from longscale.common.errors import LongscaleError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ RECORD_SHAPING_FIELDS = ("model", "tokenizer", "target_tokenizer", "chunk_tokens
                          "prompt_mode", "critique", "max_context", "seed", "min_doc_tokens")
 
 
-class OutputDirError(ValueError):
+class OutputDirError(LongscaleError, ValueError):
     """The output directory holds a run with different record-shaping settings."""
 
 

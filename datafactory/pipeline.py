@@ -32,13 +32,14 @@ from datafactory.extraction import check_pair, extract_qa, parse_critique
 from datafactory.instances import ChunkDoesNotFit, build_instance
 from datafactory.output import OutputWriter
 from datafactory.prompts import critique_messages, qa_messages, uses_demonstration
+from longscale.common.errors import LongscaleError
 
 log = logging.getLogger(__name__)
 
 CRITIQUE_MAX_NEW_TOKENS = 128
 
 
-class TokenizerError(ValueError):
+class TokenizerError(LongscaleError, ValueError):
     """A tokenizer could not be found or loaded; the message says which flag to set."""
 
 

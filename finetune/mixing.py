@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-from longscale.configcli import ConfigError
+from longscale.common.errors import ConfigError
 from finetune.tokenization import Sample
 
 

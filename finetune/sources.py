@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from longscale.configcli import ConfigError
+from longscale.common.errors import ConfigError
 
 
 class DataError(ConfigError):

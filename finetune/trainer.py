@@ -99,7 +99,7 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model=None, callba
 
     model = model if model is not None else load_model(config)
     if compile_mode(config) == "layers":
-        from pretrain.apply import compile_decoder_layers
+        from pretrain.compile import compile_decoder_layers
 
         log.info("torch.compile: %d decoder layers", compile_decoder_layers(model))
     row_tokens = max(dataset["length"]) if len(dataset) else config.pack_length
@@ -137,8 +137,8 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path | None:
 
 def train(config: FinetuneConfig, dataset, tokenizer, model=None) -> dict[str, Any]:
     """Train, save the final model (LoRA merged into it) and the loss curve; return losses and paths."""
-    from longscale.configcli import ConfigError
-    from pretrain.apply import restore_dropped_config
+    from longscale.common.errors import ConfigError
+    from pretrain.saving import restore_dropped_config
 
     resume_from = None
     if config.resume:

@@ -37,7 +37,7 @@ def checkpoint_dir(output: Path) -> Path:
 
 def save_checkpoint(output: Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2,
                     model_state: dict | None = None) -> Path:
-    from pretrain.apply import save_hf
+    from pretrain.saving import save_hf
 
     root = checkpoint_dir(output)
     final = root / f"step-{step:07d}"

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from longscale.common.errors import LongscaleError
 
 TEXT_SUFFIXES = (".jsonl", ".parquet", ".txt")
 
 
-class DataSourceError(ValueError):
+class DataSourceError(LongscaleError, ValueError):
     """A source spec or file is unusable; the message names it."""
 
 

@@ -111,7 +111,8 @@ class Pretrainer:
     def __init__(self, cfg: PretrainConfig, *, show_progress: bool = True):
         from transformers import AutoTokenizer
 
-        from pretrain.apply import compile_decoder_layers, load_model, load_variant_model
+        from pretrain.compile import compile_decoder_layers
+        from pretrain.modeling import load_model, load_variant_model
 
         self.cfg, self.show_progress = cfg, show_progress
         self.out = Path(cfg.output)
@@ -230,7 +231,7 @@ class Pretrainer:
         self._final_state = distributed.full_state(self.model, None, self.world)[0]
         if self.rank == 0:
             final = self.out / "final"
-            from pretrain.apply import save_hf
+            from pretrain.saving import save_hf
 
             save_hf(self.model, final, self.tokenizer, state_dict=self._final_state)
         summary = {"steps": self.step, "tokens": self.tokens, "final_loss": self.history[-1]["loss"] if self.history else None,

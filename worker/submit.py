@@ -13,7 +13,7 @@ from typing import Sequence
 
 from datafactory.config import GenerationConfig
 from datafactory.output import MANIFEST_FILE
-from longscale.configcli import ConfigError
+from longscale.common.errors import ConfigError
 from worker.celery_app import make_celery
 from worker.jobstore import FINAL_STATES, JobStore, new_job_id
 from worker.settings import get_worker_settings

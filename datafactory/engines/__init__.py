@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from datafactory.engines.base import ChatMessages, Engine, EngineResult, SamplingParams, generate_sync
+from longscale.common.errors import LongscaleError
 
 if TYPE_CHECKING:
     from datafactory.config import GenerationConfig
@@ -16,7 +17,7 @@ __all__ = ["ChatMessages", "Engine", "EngineError", "EngineResult", "SamplingPar
            "generate_sync", "sampling_params_from_config"]
 
 
-class EngineError(RuntimeError):
+class EngineError(LongscaleError, RuntimeError):
     """An engine could not be built (bad model path, vllm missing, server unreachable); says what to fix."""
 
 

@@ -26,7 +26,7 @@ case "${1:-run}" in
 import importlib.metadata as md, torch, transformers, trl, datasets, gguf
 print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'datasets', datasets.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU')
 print('image:', ', '.join(f'{n} {md.version(n)}' for n in ('typing_extensions', 'anyio', 'httpx', 'click', 'h11', 'fsspec', 'pyarrow', 'huggingface_hub', 'accelerate', 'aiohttp', 'typer')))"
-    python3 -c "import finetune.run, finetune.trainer, pretrain.evaluation.runner, datafactory.pipeline, datafactory.engines.openai_engine, datafactory.testing.transformers_serve, pretrain.trainer; print('project imports ok')"
+    python3 -c "import finetune.run, finetune.trainer, evaluation.runner, datafactory.pipeline, datafactory.engines.openai_engine, datafactory.testing.transformers_serve, pretrain.trainer; print('project imports ok')"
     python3 -c "
 from transformers.utils.import_utils import is_serve_available
 assert is_serve_available(), 'transformers serve lacks pydantic, fastapi, uvicorn or openai'

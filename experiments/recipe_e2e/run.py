@@ -35,11 +35,12 @@ from datafactory.pipeline import run_generation
 from finetune.config import FinetuneConfig
 from finetune.run import run_finetune
 from pretrain.config import PretrainConfig
-from pretrain.evaluation.config import EvalConfig
-from pretrain.evaluation.prompts import Example, render
-from pretrain.evaluation.ruler import RulerBuilder, read_hotpot, read_squad
-from pretrain.evaluation.runner import build_engine, run_eval
-from pretrain.probes.common import HFModel, new_figure, save_figure
+from evaluation.config import EvalConfig
+from evaluation.prompts import Example, render
+from evaluation.ruler import RulerBuilder, read_hotpot, read_squad
+from evaluation.runner import build_engine, run_eval
+from longscale.common.plotting import new_figure, save_figure
+from pretrain.probes.model import HFModel
 from pretrain.probes.first_sentence import plot_accuracy, run_first_sentence
 from pretrain.trainer import Pretrainer
 

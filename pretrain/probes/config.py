@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from pretrain.probes.common import parse_lengths
+from longscale.common.text import parse_lengths
 
 
 class ProbeConfig(BaseModel):

@@ -12,7 +12,10 @@ import random
 import re
 from pathlib import Path
 
-from pretrain.probes.common import Answerer, new_figure, normalize, save_figure, split_sentences, write_result
+from longscale.common.plotting import new_figure, save_figure
+from longscale.common.text import normalize, split_sentences
+from pretrain.probes.model import Answerer
+from pretrain.probes.results import write_result
 
 PLAIN_HEAD = "Read the following text and remember how it begins.\n\n"
 PLAIN_TAIL = "\n\nQuestion: What is the first sentence of the text above?\nAnswer: The first sentence of the text is \""

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrain.probes.common import TokenLosses, new_figure, save_figure, write_result
+from longscale.common.plotting import new_figure, save_figure
+from pretrain.probes.model import TokenLosses
+from pretrain.probes.results import write_result
 
 
 def token_windows(texts: list[str], tokenizer, length: int, count: int, seed: int) -> list[torch.Tensor]:

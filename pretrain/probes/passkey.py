@@ -9,7 +9,9 @@ import random
 import re
 from pathlib import Path
 
-from pretrain.probes.common import Answerer, new_figure, save_figure, write_result
+from longscale.common.plotting import new_figure, save_figure
+from pretrain.probes.model import Answerer
+from pretrain.probes.results import write_result
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
         "I will quiz you about the important information there.\n")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.probes.common import new_figure, save_figure, write_result
+from longscale.common.plotting import new_figure, save_figure
+from pretrain.probes.results import write_result
 from pretrain.rope import variant_angles
 from pretrain.xpos_modeling import xpos_zeta
 

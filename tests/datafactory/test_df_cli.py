@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from longscale.cli import main
+from longscale.commands.main import main
 
 
 def _free_port() -> int:

@@ -7,10 +7,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from datafactory.engines import EngineResult
-from longscale.cli import main as longscale_main
-from longscale.configcli import ConfigError
-from pretrain.evaluation.config import EvalConfig
-from pretrain.evaluation.runner import run_eval
+from longscale.commands.main import main as longscale_main
+from longscale.common.configcli import ConfigError
+from evaluation.config import EvalConfig
+from evaluation.runner import run_eval
 from tests.evaluation.test_eval_ruler import squad_file
 
 
@@ -133,7 +133,7 @@ def test_plain_few_shot_prompts_and_factory_task(tmp_path, tokenizer):
 
 
 def test_equal_length_batches():
-    from pretrain.evaluation.runner import equal_length_batches
+    from evaluation.runner import equal_length_batches
 
     items = [(None, [], {"prompt_tokens": n}) for n in (100, 90, 100, 100, 70, 100, 80)]
     batches = equal_length_batches(items, 2)

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from pretrain.evaluation.metrics import (
+from evaluation.metrics import (
     choice_accuracy,
     exact_match,
     normalize_answer,

@@ -2,7 +2,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from pretrain.evaluation.prompts import (
+from evaluation.prompts import (
     Example,
     PromptTooLong,
     count_prompt_tokens,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from datafactory.testing import TransformersServe
-from longscale.cli import main as longscale_main
+from longscale.commands.main import main as longscale_main
 from tests.evaluation.test_eval_ruler import squad_file
 
 

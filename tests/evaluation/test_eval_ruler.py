@@ -4,9 +4,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from pretrain.evaluation.prompts import count_prompt_tokens, render
-from pretrain.evaluation.ruler import RulerBuilder, read_essays, read_hotpot, read_squad
-from pretrain.evaluation.tasks import TaskDataError
+from evaluation.prompts import count_prompt_tokens, render
+from evaluation.ruler import RulerBuilder, read_essays, read_hotpot, read_squad
+from evaluation.tasks import TaskDataError
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pretrain.evaluation.tasks import (
+from evaluation.tasks import (
     FILE_LOADERS,
     TaskDataError,
     load_factory_qa,

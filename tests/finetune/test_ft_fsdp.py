@@ -7,7 +7,7 @@ gradient sums (accumulation in one process vs accumulation + reduce-scatter): me
 relative per step, a few fp32 ulps. Tolerance 1e-4 relative on the losses: room for Adam to amplify those
 roundings over 3 steps at lr 1e-2, and 10x below what a wrong global batch gives (half the rows per step,
 one process: 1.2e-3, 2.5e-3, 1.0e-3 relative on the three losses).
-The FSDP run goes through `-m finetune.cpu_fsdp` (the same CLI; accelerate 1.15 enables FSDP only on
+The FSDP run goes through `-m longscale.commands.cpu_fsdp` (the same CLI; accelerate 1.15 enables FSDP only on
 accelerators, so on CPU the plain entry point would train under DDP: docs/distributed.md).
 """
 from __future__ import annotations
@@ -51,9 +51,9 @@ def test_fsdp_two_cpu_ranks_match_one_process_and_the_model_loads_alone(tmp_path
 
     short = write_short(tmp_path / "short.jsonl", 24)
     single, sharded = tmp_path / "single", tmp_path / "fsdp"
-    run([sys.executable, "-m", "longscale.cli", *finetune_args(tiny_llama_dir, short, single)], REPO)
+    run([sys.executable, "-m", "longscale.commands.main", *finetune_args(tiny_llama_dir, short, single)], REPO)
     run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(GLOO_CONFIG),
-         "-m", "finetune.cpu_fsdp", *finetune_args(tiny_llama_dir, short, sharded)], REPO)
+         "-m", "longscale.commands.cpu_fsdp", *finetune_args(tiny_llama_dir, short, sharded)], REPO)
 
     # the run really was FSDP on 2 ranks: accelerate's FSDP checkpoint files, one RNG state per rank,
     # and half the accumulation steps for the same tokens per optimizer step

@@ -8,7 +8,7 @@ import pytest
 from finetune.mixing import mix
 from finetune.sources import DataError, read_long, read_pretrain, read_short
 from finetune.tokenization import Sample
-from longscale.configcli import ConfigError
+from longscale.common.configcli import ConfigError
 
 
 def test_three_short_formats_become_the_same_chat(short_file):

@@ -10,8 +10,8 @@ from finetune.assemble import assemble_rows, load_tokenizer, to_dataset
 from finetune.config import FinetuneConfig
 from finetune.run import run_finetune
 from finetune.trainer import build_trainer
-from longscale.cli import main as longscale_main
-from longscale.configcli import ConfigError
+from longscale.commands.main import main as longscale_main
+from longscale.common.configcli import ConfigError
 from conftest import write_long_dir, write_short
 
 

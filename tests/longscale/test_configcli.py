@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field, model_validator
 
-from longscale.configcli import ConfigError, add_model_flags, resolve_config
+from longscale.common.configcli import ConfigError, add_model_flags, resolve_config
 
 
 class Demo(BaseModel):

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from longscale.cli import main
-from pretrain.probes.common import HFModel
+from longscale.commands.main import main
+from pretrain.probes.model import HFModel
 
 from tests.pretrain.tiny_llama import save_tiny_llama
 

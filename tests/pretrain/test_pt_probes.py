@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from pretrain.probes.common import normalize, parse_lengths, split_sentences
+from longscale.common.text import normalize, parse_lengths, split_sentences
 from pretrain.probes.first_sentence import (
     PLAIN_HEAD,
     PLAIN_TAIL,

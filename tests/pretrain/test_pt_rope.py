@@ -8,7 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from pretrain.apply import RopeConversionError, apply_rope_variant, load_model, save_hf
+from pretrain.apply import RopeConversionError, apply_rope_variant
+from pretrain.modeling import load_model
+from pretrain.saving import save_hf
 from pretrain.rope import granularity, rope_config_changes, variant_angles
 from pretrain.xpos_modeling import (
     XPosLlamaConfig,

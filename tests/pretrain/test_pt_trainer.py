@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-from longscale.configcli import ConfigError, resolve_config
+from longscale.common.configcli import ConfigError, resolve_config
 from pretrain.config import PretrainConfig
 from pretrain.data import (
     DataSourceError,

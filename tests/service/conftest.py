@@ -132,7 +132,7 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 def start_worker(name: str, log_dir: Path, env: dict[str, str]) -> ManagedProcess:
     """`longscale worker` with one prefork child (time limits need prefork); `kill()` takes the whole group."""
-    worker = ManagedProcess(name, [sys.executable, "-m", "longscale.cli", "worker", "--concurrency", "1",
+    worker = ManagedProcess(name, [sys.executable, "-m", "longscale.commands.main", "worker", "--concurrency", "1",
                                    "--hostname", f"{name}@%h", "--loglevel", "INFO"], log_dir, env)
     worker.wait_for(lambda: " ready." in worker.log_text(), "'ready' line", timeout=90)
     return worker
@@ -140,7 +140,7 @@ def start_worker(name: str, log_dir: Path, env: dict[str, str]) -> ManagedProces
 
 def start_api(log_dir: Path, env: dict[str, str], name: str = "api") -> tuple[ManagedProcess, str]:
     port = free_port()
-    api = ManagedProcess(name, [sys.executable, "-m", "longscale.cli", "api", "--host", "127.0.0.1",
+    api = ManagedProcess(name, [sys.executable, "-m", "longscale.commands.main", "api", "--host", "127.0.0.1",
                                 "--port", str(port), "--log-level", "warning"], log_dir, env)
     base = f"http://127.0.0.1:{port}"
 

@@ -197,7 +197,7 @@ def _run_api(env_extra: dict, *args: str):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LONGSCALE_")}
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "longscale.cli", "api", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "longscale.commands.main", "api", *args], env=env, capture_output=True,
                           text=True, timeout=60)
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from api.settings import ApiSettings
-from longscale.cli import build_parser
+from longscale.commands.main import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 OUR_IMAGE = "longscale:latest"

@@ -265,7 +265,7 @@ def test_cli_generate_with_broker_runs_on_the_workers(stack, stub, embedded_mode
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in config.items()]
     out = tmp_path / "via-broker"
     env = dict(stack.env, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    done = subprocess.run([sys.executable, "-m", "longscale.cli", "generate", "--input", str(docs), "--output",
+    done = subprocess.run([sys.executable, "-m", "longscale.commands.main", "generate", "--input", str(docs), "--output",
                            str(out), "--broker", stack.env["LONGSCALE_REDIS_URL"], "--no-progress", *flags],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

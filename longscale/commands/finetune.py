@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from longscale.configcli import add_model_flags, resolve_config
+from longscale.common.configcli import add_model_flags, resolve_config
 from finetune.config import FinetuneConfig
 
 

@@ -71,7 +71,7 @@ def _finetune_step(out: Path, steps: int) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from datafactory.cli import generate
+    from longscale.commands.generate import generate
 
     inputs = demo_inputs()
     out = args.output

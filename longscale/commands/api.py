@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from longscale.configcli import ConfigError
+from longscale.common.errors import ConfigError
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pretrain.evaluation.prompts import (
+from evaluation.prompts import (
     Example,
     PromptStyle,
     count_prompt_tokens,
     render,
 )
-from pretrain.evaluation.tasks import TaskDataError
-from pretrain.probes.common import split_sentences
+from evaluation.tasks import TaskDataError
+from longscale.common.text import split_sentences
 
 
 @dataclass

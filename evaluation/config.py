@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pretrain.probes.common import parse_lengths
+from longscale.common.text import parse_lengths
 
 TASKS = ("ruler-squad", "ruler-hotpot", "factory-qa", "narrativeqa", "qasper", "quality", "qmsum", "zeroscrolls")
 

@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from longscale.common.errors import ConfigError
+
+__all__ = ["ConfigError", "add_model_flags", "read_yaml", "resolve_config"]
+
 M = TypeVar("M", bound=BaseModel)
 # argparse never produces None for a flag that was given, so None means "not given" for every flag.
-
-
-class ConfigError(ValueError):
-    """A configuration could not be read or validated; the message names the file or field."""
 
 
 def _flag(name: str) -> str:

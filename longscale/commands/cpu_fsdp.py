@@ -1,6 +1,6 @@
-"""`python -m finetune.cpu_fsdp finetune ...`: the `longscale` CLI with accelerate's FSDP allowed on CPU (gloo).
+"""`python -m longscale.commands.cpu_fsdp finetune ...`: the `longscale` CLI with accelerate's FSDP allowed on CPU (gloo).
 
-For CI and smoke runs only; GPU runs use `-m longscale.cli` and never import this. accelerate 1.15 turns an
+For CI and smoke runs only; GPU runs use `-m longscale.commands.main` and never import this. accelerate 1.15 turns an
 FSDP config into `DistributedType.FSDP` only for accelerator device types (`AcceleratorState.__init__` lists
 MULTI_GPU, MULTI_XPU, ... but not MULTI_CPU), so the finetuner on CPU processes silently trains under DDP.
 FSDP2 itself runs on CPU with gloo, so this entry point does, for MULTI_CPU, exactly what accelerate does for
@@ -41,7 +41,7 @@ def allow_fsdp_on_cpu() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     allow_fsdp_on_cpu()
-    from longscale.cli import main as longscale_main
+    from longscale.commands.main import main as longscale_main
 
     return longscale_main(argv)
 

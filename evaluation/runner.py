@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pretrain.evaluation.config import EvalConfig
-from pretrain.evaluation.metrics import score_prediction
-from pretrain.evaluation.prompts import Example, PromptTooLong, fit_prompt
-from pretrain.evaluation.ruler import RulerBuilder, read_essays, read_hotpot, read_squad
-from pretrain.evaluation.tasks import FILE_LOADERS, TASK_METRICS, TaskDataError
+from evaluation.config import EvalConfig
+from evaluation.metrics import score_prediction
+from evaluation.prompts import Example, PromptTooLong, fit_prompt
+from evaluation.ruler import RulerBuilder, read_essays, read_hotpot, read_squad
+from evaluation.tasks import FILE_LOADERS, TASK_METRICS, TaskDataError
 
 SHOT_CONTEXT_TOKENS = 200
 
@@ -189,7 +189,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 
 def plot_scores(results: list[dict[str, Any]], path: Path, title: str = "score by context length") -> Path:
-    from pretrain.probes.common import new_figure, save_figure
+    from longscale.common.plotting import new_figure, save_figure
 
     fig, ax = new_figure(title, "context length (tokens)", "score")
     for r in results:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from datafactory.config import GenerationConfig
-from longscale.configcli import ConfigError, add_model_flags, resolve_config
+from longscale.common.configcli import ConfigError, add_model_flags, resolve_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,11 +34,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def generate(inputs: list[str], config: GenerationConfig, output: Path, broker: str | None = None,
              progress: bool = True) -> int:
-    """Run (or submit) a generation and print the summary; user errors become ConfigError."""
-    from datafactory.documents import DocumentError, load_documents
-    from datafactory.engines import EngineError
-    from datafactory.output import OutputDirError
-    from datafactory.pipeline import TokenizerError, run_generation
+    """Run (or submit) a generation and print the summary; the library's errors reach main's one mapping."""
+    from datafactory.documents import load_documents
+    from datafactory.pipeline import run_generation
 
     if broker:
         from worker.submit import submit_generation
@@ -49,13 +47,10 @@ def generate(inputs: list[str], config: GenerationConfig, output: Path, broker: 
         else:
             print(f"submitted to {broker}; results will appear in {output}")
         return 0
-    try:
-        documents = load_documents(inputs, config)
-        if not documents:
-            raise ConfigError(f"no documents found in {', '.join(map(str, inputs))}")
-        manifest = run_generation(documents, config, output, progress=progress)
-    except (DocumentError, EngineError, OutputDirError, TokenizerError) as exc:
-        raise ConfigError(str(exc)) from exc
+    documents = load_documents(inputs, config)
+    if not documents:
+        raise ConfigError(f"no documents found in {', '.join(map(str, inputs))}")
+    manifest = run_generation(documents, config, output, progress=progress)
     print_summary(manifest, output)
     run = manifest["this_run"]
     if run["qa_new"] and run["engine_errors"] == run["qa_new"]:

@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pretrain.evaluation.prompts import Example
+from evaluation.prompts import Example
+from longscale.common.errors import LongscaleError
 
 
-class TaskDataError(ValueError):
+class TaskDataError(LongscaleError, ValueError):
     """A task file is missing or not in the expected format; the message names the file and what was wrong."""
 
 

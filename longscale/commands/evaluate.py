@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from longscale.configcli import ConfigError, add_model_flags, resolve_config
+from longscale.common.configcli import add_model_flags, resolve_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from pretrain.evaluation.config import EvalConfig
+    from evaluation.config import EvalConfig
 
     parser = sub.add_parser("eval", help="long-context QA evaluation (RULER-style QA, factory QA, SCROLLS-family files)",
                             description="Score a model on a long-context QA task at several context lengths; writes "
@@ -19,15 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from pretrain.evaluation.config import EvalConfig
-    from pretrain.evaluation.runner import run_eval, summary_line
-    from pretrain.evaluation.tasks import TaskDataError
+    from evaluation.config import EvalConfig
+    from evaluation.runner import run_eval, summary_line
 
     config = resolve_config(EvalConfig, args, args.config)
-    try:
-        result = run_eval(config, progress=not args.no_progress)
-    except TaskDataError as exc:
-        raise ConfigError(str(exc)) from exc
+    result = run_eval(config, progress=not args.no_progress)
     print(summary_line(result))
     print(f"wrote {config.output}/results.json, results.md, records.jsonl, score_by_length.png")
     return 0

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from longscale.configcli import ConfigError, add_model_flags, resolve_config
+from longscale.common.configcli import ConfigError, add_model_flags, resolve_config
 
 
 PROBES = ("first-sentence", "passkey", "loss-by-position", "context-scaling", "rope-decay")
@@ -38,30 +38,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_apply(args) -> int:
-    from pretrain.apply import RopeConversionError, apply_rope_variant
+    from pretrain.apply import apply_rope_variant
     from pretrain.config import ApplyRopeConfig
 
     cfg = resolve_config(ApplyRopeConfig, args, args.config)
-    try:
-        changes = apply_rope_variant(cfg.model, cfg.variant, cfg.output, base=cfg.base, seq_len=cfg.seq_len)
-    except RopeConversionError as exc:
-        raise ConfigError(str(exc)) from exc
+    changes = apply_rope_variant(cfg.model, cfg.variant, cfg.output, base=cfg.base, seq_len=cfg.seq_len)
     print(json.dumps({"output": cfg.output, "changes": changes}, indent=2))
     return 0
 
 
 def _run_pretrain(args) -> int:
     from pretrain.config import PretrainConfig
-    from pretrain.data import DataSourceError
     from pretrain.trainer import pretrain
 
     cfg = resolve_config(PretrainConfig, args, args.config)
     if not Path(cfg.model).is_dir():
         raise ConfigError(f"--model {cfg.model}: no such model folder")
-    try:
-        summary = pretrain(cfg)
-    except DataSourceError as exc:
-        raise ConfigError(str(exc)) from exc
+    summary = pretrain(cfg)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -83,7 +76,8 @@ def _run_probe(args) -> int:
         raise ConfigError(f"--model {cfg.model}: no such model folder")
     if name != "passkey" and not cfg.texts:
         raise ConfigError(f"probe {name} needs --texts (held-out evaluation text)")
-    from pretrain.probes.common import HFModel, read_texts
+    from pretrain.probes.model import HFModel
+    from pretrain.probes.results import read_texts
 
     model = HFModel(cfg.model, device=cfg.device)
     label = Path(cfg.model).name
