@@ -33,6 +33,9 @@ class EvalConfig(BaseModel):
                           "the last 200 tokens); not for RULER tasks")
     metric: str | None = Field(None, description="override the task's primary metric (f1, exact_match, "
                                "substring_match, rouge_gm, accuracy)")
+    answer_scope: Literal["whole", "first_line"] = Field("whole", description="what F1 and exact match read: the "
+                                                         "whole answer (every benchmark's script) or its first "
+                                                         "non-empty line (the paper's rule)")
     max_new_tokens: int = Field(32, ge=1, description="answer budget (part of each length)")
     batch_size: int = Field(8, ge=1, description="prompts per forward batch (transformers engine)")
     concurrency: int = Field(16, ge=1, description="requests in flight (openai engine)")

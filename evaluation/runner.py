@@ -1,10 +1,11 @@
 """run_eval(config): build the prompts per length, generate through a datafactory engine, score, and write
 results.json, results.md, records.jsonl and score_by_length.png into the output folder.
 
-Scoring: substring match (RULER's metric) and ROUGE look at the whole answer; F1 and exact match look at its
-first non-empty line, since models keep talking after a short answer and the paper's metrics expect the
-answer alone. A failed request (engine error) scores 0 and is counted; a prompt that cannot fit a length is
-skipped and counted. Records are written as each length finishes, so an interrupted run keeps them.
+Scoring: every metric reads the whole answer, as each benchmark's own script does (`metrics.py`); with
+`answer_scope: first_line` F1 and exact match read its first non-empty line instead (the paper's rule, for
+models that keep talking after a short answer). A length's score is `metrics.aggregate` of its items (for
+ROUGE the geometric mean of the averaged R1/R2/RL). A failed request (engine error) scores 0 and is counted;
+a prompt that cannot fit a length is skipped and counted. Records are written as each length finishes, so an interrupted run keeps them.
 """
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.config import EvalConfig
-from evaluation.metrics import score_prediction
+from evaluation.metrics import aggregate, score_prediction, scoring_name
 from evaluation.prompts import Example, PromptTooLong, fit_prompt
 from evaluation.ruler import RulerBuilder, read_essays, read_hotpot, read_squad
-from evaluation.tasks import FILE_LOADERS, TASK_METRICS, TaskDataError
+from evaluation.tasks import ACCENT_FOLDING_TASKS, FILE_LOADERS, TaskDataError, task_metric
 
 SHOT_CONTEXT_TOKENS = 200
 
@@ -52,12 +53,14 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
 
 
-def score(example: Example, metric: str, answer: str) -> dict[str, float]:
-    """Substring match, ROUGE and choice accuracy on the whole answer; F1 and exact match on its first line."""
-    scores = score_prediction(metric, answer.strip(), example.answers, example.options, example.gold_index)
-    if "f1" in scores:
-        scores.update({k: v for k, v in score_prediction("f1", first_line(answer), example.answers).items()
-                       if k in ("f1", "exact_match")})
+def score(example: Example, metric: str, answer: str, fold_accents: bool = False,
+          answer_scope: str = "whole") -> dict[str, float]:
+    """The item's scores on the whole answer; with answer_scope "first_line", F1 and exact match on its first
+    non-empty line."""
+    scores = score_prediction(metric, answer, example.answers, example.options, example.gold_index, fold_accents)
+    if answer_scope == "first_line" and "f1" in scores:
+        line = score_prediction("f1", first_line(answer), example.answers, fold_accents=fold_accents)
+        scores.update(f1=line["f1"], exact_match=line["exact_match"])
     return scores
 
 
@@ -129,13 +132,15 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer or load_tokenizer(config)
-    metric = config.metric or TASK_METRICS[config.task]
+    metric = config.metric or task_metric(config.task, config.data)
+    fold = config.task in ACCENT_FOLDING_TASKS
     ruler, examples, shots, no_gold = load_examples(config, tokenizer, ruler)
     own_engine = engine is None
     engine = engine or build_engine(config)
     label = config.label or Path(config.model or "SmolLM2-135M-Instruct").name
     params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0, seed=config.seed)
-    result: dict[str, Any] = {"task": config.task, "model": label, "metric": metric,
+    scoring = scoring_name(metric, fold) + (", first line" if config.answer_scope == "first_line" else "")
+    result: dict[str, Any] = {"task": config.task, "model": label, "metric": metric, "scoring": scoring,
                               "config": config.model_dump(mode="json", exclude={"api_key"}),
                               "skipped_without_gold": no_gold, "by_length": {}}
     records_path = out / "records.jsonl"
@@ -155,10 +160,10 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
                 text = res.text if res.ok else ""
                 errors += not res.ok
                 rows.append({"length": length, "id": ex.id, "question": ex.question, "answers": ex.answers,
-                             "prediction": text, "error": res.error, "scores": score(ex, metric, text), **info})
+                             "prediction": text, "error": res.error, "scores": score(ex, metric, text, fold, config.answer_scope), **info})
             with records_path.open("a") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in rows)
-            means = {k: sum(r["scores"][k] for r in rows) / len(rows) for k in (rows[0]["scores"] if rows else {})}
+            means = aggregate([r["scores"] for r in rows])
             result["by_length"][str(length)] = {"n": len(rows), "score": means.get(metric), "scores": means,
                                                 "engine_errors": errors, "did_not_fit": too_long}
             write_outputs(result, out)
@@ -171,10 +176,11 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    """One row per (model, task), one column per length: the primary metric (n, errors where any)."""
+    """One row per (model, task), one column per length: the primary metric (errors where any), and the
+    official script that metric equals."""
     lengths = sorted({int(k) for r in results for k in r["by_length"]})
-    head = "| model | task | metric | " + " | ".join(f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in lengths) + " |"
-    lines = [head, "|" + "---|" * (3 + len(lengths))]
+    head = "| model | task | metric | " + " | ".join(f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in lengths)
+    lines = [head + " | scoring |", "|" + "---|" * (4 + len(lengths))]
     for r in results:
         cells = []
         for n in lengths:
@@ -184,7 +190,8 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                 continue
             note = f" ({cell['engine_errors']} err)" if cell["engine_errors"] else ""
             cells.append(f"{cell['score']:.3f}{note}")
-        lines.append(f"| {r['model']} | {r['task']} | {r['metric']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['model']} | {r['task']} | {r['metric']} | " + " | ".join(cells)
+                     + f" | {r.get('scoring', '')} |")
     return "\n".join(lines)
 
 

@@ -6,7 +6,8 @@ Formats read (JSON, JSONL, Parquet, or a folder of them):
   {text}, answers: [{text}]}); a SCROLLS/ZeroSCROLLS-style file goes through the `zeroscrolls` loader.
 - qasper: the release JSON ({paper_id: {title, abstract, full_text: [{section_name, paragraphs}], qas: [...]}})
   or JSONL of such papers; answers from extractive spans, free-form answers, yes/no, or "Unanswerable".
-- quality: the release JSONL ({article_id, title, article, questions: [{question, options, gold_label (1-based)}]}).
+- quality: the release JSONL ({article_id, title, article, questions: [{question, options, gold_label (1-based)}]});
+  scored as SCROLLS does, exact match against the gold option's text (choice accuracy is reported beside it).
 - qmsum: meeting JSON/JSONL ({meeting_transcripts: [{speaker, content}], general_query_list, specific_query_list}).
 - zeroscrolls: {id, input, output, document_start_index, document_end_index, query_start_index, query_end_index};
   the metric follows the subset named in the path (ROUGE for gov_report/summ_screen/qmsum/squality, exact
@@ -29,8 +30,14 @@ class TaskDataError(LongscaleError, ValueError):
     """A task file is missing or not in the expected format; the message names the file and what was wrong."""
 
 
-TASK_METRICS = {"narrativeqa": "f1", "qasper": "f1", "quality": "accuracy", "qmsum": "rouge_gm", "zeroscrolls": "f1",
+TASK_METRICS = {"narrativeqa": "f1", "qasper": "f1", "quality": "exact_match", "qmsum": "rouge_gm", "zeroscrolls": "f1",
                 "factory-qa": "f1", "ruler-squad": "substring_match", "ruler-hotpot": "substring_match"}
+ACCENT_FOLDING_TASKS = frozenset({"zeroscrolls"})  # ZeroSCROLLS' F1/EM run unidecode; SQuAD's and SCROLLS' do not
+
+
+def task_metric(task: str, data: str | Path | None) -> str:
+    """The primary metric of a task; a ZeroSCROLLS file's follows its subset (named in the path)."""
+    return zeroscrolls_metric(data or "") if task == "zeroscrolls" else TASK_METRICS[task]
 
 
 def read_records(path: str | Path) -> Iterable[tuple[str, Any]]:
@@ -127,7 +134,7 @@ def load_quality(path: str | Path) -> tuple[list[Example], int]:
                 continue
             out.append(Example(id=q.get("question_unique_id", f"{rec.get('article_id', where)}:{len(out)}"),
                                context=rec["article"], question=q["question"], answers=[q["options"][gold - 1]],
-                               metric="accuracy", options=list(q["options"]), gold_index=gold - 1))
+                               metric="exact_match", options=list(q["options"]), gold_index=gold - 1))
     return out, skipped
 
 

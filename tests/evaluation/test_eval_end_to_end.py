@@ -21,8 +21,8 @@ class OracleEngine:
     name = "oracle"
     model_name = "oracle"
 
-    def __init__(self, gold: dict[str, str], mode: str = "right"):
-        self.gold, self.mode, self.prompts = gold, mode, []
+    def __init__(self, gold: dict[str, str], mode: str = "right", tail: str = ""):
+        self.gold, self.mode, self.tail, self.prompts = gold, mode, tail, []
 
     async def agenerate(self, conversations, params):
         out = []
@@ -35,7 +35,7 @@ class OracleEngine:
             # the question asked is the last one in the prompt (haystack paragraphs may mention others)
             question = max(self.gold, key=lambda q: text.rfind(q))
             answer = self.gold[question] if self.mode == "right" else "purple elephant"
-            out.append(EngineResult(text=f"{answer}\nextra words after the answer", finish_reason="stop"))
+            out.append(EngineResult(text=answer + self.tail, finish_reason="stop"))
         return out
 
     def close(self):
@@ -56,8 +56,10 @@ def squad_gold(path):
 @pytest.mark.parametrize("mode, expected", [("right", 1.0), ("wrong", 0.0)])
 def test_ruler_oracle_scores_one_and_wrong_scores_zero(tmp_path, tokenizer, mode, expected):
     data = squad_file(tmp_path)
-    engine = OracleEngine(squad_gold(data), mode)
-    cfg = EvalConfig(task="ruler-squad", data=str(data), output=str(tmp_path / "out"), lengths="1k,2k", num_samples=4)
+    # a chatty answer; F1 reads its first line (the paper's rule, an option), substring match the whole of it
+    engine = OracleEngine(squad_gold(data), mode, tail="\nextra words after the answer")
+    cfg = EvalConfig(task="ruler-squad", data=str(data), output=str(tmp_path / "out"), lengths="1k,2k", num_samples=4,
+                     answer_scope="first_line")
     result = run_eval(cfg, engine=engine, tokenizer=tokenizer, progress=False)
     for length in ("1024", "2048"):
         cell = result["by_length"][length]
@@ -77,15 +79,17 @@ def test_file_task_with_truncation_and_engine_errors(tmp_path, tokenizer):
     data = tmp_path / "quality.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = EvalConfig(task="quality", data=str(data), output=str(tmp_path / "q"), lengths=[512, 4096], num_samples=3)
-    gold = {f"What is key {i}?": f"(A) number {i}" for i in range(3)}
+    gold = {f"What is key {i}?": f"Number {i}." for i in range(3)}  # SCROLLS' QuALITY EM: the option's text
     right = run_eval(cfg, engine=OracleEngine(gold), tokenizer=tokenizer, progress=False)
-    assert right["metric"] == "accuracy" and all(c["score"] == 1.0 for c in right["by_length"].values())
+    assert right["metric"] == "exact_match" and all(c["score"] == 1.0 and c["scores"]["accuracy"] == 1.0
+                                                    for c in right["by_length"].values())
     records = [json.loads(line) for line in (tmp_path / "q" / "records.jsonl").read_text().splitlines()]
     assert records[0]["context_tokens_dropped"] > 0  # 512 tokens: the article was cut from the left
     failing = run_eval(cfg.model_copy(update={"output": str(tmp_path / "e")}), engine=OracleEngine(gold, "error"),
                        tokenizer=tokenizer, progress=False)
-    assert failing["by_length"]["512"] == {"n": 3, "score": 0.0, "scores": {"accuracy": 0.0}, "engine_errors": 3,
-                                           "did_not_fit": 0}
+    assert failing["by_length"]["512"] == {"n": 3, "score": 0.0, "scores": {"f1": 0.0, "exact_match": 0.0,
+                                                                            "substring_match": 0.0, "accuracy": 0.0},
+                                           "engine_errors": 3, "did_not_fit": 0}
     assert "(3 err)" in (tmp_path / "e" / "results.md").read_text()
 
 
@@ -139,3 +143,15 @@ def test_equal_length_batches():
     batches = equal_length_batches(items, 2)
     assert batches == [[0, 2], [3, 5], [4, 6], [1]]  # same-length batches first, then the rest by length
     assert sorted(i for b in batches for i in b) == list(range(7))
+
+
+def test_answer_scope_whole_by_default_first_line_on_request():
+    from evaluation.prompts import Example
+    from evaluation.runner import score
+
+    ex = Example(id="1", context="c", question="q", answers=["Hero0"], metric="f1")
+    assert EvalConfig(task="qasper", data="d", output="x").answer_scope == "whole"
+    whole = score(ex, "f1", "Hero0\nand more words")
+    assert whole["f1"] == pytest.approx(2 * (1 / 4) / (1 / 4 + 1)) and whole["exact_match"] == 0.0
+    first = score(ex, "f1", "Hero0\nand more words", answer_scope="first_line")
+    assert first["f1"] == 1.0 and first["exact_match"] == 1.0 and first["substring_match"] == 1.0

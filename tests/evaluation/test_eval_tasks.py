@@ -53,7 +53,7 @@ def test_quality_release_jsonl(tmp_path):
                                                                "question_unique_id": "a1_q2"}]}])
     f = f.rename(tmp_path / "quality.jsonl")
     [ex], skipped = FILE_LOADERS["quality"](f)
-    assert (ex.gold_index, ex.answers, ex.metric, skipped) == (2, ["y"], "accuracy", 1)
+    assert (ex.gold_index, ex.answers, ex.metric, skipped) == (2, ["y"], "exact_match", 1)
     assert "(C) y" in ex.question_text()
 
 
