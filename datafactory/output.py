@@ -194,7 +194,10 @@ class OutputWriter:
 
     def finalize(self, config: dict[str, Any], model: str | None, timings: dict[str, float] | None = None,
                  extra: dict[str, Any] | None = None, status: str = "complete") -> dict[str, Any]:
-        """Write qa.parquet, instances.parquet and manifest.json from the JSONL files; return the manifest."""
+        """Write qa.parquet, instances.parquet and manifest.json from the JSONL files; return the manifest.
+
+        A run that ended normally is `complete` only when no record's latest attempt failed on the engine:
+        `failed` when every record did, `partial` when some did (counts.engine_errors says how many)."""
         with self._locked():
             qa = latest_records(self.qa_path)
             instances = latest_records(self.instances_path)
@@ -202,6 +205,9 @@ class OutputWriter:
             _write_parquet(instances, self.dir / "instances.parquet")
             reasons = Counter(r.get("reject_reason") for r in qa if not r.get("accepted"))
             accepted = sum(1 for r in qa if r.get("accepted"))
+            engine_errors = sum(1 for r in qa if is_retryable(r))
+            if status == "complete" and engine_errors:
+                status = "failed" if engine_errors == len(qa) else "partial"
             manifest = {
                 "status": status,
                 "config": config,
@@ -211,6 +217,7 @@ class OutputWriter:
                     "qa": len(qa),
                     "accepted": accepted,
                     "rejected": len(qa) - accepted,
+                    "engine_errors": engine_errors,
                     "instances": len(instances),
                     "acceptance_rate": round(accepted / len(qa), 4) if qa else None,
                     "answer_types": dict(Counter(r.get("answer_type") for r in qa)),

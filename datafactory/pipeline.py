@@ -183,18 +183,19 @@ async def _generate_records(items: list[WorkItem], config: Any, engine: Engine, 
     return records
 
 
-def _attach_instances(result: DocumentResult, doc: Document, items: list[WorkItem], records: list[dict[str, Any]],
-                      target_doc: TokenizedText | None, config: Any, tokenizers: Tokenizers) -> None:
-    chunks = {item.id: item.chunk for item in items}
+def _instances_for(records: list[dict[str, Any]], chunks: dict[str, Chunk], target_doc: TokenizedText | None,
+                   config: Any, tokenizers: Tokenizers) -> list[dict[str, Any]]:
+    """Long instances of one document's accepted records (a record whose chunk cannot fit is rejected)."""
+    instances = []
     for record in records:
         if record["accepted"]:
             try:
-                result.instances.append(build_instance(record, chunks[record["id"]], target_doc, config.max_context,
-                                                       tokenizers.target, same_encoding=tokenizers.same))
+                instances.append(build_instance(record, chunks[record["id"]], target_doc, config.max_context,
+                                                tokenizers.target, same_encoding=tokenizers.same))
             except ChunkDoesNotFit as exc:
                 record.update(accepted=False, reject_reason="chunk_exceeds_context")
                 record["extraction_notes"].append(str(exc))
-    result.qa_records.extend(records)
+    return instances
 
 
 class RequestCounter:
@@ -227,35 +228,54 @@ class RequestCounter:
 
 
 async def _process_group(docs: list[Document], config: Any, engine: Engine, tokenizers: Tokenizers,
-                         skip_ids: frozenset[str], counter: RequestCounter) -> list[DocumentResult]:
-    """A group of documents: one batched generation call for all their items, then instances per document."""
+                         skip_ids: frozenset[str], counter: RequestCounter, sink=None) -> list[DocumentResult]:
+    """A group of documents: their items go to the engine together, in slices of `counter.slice_size`; each
+    slice is extracted, critiqued and turned into instances as soon as it returns, and handed to
+    `sink(qa_records, instances)` then (the output writer appends it), so an interrupted group keeps every
+    slice that finished. The results also carry every record, per document."""
     demonstration = uses_demonstration(config.prompt_mode, engine.model_name)
     tokenized = await asyncio.to_thread(tokenize_texts, [d.text for d in docs], tokenizers.generator)
-    results, plans = [], []
+    results, all_items = [], []
     for doc, tok in zip(docs, tokenized):
         result = DocumentResult(doc.id, n_tokens=tok.n_tokens)
         results.append(result)
         if tok.n_tokens < max(1, config.min_doc_tokens):
             result.skipped = "too_short"
-            plans.append([])
             continue
         items = [item for item in _plan(doc, tok, config, demonstration) if item.id not in skip_ids]
         if not items:
             result.skipped = "done"
-        plans.append(items)
-    all_items = [item for items in plans for item in items]
-    records = await _generate_records(all_items, config, engine, demonstration, counter)
-    by_id = {rec["id"]: rec for rec in records}
-    for doc, tok, items, result in zip(docs, tokenized, plans, results):
-        if not items:
-            continue
-        doc_records = [by_id[item.id] for item in items]
-        result.requests = len(items) + sum(1 for r in doc_records if r["critique"] is not None)
-        target_doc = None
-        if any(r["accepted"] for r in doc_records):
-            target_doc = tok if tokenizers.same else (await asyncio.to_thread(
-                tokenize_texts, [doc.text], tokenizers.target))[0]
-        _attach_instances(result, doc, items, doc_records, target_doc, config, tokenizers)
+        all_items.extend(items)
+    by_doc = {doc.id: (doc, tok, result) for doc, tok, result in zip(docs, tokenized, results)}
+    target_encodings: dict[str, asyncio.Future] = {}
+
+    async def target_doc(doc_id: str) -> TokenizedText:
+        doc, tok, _ = by_doc[doc_id]
+        if tokenizers.same:
+            return tok
+        if doc_id not in target_encodings:  # once per document, whichever slice needs it first
+            target_encodings[doc_id] = asyncio.ensure_future(
+                asyncio.to_thread(tokenize_texts, [doc.text], tokenizers.target))
+        return (await target_encodings[doc_id])[0]
+
+    async def one_slice(items: list[WorkItem]) -> None:
+        records = await _generate_records(items, config, engine, demonstration, counter)
+        chunks = {item.id: item.chunk for item in items}
+        instances = []
+        for doc_id in dict.fromkeys(item.doc_id for item in items):
+            doc_records = [r for r in records if r["doc_id"] == doc_id]
+            target = await target_doc(doc_id) if any(r["accepted"] for r in doc_records) else None
+            doc_instances = _instances_for(doc_records, chunks, target, config, tokenizers)
+            result = by_doc[doc_id][2]
+            result.qa_records.extend(doc_records)
+            result.instances.extend(doc_instances)
+            result.requests += len(doc_records) + sum(1 for r in doc_records if r["critique"] is not None)
+            instances += doc_instances
+        if sink is not None:
+            sink(records, instances)
+
+    size = counter.slice_size
+    await asyncio.gather(*(one_slice(all_items[k:k + size]) for k in range(0, len(all_items), size)))
     return results
 
 
@@ -296,9 +316,8 @@ async def _run_groups(documents: Iterable[Document], config: Any, engine: Engine
 
     async def run_one(group: list[Document]) -> None:
         try:
-            results = await _process_group(group, config, engine, tokenizers, skip_ids, counter)
-            # one locked, fsynced append per group, not per document
-            writer.append([r for res in results for r in res.qa_records], [i for res in results for i in res.instances])
+            # one locked, fsynced append per slice of requests: Ctrl-C loses only the slices in flight
+            results = await _process_group(group, config, engine, tokenizers, skip_ids, counter, writer.append)
             for result in results:
                 on_result(result)
         finally:

@@ -11,7 +11,7 @@ from pretrain.data import parse_curriculum
 class ApplyRopeConfig(BaseModel):
     model: str = Field(description="source model folder (Hugging Face format, Llama architecture)")
     variant: Literal["none", "abf", "pi", "xpos-abf"] = Field(description="RoPE variant")
-    base: float | None = Field(None, description="new RoPE base for abf/xpos-abf (default 500000)")
+    base: float | None = Field(None, gt=1, description="new RoPE base for abf/xpos-abf (default 500000)")
     seq_len: int | None = Field(None, gt=0, description="new context length (PI factor = seq_len / trained length)")
     output: str = Field(description="folder for the converted checkpoint")
 
@@ -21,7 +21,7 @@ class PretrainConfig(BaseModel):
     output: str = Field(description="run folder: checkpoints, final model, metrics, loss curve")
     variant: Literal["keep", "none", "abf", "pi", "xpos-abf"] = Field(
         "abf", description="RoPE variant to apply before training (keep = as the checkpoint has it)")
-    rope_base: float | None = Field(None, description="RoPE base for abf/xpos-abf (default 500000)")
+    rope_base: float | None = Field(None, gt=1, description="RoPE base for abf/xpos-abf (default 500000)")
     source: list[str] = Field(default_factory=list, description="NAME=PATH:WEIGHT text source (jsonl/parquet/txt)")
     seq_len: int = Field(32768, gt=0, description="training sequence length (the long stage)")
     curriculum: str | None = Field(None, description="e.g. 4096:0.2,32768 = 4k sequences for 20%% of tokens, then 32k")

@@ -56,6 +56,8 @@ def rope_config_changes(config: dict, variant: str, *, base: float | None = None
 
     `seq_len` is the new context (default: the trained one); PI's factor is seq_len / trained length.
     A config already converted (it has `original_max_position_embeddings`) is converted from its origin.
+    The window (`max_position_embeddings`) never shrinks: training at a shorter `seq_len` than the model
+    already handles keeps the model's window (vLLM and the evaluations read it as what the model can do).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown RoPE variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -68,7 +70,8 @@ def rope_config_changes(config: dict, variant: str, *, base: float | None = None
     new_len = int(seq_len or trained_len)
     if new_len <= 0:
         raise ValueError(f"--seq-len must be positive, got {new_len}")
-    changes: dict = {"max_position_embeddings": new_len, "original_max_position_embeddings": trained_len,
+    window = max(new_len, int(config["max_position_embeddings"]))
+    changes: dict = {"max_position_embeddings": window, "original_max_position_embeddings": trained_len,
                      "original_rope_theta": original_theta}
     if variant == "none":
         theta, rope = original_theta, {"rope_type": "default", "rope_theta": original_theta}
@@ -83,7 +86,7 @@ def rope_config_changes(config: dict, variant: str, *, base: float | None = None
     else:
         theta = float(base if base is not None else DEFAULT_ABF_BASE)
         if theta <= 1:
-            raise ValueError(f"--base must be > 1, got {theta}")
+            raise ValueError(f"the RoPE base must be > 1, got {theta}")
         rope = {"rope_type": "default", "rope_theta": theta}
         scaling = None
     changes.update(rope_parameters=rope, rope_theta=theta, rope_scaling=scaling)

@@ -6,6 +6,10 @@ so `agenerate` never blocks the event loop. Each batch is seeded from (seed, bat
 RNG, so the same config and prompts give the same texts without touching the caller's global RNG state.
 The trade-off: sorting by length saves padding but means a prompt's batch-mates (and so, under sampling,
 its exact text) depend on the whole request list, not on the prompt alone.
+
+Cancellation: a cancelled `agenerate` (Ctrl-C under `asyncio.run`) sets its own stop event; the batch on the
+model stops at its next token (a stopping criterion) and queued batches return without running, so the
+worker threads that `asyncio.run` waits for at exit end within a token, not a whole batch (which took minutes).
 """
 from __future__ import annotations
 
@@ -38,6 +42,18 @@ def resolve_model_dir(model: str | None) -> Path:
     if not (path / "config.json").is_file():
         raise EngineError(f"--model {model!r} has no config.json: it is not a Hugging Face model folder")
     return path
+
+
+class _StopWhenSet:
+    """A generate() stopping criterion that ends every row as soon as `event` is set (checked per token)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class TransformersEngine:
@@ -93,26 +109,37 @@ class TransformersEngine:
                                           f"new tokens > the model's {self.max_positions} positions")
         order = sorted((i for i in prompts if results[i] is None), key=lambda i: lengths[i])
         batches = [order[k:k + self.batch_size] for k in range(0, len(order), self.batch_size)]
-        for batch_index, batch in enumerate(batches):
-            batch_results = await asyncio.to_thread(
-                self._generate_batch, [prompts[i] for i in batch], params, batch_index)
-            for i, result in zip(batch, batch_results, strict=True):
-                results[i] = result
+        stop = threading.Event()  # this call's own: cancelling one caller never stops another's batches
+        try:
+            for batch_index, batch in enumerate(batches):
+                batch_results = await asyncio.to_thread(
+                    self._generate_batch, [prompts[i] for i in batch], params, batch_index, stop)
+                for i, result in zip(batch, batch_results, strict=True):
+                    results[i] = result
+        except asyncio.CancelledError:
+            stop.set()
+            raise
         return results  # type: ignore[return-value]  # every slot is filled above
 
-    def _generate_batch(self, prompts: list[str], params: SamplingParams, batch_index: int) -> list[EngineResult]:
+    def _generate_batch(self, prompts: list[str], params: SamplingParams, batch_index: int,
+                        stop: threading.Event | None = None) -> list[EngineResult]:
         import torch
+        from transformers import StoppingCriteriaList
 
+        stop = stop or threading.Event()
         try:
             with self._lock, torch.inference_mode(), torch.random.fork_rng(
                     devices=[self.device] if self.device.startswith("cuda") else []):
+                if stop.is_set():
+                    return [EngineResult(text=None, error="cancelled") for _ in prompts]
                 if params.seed is not None:
                     torch.manual_seed(params.seed * 1_000_003 + batch_index)
                 enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
                 enc = enc.to(self.device)
                 sampling = params.temperature > 0
                 kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=sampling,
-                              pad_token_id=self.tokenizer.pad_token_id)
+                              pad_token_id=self.tokenizer.pad_token_id,
+                              stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]))
                 if sampling:
                     kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
                 else:
@@ -122,6 +149,9 @@ class TransformersEngine:
                 if params.stop:
                     kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
                 out = self.model.generate(**enc, **kwargs)
+                if stop.is_set():
+                    log.info("generation stopped: the request was cancelled mid-batch")
+                    return [EngineResult(text=None, error="cancelled") for _ in prompts]
         except Exception as exc:  # one failed batch never loses the rest of the request
             log.exception("transformers generation failed")
             return [EngineResult(text=None, error=f"generation_error: {type(exc).__name__}: {exc}") for _ in prompts]

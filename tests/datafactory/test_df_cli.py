@@ -52,7 +52,7 @@ def test_dead_engine_keeps_records_and_says_so(tmp_path, capsys, embedded_model_
     assert "the engine failed on every request" in captured.err and "engine_error" in captured.out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["chunk_tokens"] == 300 and manifest["config"]["seed"] == 4  # YAML < flags
-    assert manifest["rejection_reasons"] == {"engine_error": 2} and manifest["status"] == "complete"
+    assert manifest["rejection_reasons"] == {"engine_error": 2} and manifest["status"] == "failed"
     records = [json.loads(line) for line in (out / "qa.jsonl").read_text().splitlines()]
     assert {r["doc_id"] for r in records} == {"na0", "na1"} and all(r["engine_error"] for r in records)
 

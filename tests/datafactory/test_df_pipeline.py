@@ -77,7 +77,8 @@ def test_engine_errors_are_recorded_and_retried(tmp_path, tokenizers):
     docs = _small_docs(3)
     manifest = run_generation(docs, config, tmp_path, engine=FaultInjectingEngine(), progress=False,
                               tokenizers=tokenizers)
-    assert manifest["status"] == "complete" and manifest["rejection_reasons"] == {"engine_error": 3}
+    assert manifest["status"] == "failed" and manifest["rejection_reasons"] == {"engine_error": 3}
+    assert manifest["counts"]["engine_errors"] == 3  # every request failed: the manifest says so
     records = list(read_jsonl(tmp_path / "qa.jsonl"))
     assert all(r["engine_error"] == "http_503: injected fault" and not r["accepted"] for r in records)
     # a re-run tries the failed requests again (and a broken engine keeps what is there, status "failed")
@@ -92,6 +93,27 @@ def test_engine_errors_are_recorded_and_retried(tmp_path, tokenizers):
             run_generation(_small_docs(6), config, tmp_path / f"fail{fail_on}", progress=False,
                            engine=FaultInjectingEngine(raise_on_call=fail_on), tokenizers=tokenizers)
         assert json.loads((tmp_path / f"fail{fail_on}" / "manifest.json").read_text())["status"] == "failed"
+
+
+class PartlyFailingEngine:
+    """Injects a fault into the first conversation of every call; the others get a reply (no pair in it)."""
+
+    name = model_name = "partly-failing"
+
+    async def agenerate(self, conversations, params):
+        return [EngineResult(text=None, error="http_503: injected fault") if i == 0 else
+                EngineResult(text="no pair here", finish_reason="stop") for i in range(len(conversations))]
+
+    def close(self) -> None:
+        pass
+
+
+def test_some_failed_requests_make_a_partial_run(tmp_path, tokenizers):
+    config = GenerationConfig(chunk_tokens=300, chunks_per_doc=1, min_doc_tokens=100, batch_size=2, critique="off")
+    manifest = run_generation(_small_docs(4), config, tmp_path, engine=PartlyFailingEngine(), progress=False,
+                              tokenizers=tokenizers)
+    assert manifest["status"] == "partial" and manifest["counts"]["engine_errors"] == 2
+    assert manifest["counts"]["qa"] == 4 and manifest["this_run"]["engine_errors"] == 2
 
 
 @pytest.mark.slow

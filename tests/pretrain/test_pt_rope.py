@@ -147,3 +147,12 @@ def test_bad_inputs_get_clear_errors(tiny_llama_dir, tmp_path):
         apply_rope_variant(tiny_llama_dir, "abf", tiny_llama_dir)
     with pytest.raises(ValueError, match="base must be"):
         rope_config_changes({"max_position_embeddings": 64, "rope_theta": 1e4}, "abf", base=0.5)
+
+
+@pytest.mark.parametrize("variant", ["none", "abf", "xpos-abf"])
+def test_a_shorter_seq_len_never_shrinks_the_window(tiny_llama_dir, tmp_path, variant):
+    """Training at 32 tokens a model that handles 64 positions keeps its 64 (it shrank to 32 before)."""
+    changes = apply_rope_variant(tiny_llama_dir, variant, tmp_path / variant, seq_len=32)
+    cfg = json.loads((tmp_path / variant / "config.json").read_text())
+    assert changes["max_position_embeddings"] == cfg["max_position_embeddings"] == 64
+    assert cfg["original_max_position_embeddings"] == 64
