@@ -33,6 +33,7 @@ from datafactory.instances import ChunkDoesNotFit, build_instance
 from datafactory.output import OutputWriter
 from datafactory.prompts import critique_messages, qa_messages, uses_demonstration
 from longscale.common.errors import LongscaleError
+from longscale.common.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,7 @@ def record_id(doc_id: str, chunk_index: int, answer_type: str, seed: int) -> str
 # ---- tokenizers -------------------------------------------------------------------------------------------
 
 def _load_tokenizer(name: str, flag: str) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as exc:
-        raise TokenizerError(f"{flag} {name!r}: could not load a tokenizer ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200]}); pass a local tokenizer or model directory") from exc
+    return load_tokenizer(name, flag=flag, error=TokenizerError)
 
 
 def load_tokenizers(config: Any) -> Tokenizers:

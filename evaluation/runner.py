@@ -21,22 +21,20 @@ from evaluation.metrics import aggregate, score_prediction, scoring_name
 from evaluation.prompts import Example, PromptTooLong, fit_prompt
 from evaluation.ruler import RulerBuilder, read_essays, read_hotpot, read_squad
 from evaluation.tasks import ACCENT_FOLDING_TASKS, FILE_LOADERS, TaskDataError, task_metric
+from longscale.common.tokenizers import load_tokenizer
 
 SHOT_CONTEXT_TOKENS = 200
 
 
-def load_tokenizer(config: EvalConfig):
-    from transformers import AutoTokenizer
-
-    name = config.tokenizer or config.model
+def eval_tokenizer(config: EvalConfig):
+    name, flag = config.tokenizer, "--tokenizer"
+    if not name:
+        name, flag = config.model, "--model (give --tokenizer)"
     if not name:
         from datafactory.embedded import ensure_embedded_model
 
-        name = str(ensure_embedded_model())
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as exc:
-        raise TaskDataError(f"could not load a tokenizer from {name!r} (give --tokenizer): {exc}") from exc
+        name, flag = str(ensure_embedded_model()), "(embedded model)"
+    return load_tokenizer(name, flag=flag, error=TaskDataError)
 
 
 def build_engine(config: EvalConfig):
@@ -131,7 +129,7 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
 
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = tokenizer or load_tokenizer(config)
+    tokenizer = tokenizer or eval_tokenizer(config)
     metric = config.metric or task_metric(config.task, config.data)
     fold = config.task in ACCENT_FOLDING_TASKS
     ruler, examples, shots, no_gold = load_examples(config, tokenizer, ruler)

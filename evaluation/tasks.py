@@ -17,13 +17,13 @@ Items without a gold answer (test splits) are skipped and counted, never scored 
 """
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from evaluation.prompts import Example
 from longscale.common.errors import LongscaleError
+from longscale.common.records import iter_records
 
 
 class TaskDataError(LongscaleError, ValueError):
@@ -40,38 +40,9 @@ def task_metric(task: str, data: str | Path | None) -> str:
     return zeroscrolls_metric(data or "") if task == "zeroscrolls" else TASK_METRICS[task]
 
 
-def read_records(path: str | Path) -> Iterable[tuple[str, Any]]:
+def read_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     """(where, record) for every record of a JSON/JSONL/Parquet file or a folder of them."""
-    path = Path(path)
-    if not path.exists():
-        raise TaskDataError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".jsonl", ".parquet")) if path.is_dir() else [path]
-    if not files:
-        raise TaskDataError(f"{path}: no .json, .jsonl or .parquet files in it")
-    for file in files:
-        if file.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            for i, row in enumerate(pq.read_table(file).to_pylist()):
-                yield f"{file}:{i}", row
-        elif file.suffix == ".jsonl":
-            with file.open() as fh:
-                for n, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            yield f"{file}:{n}", json.loads(line)
-                        except json.JSONDecodeError as exc:
-                            raise TaskDataError(f"{file}:{n}: not valid JSON ({exc.msg})") from None
-        else:
-            try:
-                data = json.loads(file.read_text())
-            except json.JSONDecodeError as exc:
-                raise TaskDataError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-            if isinstance(data, list):
-                for i, rec in enumerate(data):
-                    yield f"{file}[{i}]", rec
-            else:
-                yield str(file), data
+    return iter_records(path, error=TaskDataError)
 
 
 def _need(rec: Any, keys: tuple[str, ...], where: str, task: str) -> None:

@@ -20,18 +20,15 @@ from finetune.mixing import mix
 from finetune.packing import long_rows, pack_best_fit_decreasing
 from finetune.sources import DataError, read_long, read_pretrain, read_short
 from finetune.tokenization import Sample, split_sample, tokenize_record
+from longscale.common.tokenizers import load_tokenizer as common_load_tokenizer
 
 log = logging.getLogger(__name__)
 KINDS = ("short", "long", "pretrain")
 
 
 def load_tokenizer(model: str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    """The model's tokenizer, padding with EOS where it has no pad token (the row collator pads)."""
+    return common_load_tokenizer(model, flag="--model", pad_with_eos=True, trust_remote_code=True)
 
 
 def _tokenize_all(tokenizer, records: list[dict[str, Any]]) -> list[Sample]:

@@ -6,65 +6,20 @@ so a bad line never passes silently and nothing read so far is thrown away by th
 """
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from longscale.common.errors import ConfigError
+from longscale.common.records import iter_records
 
 
 class DataError(ConfigError):
     """Input data could not be read or understood; the message names the file and line/record."""
 
 
-def _jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-
-
-def _table_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """Parquet files and saved `datasets` dirs, row by row."""
-    if path.is_dir():
-        import datasets
-
-        try:
-            table = datasets.load_from_disk(str(path))
-        except Exception as exc:  # datasets raises several types for "not a saved dataset"
-            raise DataError(f"{path}: not a saved datasets directory ({exc})") from exc
-        if isinstance(table, datasets.DatasetDict):
-            if "train" not in table:
-                raise DataError(f"{path}: DatasetDict without a 'train' split (has {list(table)})")
-            table = table["train"]
-        rows = iter(table)
-    else:
-        import pyarrow.parquet as pq
-
-        rows = iter(pq.read_table(path).to_pylist())
-    for number, row in enumerate(rows, 1):
-        yield f"{path}[row {number}]", row
-
-
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
-    if not path.exists():
-        raise DataError(f"input not found: {path}")
-    if path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
-        files = sorted(p for p in path.iterdir() if p.suffix in {".jsonl", ".parquet"})
-        if not files:
-            raise DataError(f"{path}: directory holds no .jsonl/.parquet files and is not a saved dataset")
-        for file in files:
-            yield from _records(file)
-    elif path.is_dir() or path.suffix == ".parquet":
-        yield from _table_rows(path)
-    elif path.suffix in {".jsonl", ".json"}:
-        yield from _jsonl(path)
-    else:
-        raise DataError(f"{path}: unsupported file type (use .jsonl, .parquet or a saved datasets dir)")
+    return iter_records(path, suffixes=(".jsonl", ".parquet"), error=DataError)
 
 
 def _check_messages(where: str, messages: Any) -> list[dict[str, str]]:
@@ -114,7 +69,7 @@ def read_long(paths: list[str]) -> list[dict[str, Any]]:
         file = path / "instances.jsonl" if path.is_dir() else path
         if not file.is_file():
             raise DataError(f"long data: {file} not found (give a generation output dir holding instances.jsonl)")
-        for where, row in _jsonl(file):
+        for where, row in iter_records(file, error=DataError):
             if not isinstance(row, dict) or "id" not in row:
                 raise DataError(f"{where}: long instance needs an 'id'")
             out.append({"id": str(row["id"]), "kind": "long", "messages": _check_messages(where, row.get("messages"))})
@@ -134,7 +89,7 @@ def read_pretrain(paths: list[str]) -> list[dict[str, Any]]:
             if file.suffix == ".txt":
                 out.append({"id": str(file), "kind": "pretrain", "text": file.read_text(encoding="utf-8")})
                 continue
-            for where, row in _jsonl(file):
+            for where, row in iter_records(file, error=DataError):
                 if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                     raise DataError(f"{where}: pretrain record needs a string 'text'")
                 out.append({"id": str(row.get("id", where)), "kind": "pretrain", "text": row["text"]})

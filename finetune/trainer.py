@@ -21,6 +21,8 @@ import torch
 
 from finetune.collate import RowCollator
 from finetune.config import FinetuneConfig
+from longscale.common.checkpoints import latest_checkpoint as find_latest
+from longscale.common.plotting import plot_curve
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,12 @@ def use_bf16(config: FinetuneConfig) -> bool:
 
 
 def load_model(config: FinetuneConfig):
-    from transformers import AutoModelForCausalLM
+    """The model to finetune, through pretrain's loader (an xPos checkpoint gets this package's classes)."""
+    from pretrain.modeling import load_model as load_checkpoint
 
     dtype = torch.bfloat16 if use_bf16(config) else torch.float32
-    return AutoModelForCausalLM.from_pretrained(config.model, trust_remote_code=True, dtype=dtype,
-                                                attn_implementation=config.attn_implementation)
+    return load_checkpoint(config.model, trust_remote_code=True, dtype=dtype,
+                           attn_implementation=config.attn_implementation)
 
 
 def accumulation_steps(config: FinetuneConfig, row_tokens: int, world_size: int) -> int:
@@ -110,29 +113,15 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model=None, callba
 
 
 def latest_checkpoint(output: str) -> str | None:
-    found = sorted(Path(output, "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(found[-1]) if found else None
+    """The newest `checkpoint-N` folder the Trainer wrote under output/checkpoints."""
+    found = find_latest(Path(output, "checkpoints"), "checkpoint-")
+    return str(found) if found else None
 
 
 def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path | None:
     points = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    if not points:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(*zip(*points), marker="o" if len(points) < 30 else None)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title("finetune loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return plot_curve(points, path, title="finetune loss", xlabel="optimizer step", ylabel="training loss",
+                      size=(6, 3.5), marker="o" if len(points) < 30 else None)
 
 
 def train(config: FinetuneConfig, dataset, tokenizer, model=None) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longscale.common.checkpoints import latest_checkpoint as find_latest
+
 STATE_FILE = "trainer_state.pt"
 
 
@@ -55,8 +57,8 @@ def save_checkpoint(output: Path, step: int, model, tokenizer, trainer_state: di
 
 
 def latest_checkpoint(output: Path) -> Path | None:
-    found = sorted(p for p in checkpoint_dir(output).glob("step-*") if (p / STATE_FILE).is_file())
-    return found[-1] if found else None
+    """The newest complete `step-N` folder (one whose trainer state was written)."""
+    return find_latest(checkpoint_dir(output), "step-", marker=STATE_FILE)
 
 
 def load_trainer_state(ckpt: Path) -> dict:

@@ -10,14 +10,15 @@ The trade-off: token counts are needed to build the list, so every document is t
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from longscale.common.errors import LongscaleError
+from longscale.common.records import iter_records, record_files
 
 TEXT_SUFFIXES = (".jsonl", ".parquet", ".txt")
 
@@ -51,38 +52,17 @@ class SourceSpec:
         return cls(name or path.stem, path, weight)
 
 
-def _files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
-    if not files:
-        raise DataSourceError(f"{path} holds no {'/'.join(TEXT_SUFFIXES)} files")
-    return files
-
-
 def read_documents(path: Path) -> list[str]:
-    """All documents under `path` (non-empty texts only)."""
+    """All documents under `path` (non-empty texts only): .txt files whole, JSONL/Parquet records' 'text'."""
     docs: list[str] = []
-    for file in _files(path):
+    for file in record_files(path, TEXT_SUFFIXES, error=DataSourceError):
         if file.suffix == ".txt":
             docs.append(file.read_text(encoding="utf-8", errors="replace"))
-        elif file.suffix == ".jsonl":
-            for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    docs.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise DataSourceError(f"{file}:{n}: expected a JSON object with a 'text' field ({exc})") from exc
-        elif file.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(file)
-            if "text" not in table.column_names:
-                raise DataSourceError(f"{file}: no 'text' column (columns: {table.column_names})")
-            docs.extend(table.column("text").to_pylist())
-        else:
-            raise DataSourceError(f"{file}: unsupported file type {file.suffix}")
+            continue
+        for where, record in iter_records(file, suffixes=TEXT_SUFFIXES, error=DataSourceError):
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise DataSourceError(f"{where}: expected a record with a string 'text' field")
+            docs.append(record["text"])
     return [d for d in docs if d and d.strip()]
 
 

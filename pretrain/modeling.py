@@ -5,6 +5,7 @@ kept here so that file-level conversion in apply.py stays free of it).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pretrain.apply import read_llama_config, variant_config_changes
@@ -27,11 +28,13 @@ register_xpos()
 
 
 def load_model(model_dir: str | Path, **kwargs):
-    """Load any converted checkpoint with this package's classes (no remote code needed)."""
+    """Load a checkpoint; an xPos one with this package's classes (no remote code needed), any other through the
+    Auto classes (the finetuner passes models of every architecture through here)."""
     from transformers import AutoModelForCausalLM
 
-    config = read_llama_config(Path(model_dir))
-    if config.get("model_type") == "xpos_llama":
+    config_file = Path(model_dir) / "config.json"
+    model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+    if model_type == "xpos_llama":
         from pretrain.xpos_modeling import XPosLlamaForCausalLM
 
         return XPosLlamaForCausalLM.from_pretrained(model_dir, **kwargs)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from longscale.common.plotting import plot_curve
+from longscale.common.tokenizers import load_tokenizer
 from pretrain import distributed
 from pretrain.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
 from pretrain.config import PretrainConfig
@@ -89,28 +91,14 @@ class CausalLMLoss(torch.nn.Module):
 
 
 def plot_loss(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([h["tokens"] / 1e6 for h in history], [h["loss"] for h in history], lw=1)
-    ax.set_xlabel("tokens (M)"), ax.set_ylabel("training loss"), ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_curve([(h["tokens"] / 1e6, h["loss"]) for h in history], path, title=title, xlabel="tokens (M)",
+               ylabel="training loss", lw=1)
 
 
 class Pretrainer:
     """Owns one run: model, optimizer, schedule, data stream and checkpoints."""
 
     def __init__(self, cfg: PretrainConfig, *, show_progress: bool = True):
-        from transformers import AutoTokenizer
-
         from pretrain.compile import compile_decoder_layers
         from pretrain.modeling import load_model, load_variant_model
 
@@ -134,7 +122,7 @@ class Pretrainer:
             self.model = load_model(resume_from, **load_kw)
         else:
             self.model = load_variant_model(cfg.model, cfg.variant, base=cfg.rope_base, seq_len=self.max_len, **load_kw)
-        self.tokenizer = AutoTokenizer.from_pretrained(resume_from or cfg.model)
+        self.tokenizer = load_tokenizer(str(resume_from or cfg.model), flag="--model")
         self.model.config.use_cache = False
         self.model.to(self.device).train()
         configure_checkpointing(self.model, cfg.grad_ckpt, cfg.ckpt_every_layers)

@@ -23,3 +23,13 @@ def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_curve(points: list[tuple[float, float]], path: Path, *, title: str, xlabel: str, ylabel: str,
+               size: tuple[float, float] = (7, 4), **line) -> Path | None:
+    """One line chart (training losses and the like); nothing is written for no points."""
+    if not points:
+        return None
+    fig, ax = new_figure(title, xlabel, ylabel, size=size)
+    ax.plot(*zip(*points), **line)
+    return save_figure(fig, path)

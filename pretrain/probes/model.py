@@ -19,8 +19,7 @@ class HFModel:
     """A transformers causal LM as an Answerer and a TokenLosses (greedy decoding, chunked losses)."""
 
     def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto"):
-        from transformers import AutoTokenizer
-
+        from longscale.common.tokenizers import load_tokenizer
         from pretrain.modeling import load_model
 
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -28,7 +27,7 @@ class HFModel:
         torch_dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32,
                        "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
         self.model = load_model(model_dir, dtype=torch_dtype, attn_implementation="sdpa").to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = load_tokenizer(str(model_dir), flag="--model")
 
     @torch.no_grad()
     def answer(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 8) -> list[str]:

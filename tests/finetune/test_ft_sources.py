@@ -46,7 +46,7 @@ def test_bad_short_record_names_file_and_line(tmp_path, line, match):
 
 
 def test_missing_inputs_are_clear(tmp_path):
-    with pytest.raises(DataError, match="input not found"):
+    with pytest.raises(DataError, match="nope.jsonl: no such file or folder"):
         read_short([str(tmp_path / "nope.jsonl")])
     with pytest.raises(DataError, match="instances.jsonl not found"):
         read_long([str(tmp_path)])
