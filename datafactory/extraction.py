@@ -183,11 +183,14 @@ def _extract_qa(text: str | None, finish_reason: str | None, notes: list[str]) -
                           0, tuple(notes))
     for question_seg, answer_seg in pairs:
         answer_raw = answer_seg.raw
-        if not answer_seg.closed and not cut_off:  # ended without </answer>: keep its first paragraph only
-            answer_raw = answer_raw.strip().split("\n\n", 1)[0]
+        if not answer_seg.closed:  # ended without </answer>: its first paragraph, if that is plainly complete
+            first, *rest = answer_raw.strip().split("\n\n", 1)
+            answer_raw = first
+            question, answer = decode_content(question_seg.raw), decode_content(answer_raw)
+            if (cut_off and not rest) or not plainly_complete(answer):  # a cut inside the answer
+                notes.append("unclosed_answer_incomplete")
+                return Extraction(question or None, answer or None, "truncated", len(pairs), tuple(notes))
         question, answer = decode_content(question_seg.raw), decode_content(answer_raw)
-        if not answer_seg.closed and cut_off:
-            return Extraction(question or None, answer or None, "truncated", len(pairs), tuple(notes))
         if question and answer:
             if not answer_seg.closed:
                 notes.append("unclosed_answer")
@@ -196,6 +199,32 @@ def _extract_qa(text: str | None, finish_reason: str | None, notes: list[str]) -
             return Extraction(question, answer, None, len(pairs), tuple(notes))
     question, answer = decode_content(pairs[0][0].raw), decode_content(pairs[0][1].raw)
     return Extraction(question or None, answer or None, "empty", len(pairs), tuple(notes))
+
+
+SHORT_FRAGMENT_WORDS = 5
+_SENTENCE_END = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*$")
+_BRACKETS = (("(", ")"), ("[", "]"), ("{", "}"), ("\u201c", "\u201d"))
+_DANGLING = frozenset("the a an and or but of to in on at for with by from as that which who whose whom because "
+                      "since while although though if than then so nor was were is are be been had has have did "
+                      "does do its her his their my our your this these those".split())
+_CLAUSE_AFTER_COMMA = re.compile(r",\s*(?:who|whom|whose|which|that|because|since|while|although|though|when|where|"
+                                 r"but|and|so|if|as)\b", re.IGNORECASE)
+
+
+def plainly_complete(answer: str) -> bool:
+    """Whether an answer whose </answer> never came is whole: brackets and double quotes balanced, and either
+    a sentence end (. ! ? or an ellipsis, closing quotes/brackets allowed) or a short phrase (at most five words,
+    not ending on a function word, comma or dash, no clause opened after a comma): "Admiral Croft" is whole,
+    "Admiral Croft, who had taken the house and" is not. The trade-off: a long answer without final
+    punctuation is dropped even when it was complete (an unclosed tag already marks the output as rough)."""
+    text = answer.strip()
+    if not text or text.count('"') % 2 or any(text.count(o) != text.count(c) for o, c in _BRACKETS):
+        return False
+    if _SENTENCE_END.search(text):
+        return True
+    words = re.findall(r"[\w'\u2019-]+", text)
+    return (0 < len(words) <= SHORT_FRAGMENT_WORDS and not re.search(r"[,;:\u2014\u2013-]$", text)
+            and words[-1].lower() not in _DANGLING and not _CLAUSE_AFTER_COMMA.search(text))
 
 
 def _first_text(segments: list[Segment]) -> str | None:
@@ -240,15 +269,45 @@ def _content_words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _STOPWORDS and len(w) > 2}
 
 
+_POLAR = frozenset("yes no yeah nope correct incorrect true false indeed not never".split())
+_NUMBER_WORDS = frozenset("zero one two three four five six seven eight nine ten eleven twelve twenty thirty forty "
+                          "fifty hundred thousand million first second third fourth fifth sixth seventh eighth ninth "
+                          "tenth once twice half".split())
+
+
+def _same_stem(a: str, b: str) -> bool:
+    """Crude inflection match: refuse/refused/refusing share a stem, pay/payment do not."""
+    n = len(a) if a == b else next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return a == b or (n >= 4 and n >= min(len(a), len(b)) - 3)
+
+
+def _new_words(question: str, answer: str) -> set[str]:
+    asked = _content_words(question)
+    return {w for w in _content_words(answer) if not any(_same_stem(w, q) for q in asked)}
+
+
+def _factual(word: str, answer: str, first_word_counts: bool = False) -> bool:
+    """A number, or a name: capitalised in the answer (as its first word only if `first_word_counts`)."""
+    if any(ch.isdigit() for ch in word) or word in _NUMBER_WORDS:
+        return True
+    before = r"\b" if first_word_counts else r"(?<=\S)\s+"
+    return bool(re.search(before + re.escape(word[:1].upper() + word[1:]) + r"\b", answer))
+
+
 def _restates(question: str, answer: str) -> bool:
-    """The answer only repeats the question's words (at most one new content word in four or more words)."""
+    """The answer only repeats the question's words. Never for an answer opening with yes/no (it answers a
+    polar question however much it repeats), nor for a short answer that is a number, a name or one of the
+    question's alternatives ("X or Y?"); a longer answer restates when it adds no word beyond inflections of
+    the question's, or only one that is neither a number nor a name."""
     words = re.findall(r"\w+", answer)
-    if not words:
+    if not words or words[0].lower() in _POLAR:
         return False
-    new = _content_words(answer) - _content_words(question)
+    new = _new_words(question, answer)
     if len(words) < 4:
-        return not new and bool(_content_words(answer))  # a short answer made only of question words
-    return len(new) <= 1
+        if new or not _content_words(answer) or re.search(r"\bor\b", question, re.IGNORECASE):
+            return False
+        return not all(_factual(w, answer, first_word_counts=True) for w in _content_words(answer))
+    return not new or (len(new) == 1 and not _factual(next(iter(new)), answer))
 
 
 _YES = {"yes", "y", "true", "correct", "supported", "valid", "pass"}

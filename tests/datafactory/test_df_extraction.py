@@ -56,7 +56,57 @@ UGLY_OUTPUTS = [
     (f"<question id=\"1\">{Q}</question>\n<answer type='short'>{A}</answer>", "stop", None, Q, A),  # attributes
     (f"<question>{Q}</question>\x00\x07<answer>{A}\x1b</answer>", "stop", None, Q, A),  # control characters
     (f"<question></question><answer></answer><question>{Q}</question><answer>{A}</answer>", "stop", None, Q, A),
+    # no </answer>: kept only when plainly complete (a sentence end with balanced brackets/quotes, or a short
+    # phrase not ending on a function word), whatever the finish reason; otherwise the answer was cut
+    (f"<question>{Q}</question>\n<answer>Admiral Croft came to rent the hall.", "stop", None, Q,
+     "Admiral Croft came to rent the hall."),
+    (f"<question>{Q}</question>\n<answer>Admiral Croft (the new tenant).\n\nI hope this", "length", None, Q,
+     "Admiral Croft (the new tenant)."),
+    (f'<question>{Q}</question>\n<answer>He said "Kellynch is let."', "stop", None, Q, 'He said "Kellynch is let."'),
+    (f"<question>{Q}</question>\n<answer>Bath, Somerset", "stop", None, Q, "Bath, Somerset"),
+    ("<question>Did Anne stay?</question>\n<answer>Yes", None, None, "Did Anne stay?", "Yes"),
+    (f"<question>{Q}</question>\n<answer>Admiral Croft, who had taken the house and", "stop", "truncated", Q,
+     "Admiral Croft, who had taken the house and"),
+    (f"<question>{Q}</question>\n<answer>Admiral Croft visited the", "stop", "truncated", Q, None),
+    (f'<question>{Q}</question>\n<answer>He said "Kellynch is let.', "stop", "truncated", Q, None),
+    (f"<question>{Q}</question>\n<answer>Admiral Croft (the new tenant.", "stop", "truncated", Q, None),
+    (f"<question>{Q}</question>\n<answer>Admiral Croft, who rented it", "stop", "truncated", Q, None),
+    (f"<question>{Q}</question>\n<answer>The admiral and his wife took the house for a year", "stop", "truncated",
+     Q, None),
+    (f"<question>{Q}</question>\n<answer>Admiral Croft.\nHe had taken the", "length", "truncated", Q, None),
+    (f"<question>{Q}</question>\n<answer>Admiral Croft;\n\nand then", "stop", "truncated", Q, None),
 ]
+
+# (question, answer, expected reason from check_pair: None = kept). Short factual answers (yes/no, a number, a
+# name, one of the question's alternatives) are kept even when they share words with the question.
+RESTATEMENTS = [
+    ("Was Captain Wentworth in the navy?", "Yes, Captain Wentworth was in the navy.", None),
+    ("Did Anne stay at Kellynch Hall?", "No, Anne did not stay at Kellynch Hall.", None),
+    ("Did Anne marry Wentworth?", "Yes.", None),
+    ("How many winters did Anne wait, eight or nine?", "Eight", None),
+    ("How many years had passed since Anne refused Wentworth?", "Eight years had passed since Anne refused "
+     "Wentworth.", None),
+    ("Who fell at the Cobb, Louisa or Henrietta?", "Louisa", None),
+    ("Where did the Crofts go after leaving Kellynch for Bath?", "Bath", None),
+    ("In which year of the 1814 peace did the navy return?", "1814", None),
+    ("Whose letter did Anne read, Wentworth's?", "Wentworth's", None),
+    ("Did they walk or ride to Uppercross?", "walk", None),
+    ("Why did the Curate's wife refuse to pay?", "She believed the estate owed her brother money.", None),
+    (Q, Q, "answer_repeats_question"),
+    ("Why did Anne refuse Wentworth?", "Anne refused Wentworth.", "answer_repeats_question"),
+    ("What did the Admiral think of the house?", "The Admiral thought of the house.", "answer_repeats_question"),
+    ("Why was the walk along the Cobb dangerous?", "The walk along the Cobb was dangerous.",
+     "answer_repeats_question"),
+    ("Where did the walk end?", "the walk", "answer_repeats_question"),
+    ("Why did the Curate's wife refuse to pay the final payment on her father's estate?", "The Curate's wife "
+     "refused to pay the final payment on her father's estate.", "answer_repeats_question"),
+]
+
+
+@pytest.mark.parametrize("question,answer,reason", RESTATEMENTS)
+def test_restatement_table(question, answer, reason):
+    got = check_pair(extract_qa(f"<question>{question}</question><answer>{answer}</answer>"), "short", "")
+    assert got.reason == reason, got
 
 
 @pytest.mark.parametrize("text,finish,reason,question,answer", UGLY_OUTPUTS)
