@@ -40,7 +40,8 @@ def xpos_config_changes(enabled: bool) -> dict:
         return {"model_type": "xpos_llama", "architectures": ["XPosLlamaForCausalLM"],
                 "auto_map": {"AutoConfig": f"{XPOS_MODULE}.XPosLlamaConfig",
                              "AutoModelForCausalLM": f"{XPOS_MODULE}.XPosLlamaForCausalLM"},
-                "xpos_gamma": 0.4, "xpos_scale_base": 512.0, "use_xpos_scaling": True}
+                "xpos_gamma": 0.4, "xpos_scale_base": 512.0, "use_xpos_scaling": True,
+                "xpos_center": None}  # older checkpoints fixed a centre; it is now each sequence's own
     return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "auto_map": None, "xpos_gamma": None,
             "xpos_scale_base": None, "use_xpos_scaling": None, "xpos_center": None}
 
@@ -50,8 +51,6 @@ def variant_config_changes(config: dict, variant: str, *, base: float | None = N
     """Every config.json key that `variant` changes (RoPE keys plus the xPos keys, set or cleared)."""
     changes = rope_config_changes(config, variant, base=base, seq_len=seq_len)
     changes.update(xpos_config_changes(variant == "xpos-abf"))
-    if variant == "xpos-abf":
-        changes["xpos_center"] = changes["max_position_embeddings"] // 2
     return changes
 
 

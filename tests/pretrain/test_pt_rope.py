@@ -15,6 +15,7 @@ from pretrain.rope import granularity, rope_config_changes, variant_angles
 from pretrain.xpos_modeling import (
     XPosLlamaConfig,
     XPosLlamaForCausalLM,
+    fp16_max_span,
     xpos_scale,
     xpos_zeta,
 )
@@ -117,6 +118,57 @@ def test_xpos_off_equals_plain_llama_and_on_is_shift_invariant(tiny_llama_dir):
         shifted = xpos(x, position_ids=torch.arange(40)[None] + 13).logits
     assert (on - plain(x).logits).abs().max() > 1e-3  # the decay really changes attention
     assert torch.allclose(on, shifted, atol=1e-4)  # scores depend on m - n only
+
+
+def _xpos_32k(tiny_llama_dir, scale_base=512.0):
+    """The tiny model as an xPos ABF checkpoint of a 32k context (the size where fp16 used to give NaN)."""
+    plain = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    cfg = XPosLlamaConfig(**plain.config.to_dict() | {"max_position_embeddings": 32768, "xpos_scale_base": scale_base,
+                                                      "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}})
+    model = XPosLlamaForCausalLM(cfg).eval()
+    model.load_state_dict(plain.state_dict())
+    return model
+
+
+def test_xpos_fp16_logits_finite_at_a_long_position(tiny_llama_dir):
+    model = _xpos_32k(tiny_llama_dir)
+    x = torch.randint(0, TINY["vocab_size"], (2, 48), generator=torch.Generator().manual_seed(4))
+    pos = torch.arange(48)[None].repeat(2, 1) + torch.tensor([[30_000], [0]])  # near the end, and at the start
+    with torch.no_grad():
+        full = model(x, position_ids=pos).logits
+        half = model.half()(x, position_ids=pos).logits.float()
+    assert torch.isfinite(half).all()
+    assert (half - full).abs().max() < 0.05 * full.abs().max()  # fp16 agrees with fp32 to fp16 precision
+    # the old fixed centre (max_position_embeddings / 2) put the key factor out of float16's range here
+    old_key_factor = 1 / xpos_scale(pos, 8, 0.4, 512.0, center=16384)
+    assert torch.isinf(old_key_factor.half()).any()
+
+
+def test_xpos_fp16_refuses_a_span_it_cannot_hold(tiny_llama_dir):
+    model = _xpos_32k(tiny_llama_dir).half()
+    limit = fp16_max_span(0.4, 512.0)
+    assert 5000 < limit < 6000
+    x = torch.randint(0, TINY["vocab_size"], (1, 2))
+    with torch.no_grad():
+        assert torch.isfinite(model(x, position_ids=torch.tensor([[0, limit - 2]])).logits).all()
+        with pytest.raises(ValueError, match="xPos in float16 overflows.*bfloat16 or float32"):
+            model(x, position_ids=torch.tensor([[0, limit + 200]]))
+        assert torch.isfinite(model.float()(x, position_ids=torch.tensor([[0, 20_000]])).logits).all()
+
+
+def test_xpos_kv_cache_decoding_equals_one_full_forward(tiny_llama_dir):
+    """The centre is fixed at the prefill and kept while the cache grows (cached keys carry it)."""
+    model = _xpos_32k(tiny_llama_dir, scale_base=8.0)  # a fast decay, so a wrong centre would show
+    x = torch.randint(0, TINY["vocab_size"], (1, 40), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full = model(x).logits
+        out = model(x[:, :24], use_cache=True)
+        steps, cache = [out.logits], out.past_key_values
+        for t in range(24, 40):
+            out = model(x[:, t:t + 1], cache=cache, use_cache=True)
+            steps.append(out.logits)
+            cache = out.past_key_values
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-4)
 
 
 def test_xpos_scale_follows_sun_et_al():
