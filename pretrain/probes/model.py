@@ -3,6 +3,12 @@
 `Answerer(prompts: list[list[int]], max_new_tokens) -> list[str]` (greedy continuations, batched) and
 `TokenLosses(input_ids: LongTensor[1, T]) -> FloatTensor[T-1]` (next-token loss at each position);
 `HFModel` provides both for a transformers causal LM.
+
+Rows are scored without a KV cache and, for a packed row, with its `position_ids` (restarting at 0 per
+sample): transformers keeps attention inside each sample only when it sees restarting positions and no
+cache (with `use_cache=True` it builds an empty cache, skips that detection and lets samples attend to
+each other). This is the one place outside the trainers that runs a model on rows; evaluation only
+generates from padded prompts (datafactory engines), never from packed rows.
 """
 from __future__ import annotations
 
@@ -47,9 +53,15 @@ class HFModel:
         return [answers[i] for i in range(len(prompts))]
 
     @torch.no_grad()
-    def token_losses(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def token_losses(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token losses of one row (1, T). With `position_ids` of a packed row each sample is scored as
+        if alone; the loss of a sample's first token (predicted across the boundary) is NaN."""
         from pretrain.loss import per_token_losses
 
         ids = input_ids.to(self.device)
-        hidden = self.model.model(input_ids=ids, use_cache=False).last_hidden_state
-        return per_token_losses(hidden, self.model.lm_head.weight, ids)[0].float().cpu()
+        extra = {} if position_ids is None else {"position_ids": position_ids.to(self.device)}
+        hidden = self.model.model(input_ids=ids, use_cache=False, **extra).last_hidden_state
+        losses = per_token_losses(hidden, self.model.lm_head.weight, ids)[0].float().cpu()
+        if position_ids is not None:
+            losses[position_ids[0, 1:].cpu() == 0] = float("nan")
+        return losses
