@@ -54,6 +54,12 @@ class GenerationConfig(BaseModel):
     max_retries: int = Field(5, ge=0, description="retries per request on 429, 5xx, timeouts, connection errors")
     batch_size: int = Field(8, ge=1, description="prompts per forward batch (transformers engine)")
 
+    @field_validator("critique", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: object) -> object:
+        """YAML reads an unquoted `critique: off` as false (and `on` as true)."""
+        return {False: "off", True: "filter"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("chunks_per_doc", mode="before")
     @classmethod
     def _parse_chunks_per_doc(cls, value: object) -> object:

@@ -112,6 +112,8 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 class OutputWriter:
     def __init__(self, output_dir: str | Path):
         self.dir = Path(output_dir)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise OutputDirError(f"--output {self.dir} is a file, not a folder: choose a folder path")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.qa_path, self.instances_path = self.dir / QA_FILE, self.dir / INSTANCES_FILE
         self.manifest_path = self.dir / MANIFEST_FILE

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -57,8 +57,17 @@ class FinetuneConfig(BaseModel):
         "GPU); model: the Trainer's whole-model compile (slower here); auto: layers on CUDA, off elsewhere")
     save_steps: int = Field(500, ge=1, description="checkpoint every N optimizer steps")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
-    resume: bool = Field(False, description="resume from the newest checkpoint in OUTPUT/checkpoints")
+    resume: bool = Field(False, description="resume from the newest checkpoint in OUTPUT/checkpoints (refused when "
+                         "the run's recipe settings differ)")
+    overwrite: bool = Field(False, description="replace the run already in --output (a non-empty --output is "
+                            "refused without --resume or --overwrite)")
     logging_steps: int = Field(1, ge=1, description="log the loss every N steps")
+
+    @field_validator("short_data", "long_data", "pretrain_data", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: object) -> object:
+        """YAML `long_data: gen/` (one path, or comma-separated paths) means a list of them."""
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check(self) -> "FinetuneConfig":

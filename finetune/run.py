@@ -9,6 +9,14 @@ from typing import Any
 from finetune.assemble import assemble_rows, load_tokenizer, print_stats, save_prepared, to_dataset
 from finetune.config import FinetuneConfig
 from finetune.sources import DataError
+from longscale.common.models import check_model_path
+from longscale.common.outputs import check_output_folder, recipe_differences, refuse_changed_recipe
+
+CONFIG_FILE = "finetune_config.json"
+RUN_MARKERS = (CONFIG_FILE, "dataset_stats.json", "dataset", "checkpoints", "final")
+# settings that change how the run executes or how long, not what it trains on: a resume may change them
+RUN_KNOBS = {"output", "resume", "overwrite", "prepare_only", "max_steps", "save_steps", "save_total_limit",
+             "logging_steps", "torch_compile", "attn_implementation", "gradient_checkpointing"}
 
 
 def is_main_process() -> bool:
@@ -18,14 +26,19 @@ def is_main_process() -> bool:
 
 def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Returns {"stats": ..., "outputs": {...}} plus the training summary when it trained."""
-    output = Path(config.output)
+    check_model_path(config.model)
+    output = check_output_folder(config.output, resume=config.resume, overwrite=config.overwrite,
+                                 markers=RUN_MARKERS, what="finetuning run")
+    if config.resume and (output / CONFIG_FILE).is_file():
+        saved = json.loads((output / CONFIG_FILE).read_text())
+        refuse_changed_recipe(recipe_differences(saved, config.model_dump(mode="json"), RUN_KNOBS), output)
     main = is_main_process()
     tokenizer = load_tokenizer(config.model)
     rows, stats = assemble_rows(config, tokenizer)
     outputs = save_prepared(rows, stats, output, write=main)
     if main:
         print_stats(stats)
-        (output / "finetune_config.json").write_text(config.model_dump_json(indent=2))
+        (output / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
     result: dict[str, Any] = {"stats": stats, "outputs": outputs}
     if config.prepare_only:
         return result
@@ -52,4 +65,5 @@ def demo_config(model: str, long_data: list[str], output: str, short_data: list[
     return FinetuneConfig(model=model, output=output, long_data=long_data, short_data=short_data or [],
                           pack_length=1024, max_length=max_length, drop_overlong=True, batch_tokens=1024, max_steps=steps,
                           lora_r=8, lora_alpha=16, learning_rate=1e-4, warmup_ratio=0.0,
-                          gradient_checkpointing=False, save_steps=10**6, logging_steps=1)
+                          gradient_checkpointing=False, save_steps=10**6, logging_steps=1,
+                          overwrite=True)  # the demo's few steps are redone when the demo runs again

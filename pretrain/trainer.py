@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from longscale.common.outputs import OutputFolderError, check_output_folder, recipe_differences, refuse_changed_recipe
 from longscale.common.plotting import plot_curve
 from longscale.common.tokenizers import load_tokenizer
 from pretrain import distributed
@@ -27,6 +28,10 @@ from pretrain.data import build_stream, parse_curriculum, seq_len_at
 from pretrain.loss import chunked_lm_loss
 
 log = logging.getLogger(__name__)
+RUN_MARKERS = ("summary.json", "metrics.jsonl", "checkpoints", "final")
+# settings that change how a run executes, not what it trains: a resume may change them
+RUN_KNOBS = {"output", "resume", "overwrite", "save_every", "keep_checkpoints", "device", "max_steps", "grad_ckpt",
+             "ckpt_every_layers", "attn", "compile", "max_micro_batch", "loss_chunk_tokens"}
 
 
 def step_shape(tokens_per_step: int, seq_len: int, max_micro_batch: int, world: int = 1) -> tuple[int, int]:
@@ -47,6 +52,17 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return factor
+
+
+def clipped_warmup(warmup_steps: int, total_steps: int) -> int:
+    """The warm-up actually used: a warm-up longer than the run (the lr would never reach its peak) is cut
+    to a tenth of the run, with a warning that says so."""
+    if warmup_steps < total_steps:
+        return warmup_steps
+    clipped = total_steps // 10
+    log.warning("--warmup-steps %d is not shorter than the run (%d steps): the learning rate would never reach "
+                "its peak; warming up for %d steps instead", warmup_steps, total_steps, clipped)
+    return clipped
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,20 +119,21 @@ class Pretrainer:
         from pretrain.modeling import load_model, load_variant_model
 
         self.cfg, self.show_progress = cfg, show_progress
-        self.out = Path(cfg.output)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = check_output_folder(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite, markers=RUN_MARKERS,
+                                       what="pretraining run")
+        resume_from, state = self._checkpoint_to_resume()
         self.rank, self.world, local = distributed.init()
         self.device = resolve_device(cfg.device)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local)
         self.stages = parse_curriculum(cfg.curriculum, cfg.seq_len)
         self.max_len = max(length for length, _ in self.stages)
-        self.total_steps = math.ceil(cfg.total_tokens / cfg.tokens_per_step)
+        self.total_steps = cfg.total_tokens // cfg.tokens_per_step  # whole steps within the budget
+        self.warmup_steps = clipped_warmup(cfg.warmup_steps, self.total_steps)
         self.compute_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         param_dtype = torch.bfloat16 if cfg.param_dtype == "bf16" else torch.float32
         torch.manual_seed(cfg.seed)
 
-        resume_from = latest_checkpoint(self.out) if cfg.resume else None
         load_kw = dict(dtype=param_dtype, attn_implementation=cfg.attn)
         if resume_from:
             self.model = load_model(resume_from, **load_kw)
@@ -132,12 +149,11 @@ class Pretrainer:
                                         self.model.model.layers, self.world)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio))
+            self.optimizer, lr_lambda(self.warmup_steps, self.total_steps, cfg.min_lr_ratio))
         self.stream = build_stream(cfg.source, self.tokenizer, seed=cfg.seed, long_doc_tokens=cfg.long_doc_tokens,
                                    long_upsample=cfg.long_upsample, show_progress=show_progress and self.rank == 0)
         self.step, self.tokens, self.history = 0, 0, []
         if resume_from:
-            state = load_trainer_state(resume_from)
             distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.world)
             self.scheduler.load_state_dict(state["scheduler"])
             self.stream.load_state_dict(state["data"])
@@ -145,6 +161,17 @@ class Pretrainer:
             set_rng_state(state["rng"])
             log.info("resumed from %s at step %d (%d tokens)", resume_from, self.step, self.tokens)
         self.resumed_from = resume_from
+
+    def _checkpoint_to_resume(self) -> tuple[Path | None, dict | None]:
+        """(newest checkpoint, its trainer state) under --resume, refused when its recipe settings differ."""
+        if not self.cfg.resume:
+            return None, None
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is None:
+            raise OutputFolderError(f"--resume: no checkpoint under {self.out / 'checkpoints'} (start without --resume)")
+        state = load_trainer_state(ckpt)
+        refuse_changed_recipe(recipe_differences(state.get("config", {}), self.cfg.model_dump(), RUN_KNOBS), ckpt)
+        return ckpt, state
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -222,7 +249,7 @@ class Pretrainer:
             from pretrain.saving import save_hf
 
             save_hf(self.model, final, self.tokenizer, state_dict=self._final_state)
-        summary = {"steps": self.step, "tokens": self.tokens, "final_loss": self.history[-1]["loss"] if self.history else None,
+        summary = {"steps": self.step, "tokens": self.tokens, "warmup_steps": self.warmup_steps, "final_loss": self.history[-1]["loss"] if self.history else None,
                    "output": str(self.out / "final"), "resumed_from": str(self.resumed_from) if self.resumed_from else None}
         if self.rank == 0:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))

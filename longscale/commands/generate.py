@@ -52,10 +52,11 @@ def generate(inputs: list[str], config: GenerationConfig, output: Path, broker: 
         raise ConfigError(f"no documents found in {', '.join(map(str, inputs))}")
     manifest = run_generation(documents, config, output, progress=progress)
     print_summary(manifest, output)
-    run = manifest["this_run"]
-    if run["qa_new"] and run["engine_errors"] == run["qa_new"]:
-        print(f"longscale: the engine failed on every request (first: {run['first_engine_error']}); what was "
-              f"written is kept, and running the same command again retries them", file=sys.stderr)
+    counts, first_error = manifest["counts"], manifest["this_run"]["first_engine_error"]
+    if manifest["status"] in ("failed", "partial"):
+        every = "every request" if manifest["status"] == "failed" else f"{counts['engine_errors']} of {counts['qa']} requests"
+        print(f"longscale: the engine failed on {every}" + (f" (first: {first_error})" if first_error else "") +
+              "; what was written is kept, and running the same command again retries them", file=sys.stderr)
         return 1
     return 0
 
@@ -77,6 +78,7 @@ def print_summary(manifest: dict[str, Any], output: Path) -> None:
         ("long instances", f"{counts['instances']} ({counts['truncated_instances']} truncated to fit)"),
         ("new this run", f"{run.get('qa_new', 0)} QA, {run.get('accepted_new', 0)} accepted"),
         ("requests, requests/s", f"{run.get('requests', 0)}, {run.get('requests_per_s', 0):.2f}"),
+        ("failed on the engine (a re-run retries them)", str(counts.get("engine_errors", 0))),
         ("time", f"{(manifest.get('timings') or {}).get('generation_s', 0):.1f} s"),
     ]
     rows += [(f"rejected: {reason}", str(n)) for reason, n in (manifest.get("rejection_reasons") or {}).items()]

@@ -34,7 +34,7 @@ def _corpus(tmp_path: Path) -> Path:
 def _command(corpus: Path, out: Path) -> list[str]:
     # a batch (and slice) of 1: every request is appended as it completes and the next one is on the model at
     # once, so the interrupt lands mid-batch; critique off and zero-shot prompts keep the job short
-    return [sys.executable, "-m", "longscale.cli", "generate", "--input", str(corpus), "--output", str(out),
+    return [sys.executable, "-m", "longscale.commands.main", "generate", "--input", str(corpus), "--output", str(out),
             "--min-doc-tokens", "100", "--chunk-tokens", "200", "--max-context", "1024", "--max-new-tokens", "32",
             "--batch-size", "1", "--critique", "off", "--prompt-mode", "zero-shot", "--no-progress"]
 

@@ -195,3 +195,30 @@ def test_fsdp_two_ranks_match_one_device_and_resume_in_one_process(tiny_model, t
     assert summary["resumed_from"].endswith("step-0000002") and summary["steps"] == 4
     assert _losses(tmp_path / "resumed") == pytest.approx(alone, rel=1e-4)
     _assert_same_params(_params(tmp_path / "resumed" / "final"), _params(tmp_path / "single" / "final"), atol=1e-5)
+
+
+def test_output_is_protected_resume_checks_the_recipe_and_the_budget_holds(tiny_model, text_dir, tmp_path):
+    from longscale.common.outputs import OutputFolderError
+
+    base = dict(model=str(tiny_model), variant="abf", source=[str(text_dir)], seq_len=64, tokens_per_step=128,
+                total_tokens=128 * 2 + 100, warmup_steps=2000, lr=1e-3, device="cpu", output=str(tmp_path / "run"))
+    summary = pretrain(PretrainConfig(**base), show_progress=False)
+    # 356 tokens of budget = 2 whole steps (a third step would pass the budget); the 2,000-step warm-up, longer
+    # than the run, is cut to a tenth of it (0 steps) instead of keeping the lr near zero
+    assert summary["steps"] == 2 and summary["tokens"] == 256 <= base["total_tokens"] and summary["warmup_steps"] == 0
+    with pytest.raises(OutputFolderError, match="already holds files .*--resume.*--overwrite"):
+        pretrain(PretrainConfig(**base), show_progress=False)
+    with pytest.raises(OutputFolderError, match=r"other settings \(--variant: 'abf' -> 'none', --seq-len: 64 -> 32\)"):
+        pretrain(PretrainConfig(**base | {"variant": "none", "seq_len": 32}, resume=True), show_progress=False)
+    replaced = pretrain(PretrainConfig(**base | {"variant": "none"}, overwrite=True), show_progress=False)
+    assert replaced["resumed_from"] is None and replaced["steps"] == 2
+    cfg = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
+    assert cfg["rope_theta"] == 10_000.0  # the replacing run's variant, not the old run's ABF
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(OutputFolderError, match="--output .*a-file is a file, not a folder"):
+        pretrain(PretrainConfig(**base | {"output": str(tmp_path / "a-file")}), show_progress=False)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match="does not look like a pretraining run folder"):
+        pretrain(PretrainConfig(**base | {"output": str(tmp_path / "notes")}, overwrite=True), show_progress=False)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
