@@ -220,3 +220,36 @@ def test_clean_pairs_come_back_unchanged(question, answer, before, after, spaces
     text = f"{before}<question>{spaces}{question}{spaces}</question>\n<answer>{spaces}{answer}{spaces}</answer>{after}"
     got = extract_qa(text, "stop")
     assert got.ok and got.question == question and got.answer == answer
+
+
+SERVED = [  # (reply, finish_reason, expected reason): the issue's misjudgments, as an OpenAI server sends them
+    (f"<question>{Q}</question>\n<answer>Admiral Croft, who had taken the house and", "stop", "truncated"),
+    (f"<question>{Q}</question>\n<answer>Admiral Croft, who had taken the house and", "length", "truncated"),
+    (f"<question>{Q}</question>\n<answer>Admiral Croft took the house.", "stop", None),
+    ("<question>Was Captain Wentworth in the navy?</question><answer>Yes, Captain Wentworth was in the navy."
+     "</answer>", "stop", None),
+    ("<question>Why did Anne refuse Wentworth?</question><answer>Anne refused Wentworth.</answer>", "stop",
+     "answer_repeats_question"),
+]
+
+
+def test_served_replies_are_judged_like_the_table():
+    """The same rules on replies that travel through the openai engine over HTTP (FaultInjectingServer: a fake
+    OpenAI-compatible server that runs no model and sends the reply and finish_reason it is told to)."""
+    from datafactory.config import GenerationConfig
+    from datafactory.engines import SamplingParams, build_engine, generate_sync
+    from datafactory.embedded import ensure_embedded_model
+    from datafactory.testing.fault_server import FaultInjectingServer
+
+    with FaultInjectingServer() as server:
+        engine = build_engine(GenerationConfig(engine="openai", base_url=server.base_url, max_retries=0,
+                                               tokenizer=str(ensure_embedded_model())))
+        try:
+            for reply, finish, reason in SERVED:
+                server.configure(text=reply, finish_reason=finish)
+                [res] = generate_sync(engine, [[{"role": "user", "content": "Write a question."}]], SamplingParams())
+                assert res.ok and res.finish_reason == finish
+                got = check_pair(extract_qa(res.text, res.finish_reason), "normal", "")
+                assert got.reason == reason, (reply, got)
+        finally:
+            engine.close()
