@@ -11,7 +11,7 @@ Formats read (JSON, JSONL, Parquet, or a folder of them):
 - qmsum: meeting JSON/JSONL ({meeting_transcripts: [{speaker, content}], general_query_list, specific_query_list}).
 - zeroscrolls: {id, input, output, document_start_index, document_end_index, query_start_index, query_end_index};
   the metric follows the subset named in the path (ROUGE for gov_report/summ_screen/qmsum/squality, exact
-  match for quality, F1 otherwise).
+  match for quality, F1 otherwise); its F1 and exact match fold accents with unidecode, as ZeroSCROLLS' do.
 - factory-qa: a generation output folder (or its instances.jsonl): document and question from the instance.
 Items without a gold answer (test splits) are skipped and counted, never scored as wrong.
 """
