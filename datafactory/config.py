@@ -54,6 +54,20 @@ class GenerationConfig(BaseModel):
     max_retries: int = Field(5, ge=0, description="retries per request on 429, 5xx, timeouts, connection errors")
     batch_size: int = Field(8, ge=1, description="prompts per forward batch (transformers engine)")
 
+    guided: Literal["off", "xml"] = Field("off", description="guided decoding: xml constrains the QA reply to "
+                                          "<question>..</question>\\n<answer>..</answer> and the critique to "
+                                          "<verdict>yes|no</verdict>\\n<reason>..</reason> (vLLM structured outputs: "
+                                          "--engine vllm, or --engine openai against vllm serve)")
+    max_model_len: int | None = Field(None, ge=64, description="vllm engine: context length to reserve KV cache "
+                                      "for (default: the model's max_position_embeddings)")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm engine: fraction of the GPU's "
+                                          "memory vLLM may take (weights + KV cache)")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs to shard the model over")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="vllm engine: weight and activation dtype (auto: the checkpoint's, fp32 -> bf16)")
+    enforce_eager: bool = Field(False, description="vllm engine: no CUDA graphs or torch.compile (starts in "
+                                "seconds; decoding of small models is slower)")
+
     @field_validator("critique", mode="before")
     @classmethod
     def _yaml_switch(cls, value: object) -> object:
@@ -81,6 +95,9 @@ class GenerationConfig(BaseModel):
     def _engine_needs(self) -> "GenerationConfig":
         if self.engine == "openai" and not self.base_url:
             raise ValueError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        if self.guided != "off" and self.engine == "transformers":
+            raise ValueError("--guided xml needs vLLM's structured outputs (--engine vllm, or --engine openai against "
+                             "vllm serve); the transformers engine cannot constrain decoding: use --guided off")
         if self.chunk_tokens >= self.max_context:
             raise ValueError(f"chunk_tokens ({self.chunk_tokens}) must be smaller than max_context "
                              f"({self.max_context}): the source chunk must fit in the long instance")

@@ -31,7 +31,7 @@ from datafactory.engines.base import ChatMessages, Engine, EngineResult, Samplin
 from datafactory.extraction import check_pair, extract_qa, parse_critique
 from datafactory.instances import ChunkDoesNotFit, build_instance
 from datafactory.output import OutputWriter
-from datafactory.prompts import critique_messages, qa_messages, uses_demonstration
+from datafactory.prompts import GUIDED_REGEXES, critique_messages, qa_messages, uses_demonstration
 from longscale.common.errors import LongscaleError
 from longscale.common.tokenizers import load_tokenizer
 
@@ -152,7 +152,8 @@ async def _generate_records(items: list[WorkItem], config: Any, engine: Engine, 
     if not items:
         return []
     prompt_mode = "demonstration" if demonstration else "zero-shot"
-    params = sampling_params_from_config(config)
+    qa_regex, critique_regex = GUIDED_REGEXES[config.guided]
+    params = sampling_params_from_config(config, guided_regex=qa_regex)
     results = await counter.call(engine, [item.messages for item in items], params)
     records = [_qa_record(item, engine.model_name, prompt_mode, res) for item, res in zip(items, results)]
     if config.critique == "off":
@@ -161,7 +162,8 @@ async def _generate_records(items: list[WorkItem], config: Any, engine: Engine, 
     if not pending:
         return records
     critique_params = sampling_params_from_config(
-        config, max_new_tokens=min(CRITIQUE_MAX_NEW_TOKENS, config.max_new_tokens), temperature=0.0, top_p=1.0)
+        config, max_new_tokens=min(CRITIQUE_MAX_NEW_TOKENS, config.max_new_tokens), temperature=0.0, top_p=1.0,
+        guided_regex=critique_regex)
     conversations = [critique_messages(item.chunk.text, rec["question"], rec["answer"], demonstration)
                      for item, rec in pending]
     verdicts = await counter.call(engine, conversations, critique_params)

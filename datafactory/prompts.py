@@ -38,6 +38,14 @@ CRITIQUE_PROMPT = (
     "otherwise. Then give a one-sentence justification wrapped in <reason> and </reason>."
 )
 
+# Guided decoding (--guided xml): the shapes of the replies as regular expressions, which vLLM's structured
+# outputs (xgrammar) enforce token by token. Field text may hold anything but angle brackets, so no tag can be
+# opened inside a field; the reply ends where the pattern ends. A cut-off reply (max_new_tokens) is still
+# possible and extraction rejects it as `truncated`.
+QA_REGEX = r"<question>[^<>]+</question>\n<answer>[^<>]+</answer>"
+CRITIQUE_REGEX = r"<verdict>(yes|no)</verdict>\n<reason>[^<>]+</reason>"
+GUIDED_REGEXES = {"off": (None, None), "xml": (QA_REGEX, CRITIQUE_REGEX)}
+
 # The worked example of demonstration mode: an invented passage (so that a copy is easy to spot).
 DEMO_CHUNK = (
     "The lighthouse on Garra Point had been dark for eleven winters when Mara Quill rowed out to it with a "

@@ -21,6 +21,9 @@ class SamplingParams:
     seed: int | None = None
     repetition_penalty: float = 1.0  # >1 discourages loops (small models); 1.0 = off
     stop: tuple[str, ...] = ()
+    # guided decoding: the whole reply must match this regular expression (vLLM structured outputs, xgrammar).
+    # Engines that cannot constrain decoding fail such a request with a `guided_unsupported` error.
+    guided_regex: str | None = None
 
 
 @dataclass

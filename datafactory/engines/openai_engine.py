@@ -116,8 +116,11 @@ class OpenAIEngine:
     def from_config(cls, config: "GenerationConfig", **kwargs: Any) -> "OpenAIEngine":
         if not config.base_url:
             raise EngineError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        return cls(config.base_url, config.model, api_key=config.api_key, concurrency=config.concurrency,
-                   request_timeout=config.request_timeout, max_retries=config.max_retries, **kwargs)
+        engine = cls(config.base_url, config.model, api_key=config.api_key, concurrency=config.concurrency,
+                     request_timeout=config.request_timeout, max_retries=config.max_retries, **kwargs)
+        if config.guided != "off":
+            engine.require_structured_outputs()
+        return engine
 
     @property
     def _headers(self) -> dict[str, str]:
@@ -126,19 +129,32 @@ class OpenAIEngine:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    def _first_served_model(self) -> str:
-        """The first id of GET /v1/models (blocking, stdlib: this may run inside or outside a loop)."""
+    def _served_models(self) -> list[dict[str, Any]]:
+        """GET /v1/models (blocking, stdlib: this may run inside or outside a loop)."""
         url = f"{self.base_url}/models"
         try:
             request = urllib.request.Request(url, headers=self._headers)
             with urllib.request.urlopen(request, timeout=min(self.request_timeout, 30.0)) as resp:
-                models = [m["id"] for m in json.loads(resp.read()).get("data", [])]
+                models = [m for m in json.loads(resp.read()).get("data", []) if isinstance(m.get("id"), str)]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EngineError(f"could not list the served models at {url} ({exc}); is the server running? "
                               "pass --model NAME to skip this lookup") from exc
         if not models:
             raise EngineError(f"{url} lists no models; pass --model NAME")
-        return models[0]
+        return models
+
+    def _first_served_model(self) -> str:
+        return self._served_models()[0]["id"]
+
+    def require_structured_outputs(self) -> None:
+        """Refuse guided decoding unless the server is vLLM (its /v1/models says owned_by "vllm"): other servers
+        (transformers serve, most proxies) silently ignore the `structured_outputs` field, which would turn
+        --guided xml into unguided decoding without a word."""
+        owners = {str(m.get("owned_by")) for m in self._served_models()}
+        if "vllm" not in owners:
+            raise EngineError(f"--guided xml needs vLLM's structured outputs, but the server at {self.base_url} "
+                              f"is not vLLM (its /v1/models says owned_by {', '.join(sorted(owners))}); "
+                              "use --guided off with this server, or serve the model with `vllm serve`")
 
     # -- the pooled session, one per running loop ------------------------------------------------
     async def _pool(self) -> _LoopPool:
@@ -183,6 +199,8 @@ class OpenAIEngine:
             payload["stop"] = list(params.stop)
         if params.repetition_penalty != 1.0:
             payload["repetition_penalty"] = params.repetition_penalty  # vLLM's extra sampling parameter
+        if params.guided_regex is not None:  # vLLM's field (0.20 has no guided_* fields any more)
+            payload["structured_outputs"] = {"regex": params.guided_regex}
         payload.update(self.extra_body)
         return json.dumps(payload).encode()
 

@@ -95,6 +95,10 @@ class TransformersEngine:
 
     # -- generation -------------------------------------------------------------------------------
     async def agenerate(self, conversations: list[ChatMessages], params: SamplingParams) -> list[EngineResult]:
+        if params.guided_regex is not None:  # no constrained decoding here; GenerationConfig refuses --guided xml
+            return [EngineResult(text=None, error="guided_unsupported: the transformers engine cannot constrain "
+                                 "decoding; use --engine vllm or vllm serve for --guided xml")
+                    for _ in conversations]
         results: list[EngineResult | None] = [None] * len(conversations)
         prompts: dict[int, str] = {}
         for i, messages in enumerate(conversations):

@@ -56,6 +56,7 @@ class FaultSpec:
     text: str | None = None      # override the canned reply
     finish_reason: str = "stop"
     model: str = MODEL_ID
+    owned_by: str = "longscale-testing"  # GET /v1/models' owner ("vllm" makes it pass for vLLM)
     record_bodies: int = 256     # keep this many request bodies for inspection
 
     @classmethod
@@ -151,7 +152,7 @@ class _Server:
         state = self.state
         if method == "GET" and path in ("/v1/models", "/models"):
             return _json(200, {"object": "list", "data": [{"id": state.spec.model, "object": "model",
-                                                            "owned_by": "longscale-testing"}]})
+                                                            "owned_by": state.spec.owned_by}]})
         if method == "GET" and path in ("/health", "/_health"):
             return _json(200, {"status": "ok"})
         if method == "GET" and path == "/_stats":

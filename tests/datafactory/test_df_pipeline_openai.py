@@ -60,3 +60,19 @@ def test_outage_then_resume_retries_only_the_failures(server, docs, tmp_path):
     assert second["counts"]["qa"] == 20 and second["counts"]["accepted"] == 20
     assert len(latest_records(tmp_path / "qa.jsonl")) == 20
     assert len(list(read_jsonl(tmp_path / "instances.jsonl"))) == 20
+
+
+def test_guided_xml_sends_each_reply_shape_to_vllm(server, docs, tmp_path):
+    """--guided xml: the QA requests carry the tag regex and the critique requests the verdict regex, in the
+    `structured_outputs` field vLLM documents (the stub reports owned_by "vllm", as vllm serve does)."""
+    from datafactory.prompts import CRITIQUE_REGEX, QA_REGEX
+
+    server.configure(mode="ok", delay_ms=0, owned_by="vllm")
+    config = _config(server, guided="xml")
+    manifest = run_generation(docs[:4], config, tmp_path, progress=False, tokenizers=load_tokenizers(config))
+    bodies = [b["body"] for b in server.stats()["bodies"]]
+    qa = [b for b in bodies if "verdict" not in b["messages"][-1]["content"]]
+    critique = [b for b in bodies if "verdict" in b["messages"][-1]["content"]]
+    assert len(qa) == 4 and all(b["structured_outputs"] == {"regex": QA_REGEX} for b in qa)
+    assert len(critique) == 4 and all(b["structured_outputs"] == {"regex": CRITIQUE_REGEX} for b in critique)
+    assert manifest["counts"]["qa"] == 4 and manifest["config"]["guided"] == "xml"

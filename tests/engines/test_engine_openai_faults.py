@@ -181,3 +181,27 @@ def test_url_and_retry_after_parsing():
         normalize_base_url("h:8000")
     assert parse_retry_after("3") == 3.0 and parse_retry_after(None) is None and parse_retry_after("soon") is None
     assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+def test_guided_regex_is_sent_as_vllm_structured_outputs(stub):
+    from dataclasses import replace
+
+    from datafactory.prompts import QA_REGEX
+
+    generate_sync(engine_for(stub), [ASK], replace(PARAMS, guided_regex=QA_REGEX))
+    generate_sync(engine_for(stub), [ASK], PARAMS)
+    guided, plain = (b["body"] for b in stub.stats()["bodies"])
+    assert guided["structured_outputs"] == {"regex": QA_REGEX}  # vLLM's documented request field
+    assert "structured_outputs" not in plain  # unguided requests stay plain OpenAI
+
+
+def test_guided_xml_refuses_a_server_that_is_not_vllm(stub):
+    with pytest.raises(EngineError, match="not vLLM .*owned_by longscale-testing.*--guided off"):
+        build_engine(GenerationConfig(engine="openai", base_url=stub.base_url, model="m", guided="xml"))
+    stub.configure(owned_by="vllm")
+    assert build_engine(GenerationConfig(engine="openai", base_url=stub.base_url, model="m", guided="xml"))
+
+
+def test_guided_xml_is_refused_for_the_transformers_engine():
+    with pytest.raises(ValueError, match="transformers engine cannot constrain decoding"):
+        GenerationConfig(engine="transformers", guided="xml")
