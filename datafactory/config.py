@@ -10,7 +10,24 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class GenerationConfig(BaseModel):
+class VLLMOptions(BaseModel):
+    """The in-process vllm engine's options, shared by GenerationConfig and the evaluation's EvalConfig."""
+
+    max_model_len: int | None = Field(None, ge=64, description="vllm engine: context length to reserve KV cache "
+                                      "for (default: the model's max_position_embeddings)")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm engine: fraction of the GPU's "
+                                          "memory vLLM may take (weights + KV cache)")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs to shard the model over")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="vllm engine: weight and activation dtype (auto: the checkpoint's, fp32 -> bf16)")
+    enforce_eager: bool = Field(False, description="vllm engine: no CUDA graphs or torch.compile (starts in "
+                                "seconds; decoding of small models is slower)")
+
+    def vllm_kwargs(self) -> dict:
+        return {name: getattr(self, name) for name in VLLMOptions.model_fields}
+
+
+class GenerationConfig(VLLMOptions):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     engine: Literal["transformers", "openai", "vllm"] = Field(
@@ -58,15 +75,6 @@ class GenerationConfig(BaseModel):
                                           "<question>..</question>\\n<answer>..</answer> and the critique to "
                                           "<verdict>yes|no</verdict>\\n<reason>..</reason> (vLLM structured outputs: "
                                           "--engine vllm, or --engine openai against vllm serve)")
-    max_model_len: int | None = Field(None, ge=64, description="vllm engine: context length to reserve KV cache "
-                                      "for (default: the model's max_position_embeddings)")
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm engine: fraction of the GPU's "
-                                          "memory vLLM may take (weights + KV cache)")
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs to shard the model over")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="vllm engine: weight and activation dtype (auto: the checkpoint's, fp32 -> bf16)")
-    enforce_eager: bool = Field(False, description="vllm engine: no CUDA graphs or torch.compile (starts in "
-                                "seconds; decoding of small models is slower)")
 
     @field_validator("critique", mode="before")
     @classmethod

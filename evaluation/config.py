@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from datafactory.config import VLLMOptions
 from longscale.common.text import parse_lengths
 
 TASKS = ("ruler-squad", "ruler-hotpot", "factory-qa", "narrativeqa", "qasper", "quality", "qmsum", "zeroscrolls")
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(VLLMOptions):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str | None = Field(None, description="local HF model folder (transformers/vllm engines) or the served "

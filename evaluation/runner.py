@@ -44,7 +44,8 @@ def build_engine(config: EvalConfig):
     return df_build_engine(GenerationConfig(engine=config.engine, model=config.model, base_url=config.base_url,
                                             api_key=config.api_key, batch_size=config.batch_size,
                                             concurrency=config.concurrency, temperature=0.0,
-                                            max_new_tokens=config.max_new_tokens, seed=config.seed))
+                                            max_new_tokens=config.max_new_tokens, seed=config.seed,
+                                            **config.vllm_kwargs()))
 
 
 def first_line(text: str) -> str:

@@ -25,7 +25,7 @@ from datafactory.engines import EngineError
 from datafactory.engines.base import ChatMessages, EngineResult, SamplingParams
 
 if TYPE_CHECKING:
-    from datafactory.config import GenerationConfig
+    from datafactory.config import GenerationConfig, VLLMOptions
 
 COLLECT_S = 0.005  # after the first queued call, keep collecting until the queue was empty this long
 
@@ -48,15 +48,10 @@ def to_result(output: Any) -> EngineResult:
                                "completion_tokens": len(completion.token_ids)})
 
 
-def llm_kwargs_from_config(config: "GenerationConfig") -> dict[str, Any]:
-    """The engine options of a GenerationConfig as vllm.LLM keyword arguments."""
-    kwargs: dict[str, Any] = dict(seed=config.seed, gpu_memory_utilization=config.gpu_memory_utilization,
-                                  tensor_parallel_size=config.tensor_parallel_size, dtype=config.dtype,
-                                  enforce_eager=config.enforce_eager,
-                                  structured_outputs_config={"backend": "xgrammar"})
-    if config.max_model_len is not None:
-        kwargs["max_model_len"] = config.max_model_len
-    return kwargs
+def llm_kwargs_from_config(config: "VLLMOptions") -> dict[str, Any]:
+    """The engine options of a GenerationConfig / EvalConfig as vllm.LLM keyword arguments."""
+    kwargs = {k: v for k, v in config.vllm_kwargs().items() if v is not None}  # no max_model_len: the model's
+    return dict(seed=config.seed, structured_outputs_config={"backend": "xgrammar"}, **kwargs)
 
 
 class VLLMEngine:
