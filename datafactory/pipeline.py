@@ -292,16 +292,25 @@ def process_document(doc: Document, config: Any, engine: Engine, tokenizers: Tok
 
 # ---- a corpus into an output directory --------------------------------------------------------------------
 
+def _estimated_items(doc: Document, config: Any) -> int:
+    """Work items a document will make, before tokenizing it: chunks_per_doc, or (for 'all') its length at
+    ~4 characters a token. A book then fills a group alone, so the next group's requests are in flight while
+    one group's pairs are extracted and written (a constant guess put a whole corpus of books in one group)."""
+    if config.chunks_per_doc != "all":
+        return config.chunks_per_doc
+    return max(1, len(doc.text) // (4 * config.chunk_tokens))
+
+
 def _groups(documents: Iterable[Document], min_items: int, config: Any) -> Iterable[list[Document]]:
-    """Documents in groups holding about `min_items` work items (estimated from chunks_per_doc)."""
-    per_doc = 4 if config.chunks_per_doc == "all" else config.chunks_per_doc
-    size = max(1, -(-min_items // per_doc))
+    """Documents in groups holding about `min_items` work items (estimated by `_estimated_items`)."""
     group: list[Document] = []
+    items = 0
     for doc in documents:
         group.append(doc)
-        if len(group) >= size:
+        items += _estimated_items(doc, config)
+        if items >= min_items:
             yield group
-            group = []
+            group, items = [], 0
     if group:
         yield group
 

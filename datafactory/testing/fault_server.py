@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hang-s", type=float, default=30.0)
     parser.add_argument("--text", default=None, help="reply text (default: canned QA pair, or a verdict)")
     parser.add_argument("--model", default=MODEL_ID)
+    parser.add_argument("--owned-by", default="longscale-testing", help="GET /v1/models' owner (vllm: pass as vLLM)")
     parser.add_argument("--spec-json", default=None, help="the whole FaultSpec as JSON (overrides the flags)")
     args = parser.parse_args(argv)
     if args.spec_json:
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         spec = FaultSpec(mode=args.mode, fail_first=args.fail_first if args.mode != "ok" else 0,
                          delay_ms=args.delay_ms, status=args.status, retry_after=args.retry_after,
-                         hang_s=args.hang_s, text=args.text, model=args.model)
+                         hang_s=args.hang_s, text=args.text, model=args.model, owned_by=args.owned_by)
         if args.mode != "ok" and args.fail_first == 0:
             spec.fail_first = -1  # a fault mode named on the command line applies to every request
     try:

@@ -43,8 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from datafactory.documents import sample_corpus_dir  # noqa: E402
 
-CLI = ("import sys\ntry:\n from longscale.commands.main import main\nexcept ImportError:\n from longscale.cli import main\n"
-       "sys.exit(main())")
+CLI = ("-m", "longscale.commands.main")  # `longscale`, without needing the console script installed
 SERVED_NAME = "SmolLM2-135M-Instruct"
 GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
 START = time.monotonic()
@@ -67,7 +66,7 @@ class Run:
     def save(self) -> None:
         (self.out / "vllm_gpu.json").write_text(json.dumps(self.results, indent=1, default=str))
 
-    def step(self, name: str, need_s: float, fn, *args):
+    def step(self, name: str, need_s: float, fn, *args, **kwargs):
         if self.left() < need_s:
             self.results["skipped"][name] = f"{self.left():.0f} s left, needs ~{need_s:.0f} s"
             log(f"skip {name}: {self.results['skipped'][name]}")
@@ -76,7 +75,7 @@ class Run:
         log(f"step {name}")
         t0 = time.monotonic()
         try:
-            value = fn(*args)
+            value = fn(*args, **kwargs)
         except Exception as exc:
             value = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
             log(f"{name} failed: {value['error'][:500]}")
@@ -157,7 +156,7 @@ def vllm_serve_cmd(model: Path, port: int, max_model_len: int, util: float) -> l
     return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), "--served-model-name", SERVED_NAME,
             "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len", str(max_model_len),
             "--gpu-memory-utilization", str(util), "--enforce-eager", "--attention-backend", "FLASH_ATTN",
-            "--structured-outputs-config.backend", "xgrammar", "--seed", "0"]
+            "--structured-outputs-config.backend", "xgrammar", "--seed", "0", "--disable-uvicorn-access-log"]
 
 
 def http_json(url: str, body: dict | None = None, timeout: float = 60) -> dict:
@@ -233,7 +232,8 @@ class GaugeSampler:
         self._thread.join()
 
     def summary(self) -> dict:
-        out = {"samples": len(self.samples)}
+        running = [s.get("vllm:num_requests_running") or 0 for s in self.samples]
+        out = {"samples": len(self.samples), "busy_s": 0.25 * sum(1 for r in running if r > 0)}
         for g in GAUGES:
             vals = [s[g] for s in self.samples if s.get(g) is not None]
             busy = [v for v in vals if v > 0] if g == "vllm:num_requests_running" else vals
@@ -255,7 +255,7 @@ def cli_flags(flags: dict) -> list[str]:
 
 def generate(args, out_dir: Path, inputs: list[Path], timeout: float, **flags) -> dict:
     """One real `longscale generate` run (a subprocess); its manifest's figures."""
-    cmd = [sys.executable, "-c", CLI, "generate", "--input", *map(str, inputs), "--output", str(out_dir),
+    cmd = [sys.executable, *CLI, "generate", "--input", *map(str, inputs), "--output", str(out_dir),
            "--no-progress", "--chunk-tokens", str(args.chunk_tokens), "--chunks-per-doc", "all",
            "--max-new-tokens", str(args.max_new_tokens), "--prompt-mode", "demonstration", "--tokenizer",
            str(args.model), "--concurrency", str(args.concurrency), "--request-timeout", "300"]
@@ -322,6 +322,9 @@ def measured(server: Server, fn, *args, **kwargs) -> dict:
     result["vllm_metrics"] = metrics_delta(before, read_metrics(server))
     result["vllm_gauges"] = sampler.summary()
     result["prefix_cache_reset"] = reset
+    busy = result["vllm_gauges"]["busy_s"]
+    if busy and result.get("requests"):
+        result["requests_per_vllm_busy_s"] = round(result["requests"] / busy, 2)
     if result.get("generation_s") and result["vllm_metrics"].get("generation_tokens_total") is not None:
         result["output_tokens_per_s"] = round(result["vllm_metrics"]["generation_tokens_total"]
                                               / result["generation_s"], 1)
@@ -405,19 +408,19 @@ def step_inprocess(args, run: Run, inputs: list[Path], work: Path) -> dict:
 
 def step_tserve(args, run: Run, ts: Server, e: Server, work: Path) -> dict:
     subset = [sample_corpus_dir() / "persuasion.txt"]
-    out = {"input": "persuasion.txt, every chunk", "max_new_tokens": args.max_new_tokens}
+    out = {"input": f"persuasion.txt, {args.tserve_chunks} chunks (seeded choice)", "greedy": True,
+           "max_new_tokens": args.max_new_tokens, "concurrency": args.concurrency}
     out["vllm"] = measured(e, generate, args, work / "tserve_vllm", subset, 300, engine="openai",
-                           base_url=e.url + "/v1", model=SERVED_NAME, temperature=0, critique="off")
+                           base_url=e.url + "/v1", model=SERVED_NAME, temperature=0, critique="off",
+                           chunks_per_doc=args.tserve_chunks)
     run.results["steps"]["tserve"] = out
     try:
         out["transformers_serve"] = generate(args, work / "tserve_ts", subset, args.tserve_timeout, engine="openai",
                                              base_url=ts.url + "/v1", model=str(args.model), temperature=0,
-                                             critique="off")
-    except subprocess.TimeoutExpired:
-        part = work / "tserve_ts" / "qa.jsonl"
-        n = sum(1 for _ in open(part)) if part.exists() else 0
-        out["transformers_serve"] = {"cut_after_s": args.tserve_timeout, "qa_written": n,
-                                     "requests_per_s_at_least": round(n / args.tserve_timeout, 3)}
+                                             critique="off", chunks_per_doc=args.tserve_chunks)
+        out["texts_vllm_vs_transformers_serve"] = compare_texts(texts(work / "tserve_vllm"), texts(work / "tserve_ts"))
+    except subprocess.TimeoutExpired:  # the pipeline writes a group's records when the group ends: nothing to count
+        out["transformers_serve"] = {"cut_after_s": args.tserve_timeout}
     return out
 
 
@@ -464,7 +467,7 @@ def step_abf_long(args, run: Run, abf: Server, abf_dir: Path) -> dict:
 
 def step_eval(args, run: Run, engine: str, abf_dir: Path, data: Path, work: Path, **extra) -> dict:
     out_dir = work / f"eval_{engine}"
-    cmd = [sys.executable, "-c", CLI, "eval", "--task", "factory-qa", "--data", str(data), "--output", str(out_dir),
+    cmd = [sys.executable, *CLI, "eval", "--task", "factory-qa", "--data", str(data), "--output", str(out_dir),
            "--lengths", ",".join(map(str, args.eval_lengths)), "--num-samples", str(args.eval_samples),
            "--engine", engine, "--model", str(extra.pop("model", abf_dir)), "--tokenizer", str(abf_dir)]
     cmd += cli_flags(extra)
@@ -484,12 +487,13 @@ def write_report(run: Run) -> None:
     lines = [f"# vLLM on the GPU machine ({r['machine'].get('gpu')}, vllm {r['machine'].get('vllm')}, torch "
              f"{r['machine'].get('torch')}, transformers {r['machine'].get('transformers')})", ""]
     srv = s.get("servers") or {}
-    lines.append("Servers ready after: " + ", ".join(f"{k} {v.get('ready_s', 'ERROR')} s" for k, v in srv.items()))
+    lines.append("Servers ready after: " + ", ".join(f"{k} {v.get('ready_s', 'ERROR')} s" for k, v in srv.items()
+                                                if isinstance(v, dict)))
     c = s.get("ceiling") or {}
     if c.get("factory"):
         lines += ["", f"## Ceiling: {c.get('chunks')} chunks, concurrency {c.get('concurrency')}, max_new_tokens "
-                  f"{c.get('max_new_tokens')}, greedy", "", "| run | req/s | output tok/s | requests | running (mean) |",
-                  "| --- | --- | --- | --- | --- |"]
+                  f"{c.get('max_new_tokens')}, greedy", "",
+                  "| run | req/s | output tok/s | requests | running (mean) |", "| --- | --- | --- | --- | --- |"]
         for i, f in enumerate(c["factory"]):
             g = (f.get("vllm_gauges") or {}).get("num_requests_running", {})
             lines.append(f"| factory {i} | {f.get('requests_per_s')} | {f.get('output_tokens_per_s')} | "
@@ -529,6 +533,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--startup-timeout", type=float, default=240)
     ap.add_argument("--tserve-timeout", type=float, default=120)
+    ap.add_argument("--tserve-chunks", type=int, default=128, help="chunks for the transformers serve comparison "
+                    "(it did 4.1 req/s on an H200 before)")
     ap.add_argument("--inprocess-util", type=float, default=0.15)
     ap.add_argument("--long-lengths", type=lambda s: [int(x) for x in s.split(",")], default=[8192, 16384, 31000])
     ap.add_argument("--long-new-tokens", type=int, default=32)
@@ -544,7 +550,7 @@ def main() -> int:
     run.results["settings"] = {k: str(v) for k, v in vars(args).items()}
     corpus = sorted(sample_corpus_dir().glob("*.txt"))
     abf_dir = args.work / "abf-32k"
-    done = subprocess.run([sys.executable, "-c", CLI, "pretrain", "apply-rope", "--model", str(args.model),
+    done = subprocess.run([sys.executable, *CLI, "pretrain", "apply-rope", "--model", str(args.model),
                            "--variant", "abf", "--seq-len", "32768", "--output", str(abf_dir)],
                           capture_output=True, text=True)
     run.results["abf_checkpoint"] = done.stdout[-800:] if done.returncode == 0 else done.stderr[-800:]
@@ -554,7 +560,8 @@ def main() -> int:
               "--device", "cuda" if not args.smoke else "cpu", "--continuous-batching",
               *(("--cb-max-memory-percent", "0.1") if not args.smoke else ("--cb-num-blocks", "64")), str(args.model)]
     if args.smoke:
-        fake = [sys.executable, "-m", "datafactory.testing.fault_server", "--delay-ms", "50", "--model", SERVED_NAME]
+        fake = [sys.executable, "-m", "datafactory.testing.fault_server", "--delay-ms", "50", "--model", SERVED_NAME,
+                "--owned-by", "vllm"]
         servers = {"E": Server("E", fake + ["--port", "8100"], 8100, logs / "server_E.log"),
                    "ABF": Server("ABF", fake + ["--port", "8101"], 8101, logs / "server_ABF.log")}
     else:
