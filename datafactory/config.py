@@ -76,11 +76,12 @@ class GenerationConfig(VLLMOptions):
                                           "<verdict>yes|no</verdict>\\n<reason>..</reason> (vLLM structured outputs: "
                                           "--engine vllm, or --engine openai against vllm serve)")
 
-    @field_validator("critique", mode="before")
+    @field_validator("critique", "guided", mode="before")
     @classmethod
-    def _yaml_switch(cls, value: object) -> object:
-        """YAML reads an unquoted `critique: off` as false (and `on` as true)."""
-        return {False: "off", True: "filter"}.get(value, value) if isinstance(value, bool) else value
+    def _yaml_switch(cls, value: object, info) -> object:
+        """YAML reads an unquoted `critique: off` / `guided: off` as false (and `on` as true)."""
+        on = {"critique": "filter", "guided": "xml"}[info.field_name]
+        return {False: "off", True: on}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("chunks_per_doc", mode="before")
     @classmethod
