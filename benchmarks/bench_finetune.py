@@ -2,11 +2,13 @@
 
 Runs the same code path as `longscale finetune` (assemble_rows -> datasets rows -> finetune.trainer.build_trainer
 -> TRL SFTTrainer.train) on long QA instances cut from the sample books, one sample per row, right-padded to the
-sequence length. Models: a ~0.9B random-initialised Llama (the 853M config of hf_baseline.py with the real
-tokenizer's 49,152-token vocabulary) and the embedded SmolLM2-135M-Instruct (real weights, when --smollm2 is
-given). Reports tokens/s (all row tokens and real ones), MFU with hf_baseline.py's formula (H100 dense bf16
-peak 989 TFLOP/s, recomputation not counted), peak memory, and the losses. Run it in the same device call as
-/work/shared/tools/hf_baseline.py and compare; `--baseline-log` folds that script's output into the report.
+sequence length. Models (benchmarks/trainbench.py): a ~0.9B random-initialised Llama (the 853M config of
+hf_baseline.py with the real tokenizer's 49,152-token vocabulary), a Llama-2-7B-shaped one (vocabulary 32,000:
+token ids are taken modulo 32,000, which changes nothing for throughput) and the embedded SmolLM2-135M-Instruct
+(real weights, when --smollm2 is given). Reports tokens/s (all row tokens and real ones), MFU with
+hf_baseline.py's formula (dense bf16 peak 989 TFLOP/s, recomputation not counted), peak memory, and the losses.
+Run it in the same device call as /work/shared/tools/hf_baseline.py and compare; `--baseline-log` folds that
+script's output into the report. benchmarks/bench_train_limits.py runs `run_single` for issue 16's matrix.
 
     python3 benchmarks/bench_finetune.py --tokenizer DIR [--smollm2 DIR] --out DIR [--seqs 16384,32768]
 """
@@ -27,17 +29,13 @@ sys.path.insert(0, str(REPO))
 
 from transformers import TrainerCallback  # noqa: E402
 
+from benchmarks.trainbench import (CUDA, PEAK_FLOPS, StepProfile, peak_memory_gb, random_llama, sync,  # noqa: E402
+                                   train_flops)
 from finetune.assemble import assemble_rows, load_tokenizer, to_dataset  # noqa: E402
 from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.trainer import build_trainer  # noqa: E402
+from pretrain.trainer import configure_checkpointing  # noqa: E402
 
-PEAK_FLOPS = 989e12  # H100 SXM dense bf16, as in hf_baseline.py
-CUDA = torch.cuda.is_available()  # without CUDA the script still runs (tiny --small model) as a smoke test
-
-
-def sync() -> None:
-    if CUDA:
-        torch.cuda.synchronize()
 BOOKS = sorted((REPO / "datafactory" / "sample_corpus").glob("*.txt"))
 TEMPLATE = ('You are given a long text (delimited by triple quotes) and a question. Read the text and answer the '
             'question in the end. """ {doc} """\n\nQuestion: {question}')
@@ -83,30 +81,6 @@ def write_short_instances(tokenizer, n: int, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def random_llama(vocab: int, seq: int, small: bool = False):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4) if small else \
-        dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16)
-    cfg = LlamaConfig(vocab_size=vocab, num_key_value_heads=4 if not small else 2, max_position_embeddings=seq,
-                      rope_theta=500000.0, **size)
-    torch.manual_seed(0)
-    with torch.device("cuda" if CUDA else "cpu"):  # initialise in place: no CPU init of ~1B parameters
-        return LlamaForCausalLM(cfg).to(dtype=torch.bfloat16 if CUDA else torch.float32)
-
-
-def flops_per_step(model, seq: int, sample_lengths: list[int] | None = None) -> float:
-    """hf_baseline.py's formula: 6 N_non-embedding T + 6 V h T (LM head) + 6 L h T^2 (causal attention).
-
-    For packed rows with per-sample attention the attention term is summed over the samples (6 L h sum n_i^2).
-    """
-    c = model.config
-    n = sum(p.numel() for p in model.parameters())
-    emb = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
-    squares = sum(x * x for x in sample_lengths) if sample_lengths else seq * seq
-    return 6 * (n - emb) * seq + 6 * c.vocab_size * c.hidden_size * seq + 6 * c.num_hidden_layers * c.hidden_size * squares
-
-
 class StepClock(TrainerCallback):
     """Wall time between consecutive optimizer-step ends (data loading, forward, backward, optimizer: all of it)."""
 
@@ -118,38 +92,73 @@ class StepClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ckpt, rows=1, attn="sdpa", compile_="off",
-            short_file=None):
+class ProfileLastStep(TrainerCallback):
+    """torch.profiler around optimizer step `at` (0-based), which the timing leaves out."""
+
+    def __init__(self, at: int):
+        self.at, self.prof, self.summary = at, None, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            self.prof = StepProfile().__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.prof is not None and self.summary is None:
+            self.prof.__exit__(None, None, None)
+            self.summary = self.prof.summary
+
+
+def parse_ckpt(ckpt) -> tuple[str, int]:
+    """none | full | every:N (selective: every N-th decoder layer recomputes) -> configure_checkpointing's args."""
+    ckpt = {True: "full", False: "none"}.get(ckpt, ckpt)
+    if str(ckpt).startswith("every:"):
+        return "selective", int(ckpt.split(":")[1])
+    return str(ckpt), 1
+
+
+def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ckpt, rows=1, attn="auto",
+            compile_="off", short_file=None, lora_r=0, profile=False):
     data_kw = {"short_data": [str(short_file)]} if short_file else {"long_data": [str(data_dir)]}
     config = FinetuneConfig(model=name, output=str(out_dir), **data_kw, pack_length=seq, max_length=seq,
                             pad_to="max", drop_overlong=True, batch_tokens=seq * rows, per_device_rows=rows,
-                            max_steps=warmup + steps, gradient_checkpointing=ckpt, attn_implementation=attn,
-                            bf16=CUDA, torch_compile=compile_, save_steps=10**6, logging_steps=1, warmup_ratio=0.0)
+                            max_steps=warmup + steps + (1 if profile else 0), gradient_checkpointing=False,
+                            attn_implementation=attn, bf16=CUDA, torch_compile=compile_, save_steps=10**6,
+                            logging_steps=1, warmup_ratio=0.0, lora_r=lora_r, lora_alpha=2 * max(lora_r, 1))
     data, stats = assemble_rows(config, tokenizer)
-    model.set_attn_implementation(attn)
-    clock = StepClock()
-    device = "cuda" if CUDA else "cpu"
-    trainer = build_trainer(config, to_dataset(data), tokenizer, model=model.to(device), callbacks=[clock])
+    vocab = model.config.vocab_size
+    if vocab < len(tokenizer):  # the 7B shape's 32k vocabulary: ids modulo 32k (labels keep -100)
+        for r in data:
+            r["input_ids"] = [t % vocab for t in r["input_ids"]]
+            r["labels"] = [t % vocab if t >= 0 else t for t in r["labels"]]
+    mode, every = parse_ckpt(ckpt)
+    configure_checkpointing(model, mode, every)  # selective checkpointing is set on the model, not by the Trainer
+    clock, profiler = StepClock(), ProfileLastStep(warmup + steps)
+    trainer = build_trainer(config, to_dataset(data), tokenizer, model=model, callbacks=[clock, profiler])
     trainer.args.save_strategy = "no"  # no multi-GB checkpoint at the end of a timing run
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    dts = [b - a for a, b in zip(clock.ends[warmup - 1:], clock.ends[warmup:])]
+    dts = [b - a for a, b in zip(clock.ends[warmup - 1:warmup + steps - 1], clock.ends[warmup:warmup + steps])]
     dt = sum(dts) / len(dts)
-    if short_file:  # packed rows differ: use their mean attention cost
-        per_row = [flops_per_step(trainer.model, seq, r["seq_lengths"]) for r in data]
-        flops = rows * sum(per_row) / len(per_row)
-    else:
-        flops = rows * flops_per_step(trainer.model, seq)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    if lora_r:  # the formula counts the base model (as for full finetuning); `mfu_lora` what LoRA computes
+        n_params = sum(p.numel() for n, p in trainer.model.named_parameters() if "lora_" not in n)
+    lengths = [r["seq_lengths"] for r in data] if short_file else [None]
+    flops = {lora: rows * sum(train_flops(model.config, n_params, seq, x, lora=lora) for x in lengths) / len(lengths)
+             for lora in (False, True)}
     seq_tokens = seq * rows
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    result = dict(model=name + (" packed FT-Short" if short_file else ""), seq=seq, params_M=round(sum(p.numel() for p in trainer.model.parameters()) / 1e6),
-                  attn=attn, ckpt=ckpt, compile=compile_, rows_per_step=rows, steps_timed=len(dts),
-                  step_s=round(dt, 3), tok_s=round(seq_tokens / dt),
+    result = dict(model=name + (" packed FT-Short" if short_file else ""), seq=seq, params_M=round(n_params / 1e6),
+                  kernel=attn, attn=model.config._attn_implementation, ckpt=ckpt, compile=compile_, lora_r=lora_r,
+                  rows_per_step=rows, steps_timed=len(dts), step_s=round(dt, 3), tok_s=round(seq_tokens / dt),
                   real_tok_s=round(seq_tokens * (1 - stats["pad_fraction"]) / dt),
-                  mfu=round(flops / dt / PEAK_FLOPS, 3), hfu=round(flops * (4 / 3 if ckpt else 1) / dt / PEAK_FLOPS, 3),
-                  peak_mem_GB=round(torch.cuda.max_memory_allocated() / 2**30, 1) if CUDA else None, pad_fraction=stats["pad_fraction"],
-                  packing_efficiency=stats["packing_efficiency"], loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4))
+                  mfu=round(flops[False] / dt / PEAK_FLOPS, 3), peak_mem_GB=peak_memory_gb(),
+                  pad_fraction=stats["pad_fraction"], packing_efficiency=stats["packing_efficiency"],
+                  losses=[round(x, 4) for x in losses], loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4))
+    if lora_r:
+        result["mfu_lora"] = round(flops[True] / dt / PEAK_FLOPS, 3)
+    if profiler.summary:
+        result["profile"] = profiler.summary
     del trainer
     return result
 
@@ -163,7 +172,8 @@ def run_single(label, make_model, tokenizer, seq, data_dir, work, args, **kw):
     except Exception as exc:  # an OOM or a kernel refusal is a result too
         import traceback
         traceback.print_exc()
-        result = dict(model=label, seq=seq, error=repr(exc)[:400], **{k: str(v) for k, v in kw.items()})
+        result = dict(model=label, seq=seq, error=repr(exc)[:400], oom=isinstance(exc, torch.OutOfMemoryError),
+                      **{k: str(v) for k, v in kw.items()})
     print(json.dumps(result), flush=True)
     del model
     gc.collect()
@@ -205,7 +215,7 @@ def main() -> None:
                         help="~0.9B model: rows per micro-batch = max(1, this // seq) (0: one row)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--packed", action="store_true",
-                        help="also time packed FT-Short rows (per-sample attention, flex_attention) for the ~0.9B model")
+                        help="also time packed FT-Short rows (per-sample attention: FlexAttention under --attn-kernel auto) for the ~0.9B model")
     parser.add_argument("--compile", default="off,layers",
                         help="torch_compile modes to time for the ~0.9B model at every seq (off, layers, model)")
     parser.add_argument("--ckpt-fallback", action="store_true", help="also run with gradient checkpointing")
@@ -238,10 +248,10 @@ def main() -> None:
         rows = max(1, args.micro_batch_tokens // seq)
         data_dir = write_long_instances(tokenizer, seq, rows * (args.warmup + args.steps) + 1, work / f"data-{seq}")
         for mode in modes:  # the modes side by side at each length: the comparison is within one call
-            run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
+            run_one("random-0.9B", lambda: random_llama("small" if args.small else "1b", len(tokenizer), seq), tokenizer, seq,
                     data_dir, work, args, ckpt=False, rows=rows, compile_=mode)
         if args.ckpt_fallback or "error" in results[-1]:
-            run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
+            run_one("random-0.9B", lambda: random_llama("small" if args.small else "1b", len(tokenizer), seq), tokenizer, seq,
                     data_dir, work, args, ckpt=True, compile_=modes[-1])
         if args.smollm2:
             from transformers import AutoModelForCausalLM
@@ -251,8 +261,8 @@ def main() -> None:
     if args.packed:
         seq = int(args.seqs.split(",")[0])
         short_file = write_short_instances(tokenizer, 1500 if not args.small else 200, work / "short.jsonl")
-        run_one("random-0.9B", lambda: random_llama(len(tokenizer), seq, args.small), tokenizer, seq,
-                None, work, args, ckpt=False, attn="flex_attention" if CUDA else "sdpa", short_file=short_file,
+        run_one("random-0.9B", lambda: random_llama("small" if args.small else "1b", len(tokenizer), seq), tokenizer, seq,
+                None, work, args, ckpt=False, short_file=short_file,
                 compile_=modes[-1])
     report(results, baseline, out)
 

@@ -1,11 +1,12 @@
 """Training throughput of the pretrainer's step on a GPU vs the plain-transformers baseline, same call.
 
-Model: the baseline's ~853M Llama (16 layers, hidden 2048, GQA 16/4, vocab 32k), random init, one
-sequence per step at 16k and 32k. Ours: the trainer's own pieces (bf16 params, SDPA flash, no or
-selective activation checkpointing, chunked cross-entropy, fused AdamW, optional per-layer
-torch.compile). MFU uses the baseline's formula (no recomputation counted, H100 dense bf16 989 TFLOP/s).
-Also times the SmolLM2-135M shape at 32k as the rope_variants experiment trains it (fp32 params +
-bf16 autocast). Usage: python3 benchmarks/bench_pretrain.py --out DIR [--baseline path/to/hf_baseline.py]
+Models (benchmarks/trainbench.py): the baseline's ~853M Llama (16 layers, hidden 2048, GQA 16/4, vocab 32k) and a
+Llama-2-7B-shaped one (32 layers, hidden 4096, 32 heads, vocab 32k), random init, one sequence per step at 16k
+and 32k. Ours: the trainer's own pieces (bf16 params, the `--attn-kernel` choice of pretrain/attention.py, none,
+full or selective activation checkpointing, chunked cross-entropy, fused AdamW, optional per-layer
+torch.compile). MFU uses the baseline's formula (no recomputation counted, dense bf16 989 TFLOP/s).
+Usage: python3 benchmarks/bench_pretrain.py --out DIR [--baseline path/to/hf_baseline.py]
+(benchmarks/bench_train_limits.py runs `bench` for the 1B/7B matrix of issue 16.)
 """
 from __future__ import annotations
 
@@ -21,61 +22,64 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.trainbench import CUDA, PEAK_FLOPS, peak_memory_gb, profile_step, random_llama, sync, train_flops  # noqa: E402
+from pretrain.attention import attn_implementation  # noqa: E402
 from pretrain.loss import chunked_lm_loss  # noqa: E402
 from pretrain.trainer import configure_checkpointing  # noqa: E402  (the trainer's own pieces)
 
-PEAK = 989e12
-BIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
-           num_key_value_heads=4)
-SMOL = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-            num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
+VOCAB = 32000
 
 
-def flops_per_seq(cfg: dict, n_params: int, seq: int) -> float:
-    h, v, layers = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
-    embed = v * h * (1 if cfg.get("tie_word_embeddings") else 2)
-    return 6 * (n_params - embed) * seq + 6 * v * h * seq + 12 * layers * h * seq * seq / 2
-
-
-def bench(name: str, shape: dict, seq: int, *, param_dtype=torch.bfloat16, ckpt="none", compile_layers=False,
-          steps=4, autocast=False) -> dict:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(**shape, max_position_embeddings=seq, rope_parameters={"rope_type": "default", "rope_theta": 5e5})
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(dtype=param_dtype)
-    configure_checkpointing(model, ckpt, 2)
+def bench(name: str, shape: str, seq: int, *, kernel: str = "auto", param_dtype=torch.bfloat16, ckpt="none",
+          ckpt_every: int = 2, compile_layers=False, steps=4, warmup=None, autocast=False, profile=False) -> dict:
+    """One configuration: `warmup` + `steps` timed optimizer steps (+ one profiled step when `profile`)."""
+    impl = attn_implementation(kernel)
+    model = random_llama(shape, VOCAB, seq, attn=impl, dtype=param_dtype)
+    configure_checkpointing(model, ckpt, ckpt_every)
     model.train()
     if compile_layers:
         for layer in model.model.layers:
             layer.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=torch.cuda.is_available())
     n = sum(p.numel() for p in model.parameters())
-    x = torch.randint(0, shape["vocab_size"], (1, seq), device="cuda")
-    torch.cuda.reset_peak_memory_stats()
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else torch.autocast("cuda", enabled=False)
-    warm = 2 if compile_layers else 1
-    for i in range(steps + warm):
-        if i == warm:
-            torch.cuda.synchronize()
-            t = time.perf_counter()
+    g = torch.Generator().manual_seed(1)
+    device = model.device
+    batches = [torch.randint(0, VOCAB, (1, seq), generator=g).to(device) for _ in range(2)]
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast)
+    warm = warmup if warmup is not None else (2 if compile_layers else 1)
+    losses = []
+
+    def step(i):
+        x = batches[i % 2]
         with ctx:
             hidden = model.model(input_ids=x, use_cache=False).last_hidden_state
             loss = chunked_lm_loss(hidden, model.lm_head.weight, x, chunk=4096, compute_dtype=torch.bfloat16)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
+        losses.append(loss.detach())
+
+    for i in range(steps + warm):
+        if i == warm:
+            sync()
+            t = time.perf_counter()
+        step(i)
+    sync()
     dt = (time.perf_counter() - t) / steps
-    r = dict(name=name, seq=seq, params_M=round(n / 1e6), ckpt=ckpt, compile=compile_layers,
-             param_dtype=str(param_dtype).split(".")[-1], tok_s=round(seq / dt), step_s=round(dt, 3),
-             mfu=round(flops_per_seq(shape, n, seq) / dt / PEAK, 3),
-             peak_mem_GB=round(torch.cuda.max_memory_allocated() / 2**30, 1), loss=round(loss.item(), 3))
+    r = dict(name=name, shape=shape, seq=seq, params_M=round(n / 1e6), kernel=kernel, attn=impl, ckpt=ckpt if ckpt != "selective" else f"every {ckpt_every}",
+             compile=compile_layers, param_dtype=str(param_dtype).split(".")[-1], tok_s=round(seq / dt),
+             step_s=round(dt, 3), mfu=round(train_flops(model.config, n, seq) / dt / PEAK_FLOPS, 3),
+             peak_mem_GB=peak_memory_gb(), steps_timed=steps, losses=[round(x.item(), 4) for x in losses])
+    r["loss_first"], r["loss_last"] = r["losses"][0], r["losses"][-1]
+    if profile:
+        r["profile"] = profile_step(lambda: step(0))
     print(json.dumps(r), flush=True)
-    del model, opt
-    torch.cuda.empty_cache()
+    del model, opt, batches
+    gc.collect()
+    if CUDA:
+        torch.cuda.empty_cache()
     return r
 
 
@@ -103,9 +107,8 @@ def main() -> int:
     import transformers
 
     results["transformers"] = transformers.__version__
-    runs = [("ours", BIG, 16384, {}), ("ours", BIG, 32768, {}),
-            ("ours+compile", BIG, 16384, {"compile_layers": True}), ("ours+compile", BIG, 32768, {"compile_layers": True}),
-            ("smollm2-135m fp32+autocast", SMOL, 32768, {"param_dtype": torch.float32, "autocast": True})]
+    runs = [("ours", "1b", 16384, {}), ("ours", "1b", 32768, {}),
+            ("ours+compile", "1b", 16384, {"compile_layers": True}), ("ours+compile", "1b", 32768, {"compile_layers": True})]
     for name, shape, seq, kw in runs:
         oom = False
         try:

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pretrain.attention import AttnKernel
+
 LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -50,8 +52,9 @@ class FinetuneConfig(BaseModel):
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use --epochs)")
     bf16: bool | None = Field(None, description="bf16 weights/compute (default: where the device supports it)")
     gradient_checkpointing: bool = Field(True, description="recompute activations in backward (less memory, ~25% slower)")
-    attn_implementation: Literal["sdpa", "flash_attention_2", "flex_attention", "eager"] = Field(
-        "sdpa", description="attention kernel")
+    attn_implementation: AttnKernel = Field(
+        "auto", description="attention kernel (pretrain/attention.py): auto = cudnn on Hopper-class GPUs, flash on "
+        "other GPUs (packed rows: FlexAttention), sdpa on CPU; or cudnn, flash, flex, sdpa, eager, flash_attention_2")
     torch_compile: Literal["auto", "off", "layers", "model"] = Field(
         "auto", description="layers: torch.compile each decoder layer (fuses norms/SwiGLU/RoPE; the fast setting on a "
         "GPU); model: the Trainer's whole-model compile (slower here); auto: layers on CUDA, off elsewhere")

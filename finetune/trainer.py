@@ -35,11 +35,12 @@ def use_bf16(config: FinetuneConfig) -> bool:
 
 def load_model(config: FinetuneConfig):
     """The model to finetune, through pretrain's loader (an xPos checkpoint gets this package's classes)."""
+    from pretrain.attention import attn_implementation
     from pretrain.modeling import load_model as load_checkpoint
 
     dtype = torch.bfloat16 if use_bf16(config) else torch.float32
     return load_checkpoint(config.model, trust_remote_code=True, dtype=dtype,
-                           attn_implementation=config.attn_implementation)
+                           attn_implementation=attn_implementation(config.attn_implementation))
 
 
 def accumulation_steps(config: FinetuneConfig, row_tokens: int, world_size: int) -> int:
@@ -100,7 +101,12 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model=None, callba
     """An SFTTrainer ready to `.train()`; `model` may be passed in (benchmarks use random-initialised ones)."""
     from trl import SFTTrainer
 
-    model = model if model is not None else load_model(config)
+    if model is None:
+        model = load_model(config)
+    else:  # a model built by the caller (benchmarks, tests) gets the configured kernel too
+        from pretrain.attention import attn_implementation
+
+        model.set_attn_implementation(attn_implementation(config.attn_implementation))
     if compile_mode(config) == "layers":
         from pretrain.compile import compile_decoder_layers
 

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
+from pretrain.attention import AttnKernel
 from pretrain.data import parse_curriculum
 
 
@@ -36,7 +37,8 @@ class PretrainConfig(BaseModel):
     param_dtype: Literal["fp32", "bf16"] = Field("fp32", description="parameter/optimizer dtype (compute is bf16 on GPU)")
     grad_ckpt: Literal["none", "full", "selective"] = Field("none", description="activation checkpointing")
     ckpt_every_layers: int = Field(2, gt=0, description="selective: checkpoint every N-th layer")
-    attn: Literal["sdpa", "eager", "flex_attention"] = Field("sdpa", description="attention implementation")
+    attn: AttnKernel = Field("auto", description="attention kernel (pretrain/attention.py): auto = cudnn on "
+                             "Hopper-class GPUs, flash on other GPUs, sdpa on CPU; or cudnn, flash, flex, sdpa, eager")
     compile: bool = Field(False, description="torch.compile each decoder layer")
     loss_chunk_tokens: int = Field(4096, gt=0, description="cross-entropy chunk: fp32 logits never exceed chunk x vocab")
     long_doc_tokens: int = Field(32768, gt=0, description="documents at least this long count as long")

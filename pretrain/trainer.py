@@ -117,6 +117,7 @@ class Pretrainer:
     def __init__(self, cfg: PretrainConfig, *, show_progress: bool = True):
         from pretrain.compile import compile_decoder_layers
         from pretrain.modeling import load_model, load_variant_model
+        from pretrain.attention import Hardware, attn_implementation
 
         self.cfg, self.show_progress = cfg, show_progress
         self.out = check_output_folder(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite, markers=RUN_MARKERS,
@@ -134,7 +135,7 @@ class Pretrainer:
         param_dtype = torch.bfloat16 if cfg.param_dtype == "bf16" else torch.float32
         torch.manual_seed(cfg.seed)
 
-        load_kw = dict(dtype=param_dtype, attn_implementation=cfg.attn)
+        load_kw = dict(dtype=param_dtype, attn_implementation=attn_implementation(cfg.attn, Hardware.detect(self.device)))
         if resume_from:
             self.model = load_model(resume_from, **load_kw)
         else:

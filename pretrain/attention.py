@@ -1,0 +1,155 @@
+"""Attention kernel choice, in one place for both trainers and the probes (`--attn-kernel`).
+
+| choice | causal rows (one sample, right padding at most) | rows with a mask (packed samples, padding) |
+|---|---|---|
+| `cudnn` | SDPA, cuDNN backend only (fails loudly where cuDNN cannot run) | FlexAttention block mask |
+| `flash` | SDPA, flash backend only (what SDPA picked on its own so far) | FlexAttention block mask |
+| `flex` (or `flex_attention`) | FlexAttention | FlexAttention |
+| `sdpa` | SDPA, torch's own backend choice | dense mask (SDPA's slow path) |
+| `eager` | transformers' matmul + softmax | dense mask |
+| `flash_attention_2` | the flash-attn package (varlen for packed rows, batch of one row) | varlen |
+| `auto` | `cudnn` on CUDA with compute capability >= 9.0 and cuDNN >= 9; `flash` on other CUDA GPUs; `sdpa` elsewhere | |
+
+`cudnn` and `flash` (`longscale_cudnn`, `longscale_fa2`) are attention functions registered with transformers' AttentionInterface (with a mask
+function that gives no mask for causal rows and a FlexAttention BlockMask otherwise), so the model config names
+them like any other implementation. The SDPA backend is chosen by `sdpa_kernel` *inside* the attention function:
+dynamo traces that context manager, so the choice lives in each compiled decoder layer's graph (a context set
+around the training step was lost when the layers were compiled), and FSDP, PEFT or the Trainer cannot undo it.
+Trade-off: cuDNN is given the key/value heads repeated for grouped-query attention (more activation memory:
+2 x (heads - kv heads) x head_dim bytes x 2 a token a layer) rather than relying on its GQA support, which this
+torch version does not document.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+
+AttnKernel = Literal["auto", "cudnn", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2"]
+KERNELS: tuple[str, ...] = ("auto", "cudnn", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2")
+CUDNN_IMPL, FLASH_IMPL = "longscale_cudnn", "longscale_fa2"  # no "flash" in a name: transformers takes those for the flash-attn package
+_IMPLEMENTATIONS = {"cudnn": CUDNN_IMPL, "flash": FLASH_IMPL, "flex": "flex_attention", "flex_attention": "flex_attention", "sdpa": "sdpa",
+                    "eager": "eager", "flash_attention_2": "flash_attention_2"}
+MIN_CUDNN = 90000  # cuDNN 9.0: the first with SDPA training kernels for Hopper
+
+
+class AttentionKernelError(ValueError):
+    """The requested kernel cannot run on this device (the message says why and what would)."""
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the kernel choice depends on; `detect()` reads it, tests build it by hand."""
+
+    cuda: bool
+    capability: tuple[int, int] = (0, 0)
+    cudnn_version: int = 0
+
+    @property
+    def cudnn_attention(self) -> bool:
+        return self.cuda and self.capability >= (9, 0) and self.cudnn_version >= MIN_CUDNN
+
+    @classmethod
+    def detect(cls, device: torch.device | str | None = None) -> "Hardware":
+        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return cls(cuda=False)
+        version = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else 0
+        return cls(cuda=True, capability=torch.cuda.get_device_capability(device), cudnn_version=version or 0)
+
+
+def choose_kernel(kernel: str, hardware: Hardware | None = None) -> str:
+    """The concrete kernel for `kernel` on `hardware` (auto resolved; an impossible explicit choice raises)."""
+    if kernel not in KERNELS:
+        raise AttentionKernelError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    hardware = hardware or Hardware.detect()
+    if kernel == "auto":
+        return "cudnn" if hardware.cudnn_attention else "flash" if hardware.cuda else "sdpa"
+    if kernel == "cudnn" and not hardware.cudnn_attention:
+        raise AttentionKernelError(
+            f"--attn-kernel cudnn needs a CUDA GPU of compute capability >= 9.0 with cuDNN >= 9 (found: "
+            f"{'CUDA capability %d.%d, cuDNN %d' % (*hardware.capability, hardware.cudnn_version) if hardware.cuda else 'no CUDA device'}); "
+            "use --attn-kernel auto or flash")
+    return kernel
+
+
+def attn_implementation(kernel: str, hardware: Hardware | None = None) -> str:
+    """The transformers `attn_implementation` name for `kernel` (registering ours first)."""
+    register()
+    return _IMPLEMENTATIONS[choose_kernel(kernel, hardware)]
+
+
+def _backends(impl: str):
+    from torch.nn.attention import SDPBackend
+
+    return {CUDNN_IMPL: [SDPBackend.CUDNN_ATTENTION], FLASH_IMPL: [SDPBackend.FLASH_ATTENTION]}[impl]
+
+
+def _repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
+    batch, heads, length, dim = x.shape
+    return x[:, :, None].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
+
+
+def causal_or_flex_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                             scaling: float | None = None, *, impl: str, **kwargs):
+    """(B, H, T, D) q/k/v -> ((B, T, H, D) output, None). No mask: causal SDPA on the implementation's backend;
+    a mask (packed samples, padding, decoding): transformers' FlexAttention forward."""
+    from torch.nn.attention import sdpa_kernel
+
+    if attention_mask is not None:
+        from transformers.integrations.flex_attention import flex_attention_forward
+
+        return flex_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    extra = {}
+    if groups > 1 and impl == CUDNN_IMPL:
+        key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
+    elif groups > 1:
+        extra["enable_gqa"] = True
+    with sdpa_kernel(_backends(impl)):
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, dropout_p=dropout, scale=scaling, is_causal=query.shape[2] > 1, **extra)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def causal_or_block_mask(*, q_length: int, kv_length: int, attention_mask=None, allow_is_causal_skip: bool = True,
+                         **kwargs):
+    """No mask where SDPA's `is_causal` says it all (same length, no padding mask, no packed samples: transformers
+    turns `allow_is_causal_skip` off when the position ids restart), else a FlexAttention BlockMask."""
+    from transformers.masking_utils import flex_attention_mask
+
+    if allow_is_causal_skip and attention_mask is None and q_length == kv_length and not kwargs.get("q_offset"):
+        return None
+    return flex_attention_mask(q_length=q_length, kv_length=kv_length, attention_mask=attention_mask, **kwargs)
+
+
+_registered = False
+
+
+def register() -> None:
+    """Register `longscale_cudnn` and `longscale_fa2` with transformers (attention and mask functions); idempotent."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    for impl in (CUDNN_IMPL, FLASH_IMPL):
+        fn = partial(causal_or_flex_attention, impl=impl)
+        fn.__name__ = impl  # type: ignore[attr-defined]  # transformers logs the function's name
+        AttentionInterface.register(impl, fn)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(impl, causal_or_block_mask)
+    _registered = True
+
+
+def sdpa_ops_in(fn, *args) -> set[str]:
+    """Names of the aten SDPA ops that `fn(*args)` runs (one forward + backward under the profiler): the proof
+    of which backend a (compiled) model really uses, read by the benchmarks on the GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        fn(*args)
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and "attention" in e.key}
