@@ -150,6 +150,14 @@ def finetune_run(label, shape, seq, *, tokenizer, work, args, ckpts, rows=1, ker
         r["trainer"] = "finetune"
         results.append(r)
         save()
+        if "error" in r and not r.get("oom") and compile_ != "off" and budget.left() > estimate:
+            compile_ = "off"  # a compile failure: the same run uncompiled says whether the kernel itself works
+            r = ft.run_single(label, lambda: random_llama(shape, vocab, seq), tokenizer, seq, data_dir, work, args,
+                              ckpt=ckpt, rows=rows, attn=kernel, compile_="off", lora_r=lora_r, short_file=short_file,
+                              profile=True)
+            r["trainer"] = "finetune"
+            results.append(r)
+            save()
         if not r.get("oom"):
             return r
     return None
@@ -178,6 +186,9 @@ def pretrain_run(label, shape, seq, *, args, ckpts, kernel="auto", compile_layer
         r["trainer"] = "pretrain"
         results.append(r)
         save()
+        if "error" in r and not r.get("oom") and compile_layers and budget.left() > estimate:
+            return pretrain_run(label, shape, seq, args=args, ckpts=[ckpt], kernel=kernel, compile_layers=False,
+                                budget=budget, estimate=estimate, results=results, save=save, profile=profile)
         if not r.get("oom"):
             return r
     return None
@@ -271,7 +282,7 @@ def main() -> int:
                   compile_=compile_)
     if args.part == "1b":
         if args.baseline and CUDA:
-            state["baseline"] = run_baseline(args.baseline, timeout=min(150, max(30, budget.left() - 200)))
+            state["baseline"] = run_baseline(args.baseline, timeout=min(160, max(30, budget.left() - 200)))
             save()
         if CUDA:
             state["kernel_check"] = kernel_check()

@@ -27,6 +27,8 @@ from typing import Literal
 
 import torch
 
+from longscale.common.errors import ConfigError
+
 AttnKernel = Literal["auto", "cudnn", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2"]
 KERNELS: tuple[str, ...] = ("auto", "cudnn", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2")
 CUDNN_IMPL, FLASH_IMPL = "longscale_cudnn", "longscale_fa2"  # no "flash" in a name: transformers takes those for the flash-attn package
@@ -35,7 +37,7 @@ _IMPLEMENTATIONS = {"cudnn": CUDNN_IMPL, "flash": FLASH_IMPL, "flex": "flex_atte
 MIN_CUDNN = 90000  # cuDNN 9.0: the first with SDPA training kernels for Hopper
 
 
-class AttentionKernelError(ValueError):
+class AttentionKernelError(ConfigError):
     """The requested kernel cannot run on this device (the message says why and what would)."""
 
 
@@ -87,6 +89,13 @@ def _backends(impl: str):
     return {CUDNN_IMPL: [SDPBackend.CUDNN_ATTENTION], FLASH_IMPL: [SDPBackend.FLASH_ATTENTION]}[impl]
 
 
+def _any_backend():
+    """Every SDPA backend enabled: torch's own choice (decoding steps)."""
+    from torch.nn.attention import SDPBackend
+
+    return [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def _repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
     batch, heads, length, dim = x.shape
     return x[:, :, None].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
@@ -94,8 +103,9 @@ def _repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 def causal_or_flex_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                              scaling: float | None = None, *, impl: str, **kwargs):
-    """(B, H, T, D) q/k/v -> ((B, T, H, D) output, None). No mask: causal SDPA on the implementation's backend;
-    a mask (packed samples, padding, decoding): transformers' FlexAttention forward."""
+    """(B, H, T, D) q/k/v -> ((B, T, H, D) output, None). No mask: causal SDPA on the implementation's backend (one
+    query token, i.e. decoding: plain SDPA over all keys, torch's backend); a mask (packed samples, padding):
+    transformers' FlexAttention forward."""
     from torch.nn.attention import sdpa_kernel
 
     if attention_mask is not None:
@@ -103,24 +113,27 @@ def causal_or_flex_attention(module, query, key, value, attention_mask, dropout:
 
         return flex_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
+    causal = query.shape[2] > 1
     extra = {}
-    if groups > 1 and impl == CUDNN_IMPL:
+    if groups > 1 and impl == CUDNN_IMPL and causal:
         key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
     elif groups > 1:
         extra["enable_gqa"] = True
-    with sdpa_kernel(_backends(impl)):
+    with sdpa_kernel(_backends(impl) if causal else _any_backend()):
         out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, dropout_p=dropout, scale=scaling, is_causal=query.shape[2] > 1, **extra)
+            query, key, value, dropout_p=dropout, scale=scaling, is_causal=causal, **extra)
     return out.transpose(1, 2).contiguous(), None
 
 
 def causal_or_block_mask(*, q_length: int, kv_length: int, attention_mask=None, allow_is_causal_skip: bool = True,
                          **kwargs):
-    """No mask where SDPA's `is_causal` says it all (same length, no padding mask, no packed samples: transformers
-    turns `allow_is_causal_skip` off when the position ids restart), else a FlexAttention BlockMask."""
+    """No mask where SDPA needs none: a causal row (query and keys of one length) or one query token (decoding),
+    without padding and without packed samples (transformers turns `allow_is_causal_skip` off when the position
+    ids restart); otherwise a FlexAttention BlockMask."""
     from transformers.masking_utils import flex_attention_mask
 
-    if allow_is_causal_skip and attention_mask is None and q_length == kv_length and not kwargs.get("q_offset"):
+    no_padding = attention_mask is None or (not torch.compiler.is_compiling() and bool(attention_mask.all()))
+    if allow_is_causal_skip and no_padding and (q_length == kv_length or q_length == 1):
         return None
     return flex_attention_mask(q_length=q_length, kv_length=kv_length, attention_mask=attention_mask, **kwargs)
 

@@ -115,9 +115,9 @@ class Pretrainer:
     """Owns one run: model, optimizer, schedule, data stream and checkpoints."""
 
     def __init__(self, cfg: PretrainConfig, *, show_progress: bool = True):
+        from pretrain.attention import Hardware, attn_implementation
         from pretrain.compile import compile_decoder_layers
         from pretrain.modeling import load_model, load_variant_model
-        from pretrain.attention import Hardware, attn_implementation
 
         self.cfg, self.show_progress = cfg, show_progress
         self.out = check_output_folder(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite, markers=RUN_MARKERS,

@@ -26,13 +26,15 @@ class HFModel:
 
     def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto"):
         from longscale.common.tokenizers import load_tokenizer
+        from pretrain.attention import Hardware, attn_implementation
         from pretrain.modeling import load_model
 
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
         torch_dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32,
                        "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-        self.model = load_model(model_dir, dtype=torch_dtype, attn_implementation="sdpa").to(self.device).eval()
+        attn = attn_implementation("auto", Hardware.detect(self.device))  # cuDNN on Hopper, as in training
+        self.model = load_model(model_dir, dtype=torch_dtype, attn_implementation=attn).to(self.device).eval()
         self.tokenizer = load_tokenizer(str(model_dir), flag="--model")
 
     @torch.no_grad()

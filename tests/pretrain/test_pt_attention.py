@@ -110,3 +110,12 @@ def test_saved_model_does_not_name_our_kernel(tmp_path):
     tiny(attn_implementation("flash", CPU)).save_pretrained(tmp_path)
     assert "longscale" not in (tmp_path / "config.json").read_text()
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_greedy_generation_matches_eager():
+    """The probes decode with the same kernel: the prefill is a causal row, each new token attends to all keys."""
+    reference = tiny("eager")
+    ours = tiny(attn_implementation("flash", CPU), reference)
+    prompt = torch.randint(1, 128, (2, 12), generator=torch.Generator().manual_seed(3))
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(ours.generate(prompt, **kw), reference.generate(prompt, **kw))
