@@ -5,6 +5,10 @@ encoding for the character span of a handful of tokens (`token_to_chars`), never
 offsets of every token, so chunking costs little more than the tokenization itself (benchmark (b)).
 A chunk holds at most `chunk_tokens` tokens and is cut, in order of preference, after a paragraph break,
 after a sentence end, or at a token boundary, never shorter than half the budget (except the last one).
+
+A `TokenizedText` may cover only a region of its document (`planning.py` tokenizes a window around the
+chosen chunk instead of the whole book); its character positions are always the document's, its token
+indices count from the region's start (the document's own only when the region starts at 0).
 """
 from __future__ import annotations
 
@@ -25,14 +29,16 @@ class Chunk:
     char_start: int
     char_end: int
     text: str
+    absolute: bool = True  # token_start/token_end count from the document's start (else from a region's)
 
     @property
     def n_tokens(self) -> int:
         return self.token_end - self.token_start
 
     @property
-    def token_span(self) -> tuple[int, int]:
-        return (self.token_start, self.token_end)
+    def token_span(self) -> tuple[int, int] | None:
+        """Token positions in the document; None when it was not tokenized from its start (windowed)."""
+        return (self.token_start, self.token_end) if self.absolute else None
 
     @property
     def char_span(self) -> tuple[int, int]:
@@ -57,26 +63,49 @@ def backend_of(tokenizer: Any):
 
 
 class TokenizedText:
-    """A text and its encoding; character positions of tokens are looked up lazily."""
+    """A text (or the region text[char_start:char_end] of it) and its encoding; token positions are looked up
+    lazily, from the encoding or from compact offset arrays (`offsets`, relative to the region, as a
+    tokenizer process sends them back)."""
 
-    def __init__(self, text: str, encoding: Any):
+    def __init__(self, text: str, encoding: Any = None, *, char_start: int = 0, char_end: int | None = None,
+                 offsets: Any = None):
         self.text = text
         self.encoding = encoding
-        self.n_tokens = len(encoding)
+        self.char_start = char_start
+        self.char_end = len(text) if char_end is None else char_end
+        self._offsets = offsets  # (starts, ends) sequences, or None: ask the encoding
+        self.n_tokens = len(encoding) if offsets is None else len(offsets[0])
+
+    @property
+    def covers_start(self) -> bool:
+        return self.char_start == 0
+
+    @property
+    def covers_end(self) -> bool:
+        return self.char_end >= len(self.text)
+
+    @property
+    def whole(self) -> bool:
+        return self.covers_start and self.covers_end
+
+    def _span(self, token: int) -> tuple[int, int] | None:
+        if self._offsets is not None:
+            return (self._offsets[0][token], self._offsets[1][token])
+        return self.encoding.token_to_chars(token)
 
     def start_char(self, token: int) -> int:
-        """Character where `token` starts (len(text) past the end)."""
+        """Character where `token` starts (the region's end past its last token)."""
         if token >= self.n_tokens:
-            return len(self.text)
-        span = self.encoding.token_to_chars(token)
-        return span[0] if span else self.start_char(token + 1)
+            return self.char_end
+        span = self._span(token)
+        return span[0] + self.char_start if span else self.start_char(token + 1)
 
     def end_char(self, token: int) -> int:
-        """Character just after `token` (0 before the start)."""
+        """Character just after `token` (the region's start before its first token)."""
         if token < 0:
-            return 0
-        span = self.encoding.token_to_chars(token)
-        return span[1] if span else self.end_char(token - 1)
+            return self.char_start
+        span = self._span(token)
+        return span[1] + self.char_start if span else self.end_char(token - 1)
 
     def first_token_at(self, char: int, lo: int = 0, hi: int | None = None) -> int:
         """Index of the first token that starts at or after `char` (binary search in [lo, hi], O(log n))."""
@@ -105,6 +134,12 @@ def tokenize_texts(texts: Sequence[str], tokenizer: Any) -> list[TokenizedText]:
     """Tokenize many texts in one batched call (the Rust side runs them in parallel)."""
     encodings = backend_of(tokenizer).encode_batch(list(texts), add_special_tokens=False)
     return [TokenizedText(text, enc) for text, enc in zip(texts, encodings)]
+
+
+def tokenize_region(text: str, char_start: int, char_end: int, backend: Any) -> TokenizedText:
+    """text[char_start:char_end] tokenized alone (`backend` is a `tokenizers.Tokenizer`)."""
+    encoding = backend.encode(text[char_start:char_end], add_special_tokens=False)
+    return TokenizedText(text, encoding, char_start=char_start, char_end=char_end)
 
 
 def count_tokens(texts: Sequence[str], tokenizer: Any) -> list[int]:
@@ -137,27 +172,33 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+def cut_chunk(tokenized: TokenizedText, start: int, chunk_tokens: int, index: int) -> Chunk:
+    """The chunk that begins at token `start`: at most `chunk_tokens` tokens, ending after the last paragraph
+    break, else sentence end, in its second half, else at the budget."""
+    text, n = tokenized.text, tokenized.n_tokens
+    limit = min(start + chunk_tokens, n)
+    end = limit
+    if limit < n:
+        lo_char = tokenized.start_char(start + max(1, chunk_tokens // 2))
+        hi_char = tokenized.start_char(limit)  # a cut at or before this keeps the chunk within budget
+        cut = last_cut(PARAGRAPH_BREAK, text, lo_char, hi_char, at_start=True)
+        if cut is None:
+            cut = last_cut(SENTENCE_END, text, lo_char, hi_char, at_start=False)
+        if cut is not None:
+            end = min(limit, max(start + 1, tokenized.first_token_at(cut, start, limit)))
+    char_start, char_end = _strip_span(text, tokenized.start_char(start), tokenized.end_char(end - 1))
+    return Chunk(index, start, end, char_start, char_end, text[char_start:char_end], tokenized.covers_start)
+
+
 def chunk_document(tokenized: TokenizedText, chunk_tokens: int) -> list[Chunk]:
     """Split a tokenized document into chunks of at most `chunk_tokens` tokens on natural boundaries."""
     if chunk_tokens < 1:
         raise ValueError("chunk_tokens must be positive")
-    text, n = tokenized.text, tokenized.n_tokens
     chunks: list[Chunk] = []
     start = 0
-    while start < n:
-        limit = min(start + chunk_tokens, n)
-        end = limit
-        if limit < n:
-            lo_char = tokenized.start_char(start + max(1, chunk_tokens // 2))
-            hi_char = tokenized.start_char(limit)  # a cut at or before this keeps the chunk within budget
-            cut = last_cut(PARAGRAPH_BREAK, text, lo_char, hi_char, at_start=True)
-            if cut is None:
-                cut = last_cut(SENTENCE_END, text, lo_char, hi_char, at_start=False)
-            if cut is not None:
-                end = min(limit, max(start + 1, tokenized.first_token_at(cut, start, limit)))
-        char_start, char_end = _strip_span(text, tokenized.start_char(start), tokenized.end_char(end - 1))
-        chunks.append(Chunk(len(chunks), start, end, char_start, char_end, text[char_start:char_end]))
-        start = end
+    while start < tokenized.n_tokens:
+        chunks.append(cut_chunk(tokenized, start, chunk_tokens, len(chunks)))
+        start = chunks[-1].token_end
     return chunks
 
 

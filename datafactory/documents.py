@@ -1,5 +1,11 @@
 """Long documents in: directories of .txt/.md, JSONL, Parquet, or a `datasets` dataset saved on disk.
 
+Reading is lazy (`iter_documents`): JSONL line by line, Parquet by record batches of its row groups, saved
+datasets row by row from their memory-mapped Arrow files, folders file by file, so a corpus of any size
+costs the memory of the documents in flight. The price: the duplicate-id check keeps an 8-byte digest per
+id seen (~100 bytes a document in Python), and a `.json` array file is still parsed whole (JSON arrays do
+not stream; use JSONL for big corpora).
+
 Every document gets a deterministic id (the record's id field, else a hash of its text), so that record ids
 derived from it are stable across runs and machines. User mistakes (a missing path, a field that is not
 there) raise `DocumentError` with a message that names the file and what to do; the CLI prints it.
@@ -43,8 +49,13 @@ def documents_from_records(records: Iterable[dict[str, Any]], config: Any, sourc
 
     `config` needs `text_field` and `id_field`; the other fields of a record become its `meta`.
     """
-    docs = []
-    for number, record in enumerate(records, 1):
+    return list(iter_records(records, config, source))
+
+
+def iter_records(records: Iterable[dict[str, Any]], config: Any, source: str = "records",
+                 first_number: int = 1) -> Iterator[Document]:
+    """`documents_from_records`, lazily: one record read per document yielded."""
+    for number, record in enumerate(records, first_number):
         if not isinstance(record, dict):
             raise DocumentError(f"{source}: record {number} is a {type(record).__name__}, not an object")
         if config.text_field not in record:
@@ -58,8 +69,7 @@ def documents_from_records(records: Iterable[dict[str, Any]], config: Any, sourc
         doc_id = str(raw_id) if raw_id not in (None, "") else text_id(text)
         meta = {k: v for k, v in record.items() if k not in (config.text_field, config.id_field)}
         meta.setdefault("source", source)
-        docs.append(Document(id=doc_id, text=text, meta=_jsonable(meta)))
-    return docs
+        yield Document(id=doc_id, text=text, meta=_jsonable(meta))
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
@@ -80,39 +90,51 @@ def _read_text_file(path: Path, root: Path) -> Document:
     return Document(id=Path(rel).with_suffix("").as_posix(), text=text, meta={"source": str(path)})
 
 
-def _read_jsonl(path: Path, config: Any) -> list[Document]:
-    """JSON Lines (one object per line), or for a .json file a JSON array of objects."""
+def _read_jsonl(path: Path, config: Any) -> Iterator[Document]:
+    """JSON Lines (one object per line, read one line at a time), or for a .json file a JSON array of objects."""
     if path.suffix.lower() == ".json":
-        head = path.read_text(encoding="utf-8").lstrip()[:1]
+        with path.open(encoding="utf-8") as fh:
+            head = fh.read(64).lstrip()[:1]
         if head == "[":
             try:
                 records = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
                 raise DocumentError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
-            return documents_from_records(records, config, source=str(path))
-    records = []
+            yield from iter_records(records, config, source=str(path))
+            return
+    yield from iter_records(_jsonl_records(path), config, source=str(path))
+
+
+def _jsonl_records(path: Path) -> Iterator[Any]:
     with path.open(encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                yield json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DocumentError(f"{path}:{line_no}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
-    return documents_from_records(records, config, source=str(path))
 
 
-def _read_parquet(path: Path, config: Any) -> list[Document]:
+PARQUET_BATCH_ROWS = 64  # rows decoded at a time: a few MB of long documents, whatever the row-group size
+
+
+def _read_parquet(path: Path, config: Any) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise DocumentError(f"{path}: cannot read as Parquet ({exc})") from exc
-    if config.text_field not in table.column_names:
-        raise DocumentError(f"{path}: no column '{config.text_field}' (columns: {', '.join(table.column_names)}); "
+    columns = parquet.schema_arrow.names
+    if config.text_field not in columns:
+        raise DocumentError(f"{path}: no column '{config.text_field}' (columns: {', '.join(columns)}); "
                             "set --text-field")
-    return documents_from_records(table.to_pylist(), config, source=str(path))
+    number = 1
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        rows = batch.to_pylist()
+        yield from iter_records(rows, config, source=str(path), first_number=number)
+        number += len(rows)
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -120,22 +142,22 @@ def _is_saved_dataset(path: Path) -> bool:
                               or (path / "state.json").exists())
 
 
-def _read_saved_dataset(path: Path, config: Any) -> list[Document]:
+def _read_saved_dataset(path: Path, config: Any) -> Iterator[Document]:
+    """Rows of a save_to_disk dataset (every split), read from its memory-mapped Arrow files."""
     from datasets import Dataset, DatasetDict, load_from_disk
 
     try:
         data = load_from_disk(str(path))
     except Exception as exc:
         raise DocumentError(f"{path}: cannot load the saved dataset ({exc})") from exc
-    splits = data.values() if isinstance(data, DatasetDict) else [data]
-    docs: list[Document] = []
+    splits = list(data.values()) if isinstance(data, DatasetDict) else [data]
     for split in splits:
         assert isinstance(split, Dataset)
         if config.text_field not in split.column_names:
             raise DocumentError(f"{path}: no column '{config.text_field}' (columns: {', '.join(split.column_names)}); "
                                 "set --text-field")
-        docs.extend(documents_from_records(split, config, source=str(path)))
-    return docs
+    for split in splits:
+        yield from iter_records(iter(split), config, source=str(path))
 
 
 def _iter_path(path: Path, config: Any) -> Iterator[Document]:
@@ -164,19 +186,22 @@ def _iter_path(path: Path, config: Any) -> Iterator[Document]:
                             ".parquet, or a directory written by datasets' save_to_disk)")
 
 
-def load_documents(paths: Iterable[str | Path], config: Any) -> list[Document]:
-    """Read every input path. A document seen twice (same id, same text) is kept once; the same id with a
-    different text is an error, since record ids derive from document ids."""
-    seen: dict[str, str] = {}
-    docs: list[Document] = []
+def iter_documents(paths: Iterable[str | Path], config: Any) -> Iterator[Document]:
+    """Every input path's documents, lazily. A document seen twice (same id, same text) is yielded once; the
+    same id with a different text is an error, since record ids derive from document ids."""
+    seen: dict[str, bytes] = {}
     for raw in paths:
         for doc in _iter_path(Path(raw).expanduser(), config):
-            digest = text_id(doc.text)
+            digest = hashlib.blake2b(doc.text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
             if doc.id in seen:
                 if seen[doc.id] != digest:
                     raise DocumentError(f"two different documents share the id '{doc.id}' "
                                         f"(second from {doc.meta.get('source', 'input')}); ids must be unique")
                 continue
             seen[doc.id] = digest
-            docs.append(doc)
-    return docs
+            yield doc
+
+
+def load_documents(paths: Iterable[str | Path], config: Any) -> list[Document]:
+    """`iter_documents` as a list (small inputs, counting an upload); a corpus should be streamed."""
+    return list(iter_documents(paths, config))

@@ -6,6 +6,10 @@ the source chunk: the start of the document when the chunk lies within the budge
 window centred on the chunk; a cut side is moved (by at most 1/16 of the window) to a paragraph or sentence
 boundary so the text reads naturally. One contiguous window (rather than head + chunk) keeps the text natural; the
 cost is that a late chunk loses the document's opening. What was kept is recorded (token and char spans).
+
+The target encoding may cover only a region around the chunk (planning.py makes it reach at least the
+budget past the chunk on each side, or the document's edge), which decides the window exactly as the
+whole document's encoding would; token positions are then unknown and recorded as null.
 """
 from __future__ import annotations
 
@@ -35,15 +39,13 @@ class ChunkDoesNotFit(ValueError):
 
 @dataclass(frozen=True)
 class Window:
-    token_start: int
-    token_end: int
+    token_start: int | None  # in the document; None when its encoding did not start at the document's start
+    token_end: int | None
     char_start: int
     char_end: int
-    document_tokens: int
-
-    @property
-    def truncated(self) -> bool:
-        return self.token_start > 0 or self.token_end < self.document_tokens
+    document_tokens: int | None  # None when only a region of the document was tokenized
+    truncated: bool
+    n_tokens: int
 
 
 def user_message(answer_type: str, document: str, question: str) -> str:
@@ -112,8 +114,10 @@ def fit_window(document: TokenizedText, chunk_char_span: tuple[int, int], budget
         start = max(0, min(start, n - budget))
         end = start + budget
     text = document.text
-    char_start = 0 if start == 0 else min(document.start_char(start), chunk_char_span[0])
-    char_end = len(text) if end >= n else max(document.end_char(end - 1), chunk_char_span[1])
+    # a region reaches past the budget on any side where it stops short of the document's edge, so start 0
+    # and end n are the document's edges there
+    char_start = document.char_start if start == 0 else min(document.start_char(start), chunk_char_span[0])
+    char_end = document.char_end if end >= n else max(document.end_char(end - 1), chunk_char_span[1])
     slack = min(4000, (char_end - char_start) // 16)  # how much text a cut side may give up to read naturally
     if start > 0:  # begin at the next paragraph (else sentence) start, never past the chunk
         char_start = _snap_forward(text, char_start, max(char_start, min(chunk_char_span[0], char_start + slack)))
@@ -121,7 +125,10 @@ def fit_window(document: TokenizedText, chunk_char_span: tuple[int, int], budget
     if end < n:  # end at the last paragraph (else sentence) end, never before the chunk
         char_end = _snap_backward(text, min(char_end, max(chunk_char_span[1], char_end - slack)), char_end)
         end = document.last_token_before(char_end, min(end, chunk_end) - 1, end)
-    return Window(start, end, char_start, char_end, n)
+    truncated = not (document.whole and start == 0 and end >= n)
+    offset_known = document.covers_start
+    return Window(start if offset_known else None, end if offset_known else None, char_start, char_end,
+                  n if document.whole else None, truncated, end - start)
 
 
 def _snap_forward(text: str, lo: int, hi: int) -> int:
@@ -163,9 +170,9 @@ def build_instance(qa_record: dict[str, Any], chunk: Chunk, document: TokenizedT
         "answer": answer,
         "truncated": window.truncated,
         "document_tokens": window.document_tokens,
-        "kept_token_span": [window.token_start, window.token_end],
+        "kept_token_span": [window.token_start, window.token_end] if window.token_start is not None else None,
         "kept_char_span": [window.char_start, window.char_end],
         "chunk_char_span": list(chunk.char_span),
-        "approx_tokens": (window.token_end - window.token_start) + overhead,
+        "approx_tokens": window.n_tokens + overhead,
         "model": qa_record.get("model"),
     }

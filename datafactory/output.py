@@ -6,7 +6,12 @@ looked (it remembers its read offset, so this costs only the new bytes), and app
 A line cut off by a crash is dropped on the next append (and reported); whole lines are never lost.
 Records that failed on the engine (`engine_error`) are kept, and generated again by a later run; readers
 (`latest_records`, `finalize`) keep the last record per id.
-JSONL is the source of truth; `finalize` rebuilds the Parquet copies and the manifest from it.
+JSONL is the source of truth; `finalize` rebuilds the Parquet copies and the manifest from it, streaming
+(two passes over the files, a few thousand records in memory at a time), so its memory does not grow
+with the corpus.
+
+`documents.jsonl` lists the documents whose every record is written and needs no new attempt (appended in
+the same locked step, after their records): a resume skips them by id before reading or tokenizing them.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from longscale.common.errors import LongscaleError
 log = logging.getLogger(__name__)
 
 QA_FILE, INSTANCES_FILE, MANIFEST_FILE, LOCK_FILE = "qa.jsonl", "instances.jsonl", "manifest.json", ".lock"
+DOCUMENTS_FILE = "documents.jsonl"
+READ_BLOCK = 8 << 20  # bytes of JSONL parsed at a time when indexing a file
 # Settings that change which records exist or what they hold: resuming with other values would mix runs.
 RECORD_SHAPING_FIELDS = ("model", "tokenizer", "target_tokenizer", "chunk_tokens", "chunks_per_doc", "short_ratio",
                          "prompt_mode", "critique", "max_context", "seed", "min_doc_tokens")
@@ -49,34 +56,54 @@ class _JsonlIndex:
     a new record for them (readers keep the last record per id).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, id_key: str = "id"):
         self.path, self.offset, self.ids, self.retry = path, 0, set(), set()
+        self.id_key = id_key
+        self._prefix = b'{"' + id_key.encode() + b'": "'
 
     def add(self, record: dict[str, Any]) -> None:
+        key = record[self.id_key]
         if is_retryable(record):
-            self.retry.add(record["id"])
+            self.retry.add(key)
         else:
-            self.ids.add(record["id"])
-            self.retry.discard(record["id"])
+            self.ids.add(key)
+            self.retry.discard(key)
 
     def is_new(self, record: dict[str, Any]) -> bool:
-        if record["id"] in self.ids:
+        if record[self.id_key] in self.ids:
             return False
-        return not (record["id"] in self.retry and is_retryable(record))  # the same error again: nothing new
+        return not (record[self.id_key] in self.retry and is_retryable(record))  # the same error again: nothing new
+
+    def _add_line(self, line: bytes) -> None:
+        # an instance line is the whole document twice: take its id from the line's start (written by
+        # json.dumps with the id first) instead of parsing it, unless the line holds a retryable record
+        if self.path.name == INSTANCES_FILE and line.startswith(self._prefix):
+            end = line.find(b'"', len(self._prefix))
+            if end > 0:
+                self.ids.add(line[len(self._prefix):end].decode())
+                return
+        self.add(json.loads(line))
 
     def refresh(self) -> None:
+        """Index the lines appended since the last look, a block at a time (bounded memory)."""
         if not self.path.exists():
             return
         with self.path.open("rb") as fh:
             fh.seek(self.offset)
-            data = fh.read()
-        complete = data.rfind(b"\n") + 1  # only whole lines; a partial tail is looked at again later
-        for line in data[:complete].splitlines():
-            try:
-                self.add(json.loads(line))
-            except (ValueError, KeyError, TypeError):
-                log.warning("%s: skipping an unreadable line", self.path)
-        self.offset += complete
+            tail = b""
+            while True:
+                block = fh.read(READ_BLOCK)
+                if not block:
+                    break
+                data = tail + block
+                complete = data.rfind(b"\n") + 1  # only whole lines; a partial tail is looked at again later
+                for line in data[:complete].splitlines():
+                    try:
+                        self._add_line(line)
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("%s: skipping an unreadable line", self.path)
+                self.offset += complete
+                tail = data[complete:]
 
     def repair_tail(self) -> None:
         """Drop a partial last line (a writer killed mid-line) so that the next append starts clean."""
@@ -94,6 +121,19 @@ def latest_records(path: Path) -> list[dict[str, Any]]:
     for record in read_jsonl(path):
         latest[record.get("id")] = record
     return list(latest.values())
+
+
+def iter_latest_records(path: Path) -> Iterator[dict[str, Any]]:
+    """`latest_records` streamed: a first pass finds each id's last line, a second yields those lines (in
+    last-written order); memory holds the ids, not the records."""
+    last_line: dict[Any, int] = {}
+    for number, record in enumerate(read_jsonl(path)):
+        last_line[record.get("id")] = number
+    keep = set(last_line.values())
+    del last_line
+    for number, record in enumerate(read_jsonl(path)):
+        if number in keep:
+            yield record
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -118,6 +158,7 @@ class OutputWriter:
         self.qa_path, self.instances_path = self.dir / QA_FILE, self.dir / INSTANCES_FILE
         self.manifest_path = self.dir / MANIFEST_FILE
         self._qa, self._instances = _JsonlIndex(self.qa_path), _JsonlIndex(self.instances_path)
+        self._documents = _JsonlIndex(self.dir / DOCUMENTS_FILE, id_key="doc_id")
         self.written = Counter()  # what this writer appended: qa, instances, skipped_duplicates
 
     @contextmanager
@@ -135,17 +176,26 @@ class OutputWriter:
             self._qa.refresh()
             return frozenset(self._qa.ids)
 
-    def append(self, qa_records: Iterable[dict[str, Any]], instances: Iterable[dict[str, Any]] = ()) -> int:
+    def done_documents(self) -> frozenset[str]:
+        """Ids of the documents finished for good (every record written, none to retry), any process."""
+        with self._locked():
+            self._documents.refresh()
+            return frozenset(self._documents.ids)
+
+    def append(self, qa_records: Iterable[dict[str, Any]], instances: Iterable[dict[str, Any]] = (),
+               finished_documents: Iterable[dict[str, Any]] = ()) -> int:
         """Append records whose ids are not there yet; returns how many qa records were new.
 
         Instances go first: a crash between the two files leaves an instance without its qa record, so the
-        pair is regenerated and the instance (same id) is skipped, never duplicated.
+        pair is regenerated and the instance (same id) is skipped, never duplicated. `finished_documents`
+        ({"doc_id", "status", "records"} for documents none of whose records is retryable) go last.
         """
         qa_records, instances = list(qa_records), list(instances)
         with self._locked():
             new_qa = self._append_new(self._qa, qa_records, dry_run=True)
             self._append_new(self._instances, [i for i in instances if i["id"] in {r["id"] for r in new_qa}])
             self._append_new(self._qa, new_qa)
+            self._append_new(self._documents, list(finished_documents))
         self.written["qa"] += len(new_qa)
         self.written["skipped_duplicates"] += len(qa_records) - len(new_qa)
         return len(new_qa)
@@ -201,31 +251,31 @@ class OutputWriter:
         A run that ended normally is `complete` only when no record's latest attempt failed on the engine:
         `failed` when every record did, `partial` when some did (counts.engine_errors says how many)."""
         with self._locked():
-            qa = latest_records(self.qa_path)
-            instances = latest_records(self.instances_path)
-            _write_parquet(qa, self.dir / "qa.parquet")
-            _write_parquet(instances, self.dir / "instances.parquet")
-            reasons = Counter(r.get("reject_reason") for r in qa if not r.get("accepted"))
-            accepted = sum(1 for r in qa if r.get("accepted"))
-            engine_errors = sum(1 for r in qa if is_retryable(r))
+            qa_stats = _RecordStats()
+            _write_parquet(qa_stats.observe_qa(iter_latest_records(self.qa_path)), self.dir / "qa.parquet")
+            instance_stats = _RecordStats()
+            _write_parquet(instance_stats.observe_instances(iter_latest_records(self.instances_path)),
+                           self.dir / "instances.parquet")
+            accepted, total = qa_stats.accepted, qa_stats.records
+            engine_errors = qa_stats.engine_errors
             if status == "complete" and engine_errors:
-                status = "failed" if engine_errors == len(qa) else "partial"
+                status = "failed" if engine_errors == total else "partial"
             manifest = {
                 "status": status,
                 "config": config,
                 "model": model,
                 "counts": {
-                    "documents": len({r["doc_id"] for r in qa}),
-                    "qa": len(qa),
+                    "documents": len(qa_stats.doc_ids),
+                    "qa": total,
                     "accepted": accepted,
-                    "rejected": len(qa) - accepted,
+                    "rejected": total - accepted,
                     "engine_errors": engine_errors,
-                    "instances": len(instances),
-                    "acceptance_rate": round(accepted / len(qa), 4) if qa else None,
-                    "answer_types": dict(Counter(r.get("answer_type") for r in qa)),
-                    "truncated_instances": sum(1 for i in instances if i.get("truncated")),
+                    "instances": instance_stats.records,
+                    "acceptance_rate": round(accepted / total, 4) if total else None,
+                    "answer_types": dict(qa_stats.answer_types),
+                    "truncated_instances": instance_stats.truncated,
                 },
-                "rejection_reasons": dict(reasons.most_common()),
+                "rejection_reasons": dict(qa_stats.reasons.most_common()),
                 "timings": timings or {},
                 "files": {"qa": QA_FILE, "instances": INSTANCES_FILE, "qa_parquet": "qa.parquet",
                           "instances_parquet": "instances.parquet"},
@@ -237,14 +287,130 @@ class OutputWriter:
         return manifest
 
 
-def _write_parquet(records: list[dict[str, Any]], path: Path) -> None:
+class _RecordStats:
+    """Manifest counts gathered while the records stream past on their way to Parquet."""
+
+    def __init__(self) -> None:
+        self.records = self.accepted = self.truncated = self.engine_errors = 0
+        self.doc_ids: set[Any] = set()
+        self.reasons: Counter = Counter()
+        self.answer_types: Counter = Counter()
+
+    def observe_qa(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for record in records:
+            self.records += 1
+            self.doc_ids.add(record.get("doc_id"))
+            self.answer_types[record.get("answer_type")] += 1
+            self.engine_errors += is_retryable(record)
+            if record.get("accepted"):
+                self.accepted += 1
+            else:
+                self.reasons[record.get("reject_reason")] += 1
+            yield record
+
+    def observe_instances(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for record in records:
+            self.records += 1
+            self.truncated += bool(record.get("truncated"))
+            yield record
+
+
+PARQUET_BATCH = 2000  # records converted to Arrow at a time
+
+
+def _batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_parquet(records: Iterable[dict[str, Any]], path: Path) -> None:
+    """Records to Parquet a batch at a time. Each batch's inferred schema is unified with the ones before (a
+    field null in every record so far gets its type later); batches are spilled to an Arrow IPC file and
+    cast to the final schema when the Parquet file is written, so memory stays at one batch."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = path.with_suffix(".parquet.tmp")
-    table = pa.Table.from_pylist(records) if records else pa.table({"id": pa.array([], pa.string())})
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    tmp, spill = path.with_suffix(".parquet.tmp"), path.with_suffix(".arrows.tmp")
+    schema, spill_writer = None, None
+    try:
+        for batch in _batches(records, PARQUET_BATCH):
+            table = pa.Table.from_pylist(batch)
+            schema = table.schema if schema is None else pa.unify_schemas([schema, table.schema],
+                                                                          promote_options="permissive")
+            if spill_writer is None:
+                spill_writer = _SpillWriter(spill)
+            spill_writer.write(table)
+        if spill_writer is None:
+            pq.write_table(pa.table({"id": pa.array([], pa.string())}), tmp)
+        else:
+            spill_writer.close()
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for table in spill_writer.tables():
+                    writer.write_table(_conform(table, schema))
+        os.replace(tmp, path)
+    finally:
+        if spill_writer is not None:
+            spill_writer.close()
+        spill.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+class _SpillWriter:
+    """Arrow tables of varying schemas in one file (each as its own IPC stream, length-prefixed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fh = path, path.open("wb")
+
+    def write(self, table: Any) -> None:
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as stream:
+            stream.write_table(table)
+        data = sink.getvalue()
+        self.fh.write(len(data).to_bytes(8, "little"))
+        self.fh.write(data)
+
+    def close(self) -> None:
+        if not self.fh.closed:
+            self.fh.close()
+
+    def tables(self) -> Iterator[Any]:
+        import pyarrow as pa
+
+        with self.path.open("rb") as fh:
+            while header := fh.read(8):
+                data = fh.read(int.from_bytes(header, "little"))
+                yield pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def _conform(table: Any, schema: Any) -> Any:
+    """`table` with `schema`'s columns in order (missing ones null) and types (nulls and structs cast)."""
+    import pyarrow as pa
+
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            columns.append(column if column.type == field.type else _cast(column, field.type))
+        else:
+            columns.append(pa.nulls(len(table), field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _cast(column: Any, target: Any) -> Any:
+    import pyarrow as pa
+
+    try:
+        return column.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. a struct missing a field: rebuild from Python
+        return pa.array(column.to_pylist(), type=target)
 
 
 def versions() -> dict[str, str]:
