@@ -127,8 +127,8 @@ def iter_latest_records(path: Path) -> Iterator[dict[str, Any]]:
     """`latest_records` streamed: a first pass finds each id's last line, a second yields those lines (in
     last-written order); memory holds the ids, not the records."""
     last_line: dict[Any, int] = {}
-    for number, record in enumerate(read_jsonl(path)):
-        last_line[record.get("id")] = number
+    for number, record_id in enumerate(_line_ids(path)):
+        last_line[record_id] = number
     keep = set(last_line.values())
     del last_line
     for number, record in enumerate(read_jsonl(path)):
@@ -149,6 +149,26 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                     continue
 
 
+def _line_ids(path: Path) -> Iterator[Any]:
+    """The id of each whole, readable line (as `read_jsonl` yields them), read from the line's start when
+    json.dumps put it first (an instance line is the whole document twice), else parsed."""
+    if not path.exists():
+        return
+    prefix = b'{"id": "'
+    with path.open("rb") as fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
+                continue
+            end = line.find(b'"', len(prefix)) if line.startswith(prefix) else -1
+            if end > 0 and b"\\" not in line[:end]:
+                yield line[len(prefix):end].decode()
+                continue
+            try:
+                yield json.loads(line).get("id")
+            except ValueError:
+                continue
+
+
 class OutputWriter:
     def __init__(self, output_dir: str | Path):
         self.dir = Path(output_dir)
@@ -159,6 +179,7 @@ class OutputWriter:
         self.manifest_path = self.dir / MANIFEST_FILE
         self._qa, self._instances = _JsonlIndex(self.qa_path), _JsonlIndex(self.instances_path)
         self._documents = _JsonlIndex(self.dir / DOCUMENTS_FILE, id_key="doc_id")
+        self._manifest_at_open = self._read_manifest()  # a "running" manifest will replace it
         self.written = Counter()  # what this writer appended: qa, instances, skipped_duplicates
 
     @contextmanager
@@ -205,9 +226,9 @@ class OutputWriter:
         index.repair_tail()
         fresh, seen = [], set()
         for record in records:
-            if index.is_new(record) and record["id"] not in seen:
+            if index.is_new(record) and record[index.id_key] not in seen:
                 fresh.append(record)
-                seen.add(record["id"])
+                seen.add(record[index.id_key])
         if dry_run or not fresh:
             return fresh
         payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh).encode("utf-8")
@@ -239,6 +260,22 @@ class OutputWriter:
             raise OutputDirError(f"{self.dir} holds a run with other settings ({diff}); resume with the same "
                                  "settings or choose a new --output")
 
+    def _previous_counts(self) -> dict[str, Any] | None:
+        """The last complete manifest, when nothing was written since its Parquet files were made."""
+        previous = self._manifest_at_open
+        if self.written["qa"] or not previous or "counts" not in previous:
+            return None
+        if not (_newer(self.dir / "qa.parquet", self.qa_path)
+                and _newer(self.dir / "instances.parquet", self.instances_path)):
+            return None
+        return previous
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return None
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         tmp = self.manifest_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
@@ -249,8 +286,19 @@ class OutputWriter:
         """Write qa.parquet, instances.parquet and manifest.json from the JSONL files; return the manifest.
 
         A run that ended normally is `complete` only when no record's latest attempt failed on the engine:
-        `failed` when every record did, `partial` when some did (counts.engine_errors says how many)."""
+        `failed` when every record did, `partial` when some did (counts.engine_errors says how many).        When the Parquet files are newer than the JSONL files (a resume that wrote nothing), they and the
+        previous counts are kept: rebuilding them would cost time in proportion to the corpus."""
         with self._locked():
+            previous = self._previous_counts()
+            if previous is not None:
+                errors, total = previous["counts"].get("engine_errors", 0), previous["counts"]["qa"]
+                if status == "complete" and errors:
+                    status = "failed" if errors == total else "partial"
+                manifest = {**previous, "status": status, "config": config, "model": model or previous.get("model"),
+                            "timings": timings or {}, "versions": versions(),
+                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+                self.write_manifest(manifest)
+                return manifest
             qa_stats = _RecordStats()
             _write_parquet(qa_stats.observe_qa(iter_latest_records(self.qa_path)), self.dir / "qa.parquet")
             instance_stats = _RecordStats()
@@ -285,6 +333,10 @@ class OutputWriter:
             }
             self.write_manifest(manifest)
         return manifest
+
+
+def _newer(path: Path, than: Path) -> bool:
+    return path.exists() and (not than.exists() or path.stat().st_mtime_ns >= than.stat().st_mtime_ns)
 
 
 class _RecordStats:

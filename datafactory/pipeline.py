@@ -9,10 +9,12 @@ Three stable entry points (the Celery worker awaits `aprocess_document` per docu
 - `run_generation(documents, config, output_dir, engine=None, progress=True) -> manifest dict`: a corpus
   into an output directory, resuming what is there. Documents are processed in groups whose requests go to
   the engine in one call (so the openai engine keeps `concurrency` requests in flight and the transformers
-  engine fills its batches), with two groups overlapping so the engine never drains between groups.
+  engine fills its batches), with a few groups overlapping so the engine never drains between groups.
 
-Each document is tokenized once with the generator's tokenizer; that encoding serves chunking and, when the
-target tokenizer is the same, instance truncation too.
+Documents stream in (never all in memory): finished documents (output.py's documents.jsonl) are skipped by
+id before anything else happens; the rest are planned (planning.py: a character pass chooses the chunk, and
+only a region around it is tokenized, serving chunking and the instance window) in a pool of tokenizer
+processes (tokenpool.py), while earlier groups' requests are on the wire.
 """
 from __future__ import annotations
 
@@ -22,16 +24,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sized
 
-from datafactory.chunking import Chunk, TokenizedText, choose_answer_type, choose_chunks, chunk_document, tokenize_texts
+from datafactory.chunking import Chunk, TokenizedText, backend_of, choose_answer_type
 from datafactory.documents import Document
 from datafactory.engines import sampling_params_from_config
 from datafactory.engines.base import ChatMessages, Engine, EngineResult, SamplingParams
 from datafactory.extraction import check_pair, extract_qa, parse_critique
 from datafactory.instances import ChunkDoesNotFit, build_instance
-from datafactory.output import OutputWriter
+from datafactory.output import OutputWriter, is_retryable
+from datafactory.planning import DocPlan, PlanSettings, plan_tokens
 from datafactory.prompts import GUIDED_REGEXES, critique_messages, qa_messages, uses_demonstration
+from datafactory.tokenpool import ProcessPlanner, ThreadPlanner
 from longscale.common.errors import LongscaleError
 from longscale.common.tokenizers import load_tokenizer
 
@@ -59,18 +63,34 @@ class DocumentResult:
     qa_records: list[dict[str, Any]] = field(default_factory=list)
     instances: list[dict[str, Any]] = field(default_factory=list)
     skipped: str | None = None  # "too_short" | "done" (every item already in the output)
-    n_tokens: int = 0
+    n_tokens: int | None = 0     # None when only a region of the document was tokenized
     requests: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """Nothing of this document needs another attempt (no record is retryable)."""
+        return not any(is_retryable(r) for r in self.qa_records)
+
+    def marker(self) -> dict[str, Any]:
+        """Its line in documents.jsonl."""
+        return {"doc_id": self.doc_id, "status": self.skipped or "generated", "records": len(self.qa_records)}
 
 
 @dataclass
 class Tokenizers:
     generator: Any
     target: Any
+    _thread_planner: Any = field(default=None, repr=False, compare=False)
 
     @property
     def same(self) -> bool:
         return self.target is self.generator
+
+    def thread_planner(self) -> ThreadPlanner:
+        """A planner on a thread of this process, made once (a document at a time: Celery tasks, tests)."""
+        if self._thread_planner is None:
+            self._thread_planner = ThreadPlanner(self)
+        return self._thread_planner
 
 
 def record_id(doc_id: str, chunk_index: int, answer_type: str, seed: int) -> str:
@@ -106,11 +126,9 @@ def load_tokenizers(config: Any) -> Tokenizers:
 
 # ---- planning ---------------------------------------------------------------------------------------------
 
-def _plan(doc: Document, tokenized: TokenizedText, config: Any, demonstration: bool) -> list[WorkItem]:
-    chunks = chunk_document(tokenized, config.chunk_tokens)
-    chosen = choose_chunks(chunks, config.chunks_per_doc, config.seed, doc.id, config.chunk_tokens)
+def _work_items(doc: Document, chunks: list[Chunk], config: Any, demonstration: bool) -> list[WorkItem]:
     items = []
-    for chunk in chosen:
+    for chunk in chunks:
         kind = choose_answer_type(config.seed, doc.id, chunk.index, config.short_ratio)
         items.append(WorkItem(record_id(doc.id, chunk.index, kind, config.seed), doc.id, chunk, kind,
                               qa_messages(chunk.text, kind, demonstration)))
@@ -119,10 +137,11 @@ def _plan(doc: Document, tokenized: TokenizedText, config: Any, demonstration: b
 
 def plan_document(doc: Document, config: Any, tokenizer: Any) -> list[WorkItem]:
     """The work items (chunk + prompt) of one document; [] when it is shorter than min_doc_tokens."""
-    tokenized = tokenize_texts([doc.text], tokenizer)[0]
-    if tokenized.n_tokens < config.min_doc_tokens:
+    backend = backend_of(tokenizer)
+    plan = plan_tokens(doc.text, doc.id, backend, backend, PlanSettings.from_config(config))
+    if plan.too_short:
         return []
-    return _plan(doc, tokenized, config, uses_demonstration(config.prompt_mode, config.model))
+    return _work_items(doc, plan.chunks, config, uses_demonstration(config.prompt_mode, config.model))
 
 
 # ---- generation, extraction, critique ---------------------------------------------------------------------
@@ -130,7 +149,8 @@ def plan_document(doc: Document, config: Any, tokenizer: Any) -> list[WorkItem]:
 def _qa_record(item: WorkItem, model: str, prompt_mode: str, result: EngineResult) -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": item.id, "doc_id": item.doc_id, "chunk_index": item.chunk.index,
-        "chunk_token_span": list(item.chunk.token_span), "chunk_char_span": list(item.chunk.char_span),
+        "chunk_token_span": list(item.chunk.token_span) if item.chunk.token_span else None,
+        "chunk_char_span": list(item.chunk.char_span), "chunk_tokens": item.chunk.n_tokens,
         "answer_type": item.answer_type, "prompt_mode": prompt_mode,
         "question": None, "answer": None, "critique": None, "accepted": False, "reject_reason": None,
         "model": model, "raw": result.text, "finish_reason": result.finish_reason,
@@ -188,7 +208,7 @@ def _instances_for(records: list[dict[str, Any]], chunks: dict[str, Chunk], targ
         if record["accepted"]:
             try:
                 instances.append(build_instance(record, chunks[record["id"]], target_doc, config.max_context,
-                                                tokenizers.target, same_encoding=tokenizers.same))
+                                                tokenizers.target))
             except ChunkDoesNotFit as exc:
                 record.update(accepted=False, reject_reason="chunk_exceeds_context")
                 record["extraction_notes"].append(str(exc))
@@ -225,51 +245,50 @@ class RequestCounter:
 
 
 async def _process_group(docs: list[Document], config: Any, engine: Engine, tokenizers: Tokenizers,
-                         skip_ids: frozenset[str], counter: RequestCounter, sink=None) -> list[DocumentResult]:
-    """A group of documents: their items go to the engine together, in slices of `counter.slice_size`; each
-    slice is extracted, critiqued and turned into instances as soon as it returns, and handed to
-    `sink(qa_records, instances)` then (the output writer appends it), so an interrupted group keeps every
-    slice that finished. The results also carry every record, per document."""
+                         skip_ids: frozenset[str], counter: RequestCounter, planner: Any,
+                         sink=None) -> list[DocumentResult]:
+    """A group of documents: planned in parallel (`planner`), then their items go to the engine together, in
+    slices of `counter.slice_size`; each slice is extracted, critiqued and turned into instances as soon as it
+    returns, and handed to `await sink(qa_records, instances, finished_documents)` then (the output writer
+    appends it), so an interrupted group keeps every slice that finished. A document's marker goes with the
+    slice that completes it (documents with nothing to generate: first). The results carry every record."""
     demonstration = uses_demonstration(config.prompt_mode, engine.model_name)
-    tokenized = await asyncio.to_thread(tokenize_texts, [d.text for d in docs], tokenizers.generator)
-    results, all_items = [], []
-    for doc, tok in zip(docs, tokenized):
-        result = DocumentResult(doc.id, n_tokens=tok.n_tokens)
+    settings = PlanSettings.from_config(config)
+    plans: list[DocPlan] = await asyncio.gather(*(planner.plan(d.text, d.id, settings) for d in docs))
+    results, all_items, remaining = [], [], {}
+    for doc, plan in zip(docs, plans):
+        result = DocumentResult(doc.id, n_tokens=plan.n_tokens)
         results.append(result)
-        if tok.n_tokens < max(1, config.min_doc_tokens):
+        items = [] if plan.too_short else [item for item in _work_items(doc, plan.chunks, config, demonstration)
+                                           if item.id not in skip_ids]
+        if plan.too_short:
             result.skipped = "too_short"
-            continue
-        items = [item for item in _plan(doc, tok, config, demonstration) if item.id not in skip_ids]
-        if not items:
+        elif not items:
             result.skipped = "done"
         all_items.extend(items)
-    by_doc = {doc.id: (doc, tok, result) for doc, tok, result in zip(docs, tokenized, results)}
-    target_encodings: dict[str, asyncio.Future] = {}
-
-    async def target_doc(doc_id: str) -> TokenizedText:
-        doc, tok, _ = by_doc[doc_id]
-        if tokenizers.same:
-            return tok
-        if doc_id not in target_encodings:  # once per document, whichever slice needs it first
-            target_encodings[doc_id] = asyncio.ensure_future(
-                asyncio.to_thread(tokenize_texts, [doc.text], tokenizers.target))
-        return (await target_encodings[doc_id])[0]
+        remaining[doc.id] = len(items)
+    by_doc = {doc.id: (plan, result) for doc, plan, result in zip(docs, plans, results)}
+    if sink is not None and any(r.skipped for r in results):
+        await sink([], [], [r.marker() for r in results if r.skipped])
 
     async def one_slice(items: list[WorkItem]) -> None:
         records = await _generate_records(items, config, engine, demonstration, counter)
         chunks = {item.id: item.chunk for item in items}
-        instances = []
+        instances, finished = [], []
         for doc_id in dict.fromkeys(item.doc_id for item in items):
             doc_records = [r for r in records if r["doc_id"] == doc_id]
-            target = await target_doc(doc_id) if any(r["accepted"] for r in doc_records) else None
+            plan, result = by_doc[doc_id]
+            target = plan.target if any(r["accepted"] for r in doc_records) else None
             doc_instances = _instances_for(doc_records, chunks, target, config, tokenizers)
-            result = by_doc[doc_id][2]
             result.qa_records.extend(doc_records)
             result.instances.extend(doc_instances)
             result.requests += len(doc_records) + sum(1 for r in doc_records if r["critique"] is not None)
             instances += doc_instances
+            remaining[doc_id] -= len(doc_records)
+            if not remaining[doc_id] and result.finished:
+                finished.append(result.marker())
         if sink is not None:
-            sink(records, instances)
+            await sink(records, instances, finished)
 
     size = counter.slice_size
     await asyncio.gather(*(one_slice(all_items[k:k + size]) for k in range(0, len(all_items), size)))
@@ -280,7 +299,8 @@ async def aprocess_document(doc: Document, config: Any, engine: Engine, tokenize
                             skip_ids: frozenset[str] = frozenset()) -> DocumentResult:
     """One document through the whole recipe on the running event loop (the Celery task's unit of work:
     a worker keeps one loop, so the engine's connections and the tokenizer thread outlive a document)."""
-    return (await _process_group([doc], config, engine, tokenizers, frozenset(skip_ids), RequestCounter()))[0]
+    return (await _process_group([doc], config, engine, tokenizers, frozenset(skip_ids), RequestCounter(),
+                                 tokenizers.thread_planner()))[0]
 
 
 def process_document(doc: Document, config: Any, engine: Engine, tokenizers: Tokenizers,
@@ -315,15 +335,25 @@ def _groups(documents: Iterable[Document], min_items: int, config: Any) -> Itera
         yield group
 
 
+GROUPS_IN_FLIGHT = 3  # one being planned, one on the wire, one draining: the engine never waits on planning
+
+
 async def _run_groups(documents: Iterable[Document], config: Any, engine: Engine, tokenizers: Tokenizers,
-                      writer: OutputWriter, skip_ids: frozenset[str], counter: RequestCounter, on_result) -> None:
-    in_flight = asyncio.Semaphore(2)  # two groups overlap: one drains while the next fills the engine
+                      writer: OutputWriter, skip_ids: frozenset[str], counter: RequestCounter, on_result,
+                      planner: Any) -> None:
+    """Groups of documents, at most GROUPS_IN_FLIGHT at a time (bounded memory: the documents are read only
+    as a slot frees up)."""
+    in_flight = asyncio.Semaphore(GROUPS_IN_FLIGHT)
     pending: set[asyncio.Task] = set()
+
+    async def sink(qa_records: list, instances: list, finished_documents: list) -> None:
+        await asyncio.to_thread(writer.append, qa_records, instances, finished_documents)
 
     async def run_one(group: list[Document]) -> None:
         try:
-            # one locked, fsynced append per slice of requests: Ctrl-C loses only the slices in flight
-            results = await _process_group(group, config, engine, tokenizers, skip_ids, counter, writer.append)
+            # one locked, fsynced append per slice of requests (off the event loop): Ctrl-C loses only the
+            # slices in flight
+            results = await _process_group(group, config, engine, tokenizers, skip_ids, counter, planner, sink)
             for result in results:
                 on_result(result)
         finally:
@@ -343,15 +373,18 @@ async def _run_groups(documents: Iterable[Document], config: Any, engine: Engine
 
 
 def run_generation(documents: Iterable[Document], config: Any, output_dir: str | Path, engine: Engine | None = None,
-                   progress: bool = True, tokenizers: Tokenizers | None = None) -> dict[str, Any]:
+                   progress: bool = True, tokenizers: Tokenizers | None = None,
+                   processes: int | None = None) -> dict[str, Any]:
     """Generate into `output_dir` (resuming what is there) and return the manifest.
 
-    On an interruption or an engine failure, what was produced is kept and the manifest says so
-    (status "interrupted" / "failed") before the exception goes on.
+    `documents` is consumed lazily, once. Documents finished by an earlier run are skipped by id before
+    they are tokenized. Planning runs in `processes` tokenizer processes (default: one per core; 0 = a
+    thread of this process). On an interruption or an engine failure, what was produced is kept and the
+    manifest says so (status "interrupted" / "failed") before the exception goes on.
     """
     from datafactory.progress import GenerationProgress
 
-    documents = list(documents)
+    total = len(documents) if isinstance(documents, Sized) else None
     writer = OutputWriter(output_dir)
     writer.check_compatible(config.public_dict())
     timings: dict[str, float] = {}
@@ -363,15 +396,18 @@ def run_generation(documents: Iterable[Document], config: Any, output_dir: str |
 
         engine = build_engine(config)
     timings["setup_s"] = round(time.perf_counter() - t0, 3)
+    done_documents = writer.done_documents()
     skip_ids = writer.done_ids()
     writer.write_manifest({"status": "running", "config": config.public_dict(), "model": engine.model_name,
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    this_run = {"documents": len(documents), "processed": 0, "too_short": 0, "already_done": 0,
+    this_run = {"documents": 0, "processed": 0, "too_short": 0, "already_done": 0,
                 "qa_new": 0, "accepted_new": 0, "engine_errors": 0, "first_engine_error": None, "requests": 0,
                 "resumed_from": len(skip_ids)}
     status = "failed"
-    with GenerationProgress(len(documents), enabled=progress) as bar:
+    planner = None
+    with GenerationProgress(total, enabled=progress) as bar:
         counter = RequestCounter(config.batch_size, on_progress=bar.requests_done)
+
         def on_result(result: DocumentResult) -> None:
             this_run["processed"] += result.skipped is None
             this_run["too_short"] += result.skipped == "too_short"
@@ -384,14 +420,27 @@ def run_generation(documents: Iterable[Document], config: Any, output_dir: str |
                 this_run["first_engine_error"] = errors[0]
             bar.document_done(result, counter.rate)
 
+        def not_done(docs: Iterable[Document]) -> Iterator[Document]:
+            for doc in docs:
+                this_run["documents"] += 1
+                if doc.id in done_documents:
+                    this_run["already_done"] += 1
+                    bar.document_done(DocumentResult(doc.id, skipped="done"), counter.rate)
+                    continue
+                yield doc
+
         t1 = time.perf_counter()
         try:
-            asyncio.run(_run_groups(documents, config, engine, tokenizers, writer, skip_ids, counter, on_result))
+            planner = ProcessPlanner(tokenizers, processes) if processes != 0 else tokenizers.thread_planner()
+            asyncio.run(_run_groups(not_done(documents), config, engine, tokenizers, writer, skip_ids, counter,
+                                    on_result, planner))
             status = "complete"
         except (KeyboardInterrupt, asyncio.CancelledError):
             status = "interrupted"
             raise
         finally:
+            if planner is not None:
+                planner.close()
             timings["generation_s"] = round(time.perf_counter() - t1, 3)
             this_run["requests"] = counter.requests
             this_run["requests_per_s"] = round(counter.rate, 3)

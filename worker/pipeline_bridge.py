@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from datafactory.config import GenerationConfig
-from datafactory.documents import Document, load_documents  # noqa: F401  (re-exported for the tasks)
+from datafactory.documents import Document, iter_documents, load_documents  # noqa: F401  (re-exported for the tasks)
 from datafactory.engines import EngineError, build_engine
 from datafactory.output import OutputWriter, read_jsonl, QA_FILE
 from datafactory.pipeline import aprocess_document, load_tokenizers

@@ -2,13 +2,15 @@
 
 Task payloads stay small (a path, a byte offset, an id) however long the documents are; the spool lives in
 a hidden folder of the job's output directory, which every worker must see anyway (shared storage), and is
-removed when the job ends.
+removed when the job ends. Documents stream into it one at a time, and their references into an index file
+(`refs.jsonl`) that the fan-out reads back lazily: neither the spooler nor the fan-out holds the corpus.
 """
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,19 +33,34 @@ def spool_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / SPOOL_DIR
 
 
-def write_spool(documents: list[Document], output_dir: str | Path) -> list[DocumentRef]:
+def spool_documents(documents: Iterable[Document], output_dir: str | Path) -> int:
+    """Stream documents into the spool and their references into its index; returns how many."""
     folder = spool_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "documents.jsonl"
-    refs: list[DocumentRef] = []
-    with path.open("wb") as fh:
+    count = 0
+    with path.open("wb") as fh, (folder / "refs.jsonl").open("w", encoding="utf-8") as index:
         for doc in documents:
             # ASCII-escaped: a text with malformed Unicode (a lone surrogate) still spools and fails alone
-            line = json.dumps({"id": doc.id, "text": doc.text, "meta": doc.meta}) + "\n"
-            data = line.encode("utf-8")
-            refs.append(DocumentRef(id=doc.id, path=str(path.resolve()), offset=fh.tell(), length=len(data)))
+            data = (json.dumps({"id": doc.id, "text": doc.text, "meta": doc.meta}) + "\n").encode("utf-8")
+            ref = DocumentRef(id=doc.id, path=str(path.resolve()), offset=fh.tell(), length=len(data))
             fh.write(data)
-    return refs
+            index.write(ref.model_dump_json() + "\n")
+            count += 1
+    return count
+
+
+def spooled_refs(output_dir: str | Path) -> Iterator[DocumentRef]:
+    """The references `spool_documents` wrote, read one at a time."""
+    with (spool_dir(output_dir) / "refs.jsonl").open(encoding="utf-8") as index:
+        for line in index:
+            yield DocumentRef.model_validate_json(line)
+
+
+def write_spool(documents: Iterable[Document], output_dir: str | Path) -> list[DocumentRef]:
+    """`spool_documents`, returning the references as a list (a few documents: tests)."""
+    spool_documents(documents, output_dir)
+    return list(spooled_refs(output_dir))
 
 
 def read_document(ref: DocumentRef) -> Document:

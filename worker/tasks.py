@@ -26,7 +26,7 @@ from worker import pipeline_bridge as bridge
 from worker.celery_app import app
 from worker.jobstore import JobStore, all_settled
 from worker.settings import get_worker_settings
-from worker.spool import DocumentRef, read_document, remove_spool, write_spool
+from worker.spool import DocumentRef, read_document, remove_spool, spool_documents, spooled_refs
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +77,23 @@ def prepare_job(self: Task, job_id: str, request: dict, config: dict) -> dict:
     jobs = store()
     jobs.set_status(job_id, "preparing")
     try:
-        documents = bridge.load_documents(req.input_paths, cfg)
         bridge.check_output_dir(req.output_dir, cfg)
+        Path(req.output_dir).mkdir(parents=True, exist_ok=True)
+        # streamed: read errors surface here, before any task is sent
+        total = spool_documents(bridge.iter_documents(req.input_paths, cfg), req.output_dir)
     except Exception as exc:  # a missing file, a bad field, a clashing output dir: the job fails, saying why
+        remove_spool(req.output_dir)
         jobs.add_error(job_id, None, f"{type(exc).__name__}: {exc}")
         jobs.set_status(job_id, "failed", reason=f"could not read the inputs: {exc}")
         return {"documents": 0}
-    Path(req.output_dir).mkdir(parents=True, exist_ok=True)
-    refs = write_spool(documents, req.output_dir)
-    jobs.update(job_id, documents_total=len(refs))
+    jobs.update(job_id, documents_total=total)
     jobs.set_status(job_id, "running")
-    if not refs:
+    if not total:
         _send_finalize(job_id, config)
     queue = get_worker_settings().queue
-    for ref in refs:
+    for ref in spooled_refs(req.output_dir):
         generate_document.apply_async(args=[job_id, ref.model_dump(), config], queue=queue)
-    return {"documents": len(refs)}
+    return {"documents": total}
 
 
 _LIMIT = get_worker_settings().document_time_limit

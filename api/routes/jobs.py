@@ -15,7 +15,7 @@ from api.deps import get_settings, get_store, require_api_key
 from api.schemas import JOB_ID_PATTERN, Job, JobCreate, JobPage
 from api.settings import ApiSettings
 from datafactory.config import GenerationConfig
-from datafactory.documents import DocumentError, load_documents
+from datafactory.documents import DocumentError, iter_documents
 from datafactory.output import INSTANCES_FILE, QA_FILE
 from worker.jobstore import FINAL_STATES, JobStore, new_job_id
 from worker.submit import start_job
@@ -99,7 +99,7 @@ def create_job_from_upload(request: Request, file: UploadFile = File(description
     with path.open("wb") as out:
         shutil.copyfileobj(file.file, out, 1024 * 1024)
     try:
-        count = len(load_documents([path], cfg))
+        count = sum(1 for _ in iter_documents([path], cfg))  # streamed: an upload may be a corpus
     except DocumentError as exc:
         shutil.rmtree(settings.jobs_root / job_id, ignore_errors=True)
         message = str(exc).replace(str(path), file.filename or "upload")

@@ -1,0 +1,79 @@
+"""Planners: where `planning.plan_tokens` runs. `ProcessPlanner` uses one spawned process per core, each
+holding the tokenizers (rebuilt from their JSON, no transformers import), so tokenization never holds the
+event loop's GIL and uses every core; `ThreadPlanner` runs it on a thread of this process (one document at
+a time: the Celery worker's unit, tests).
+
+The trade-off of processes: a document's text is pickled to a worker (~30 us for 30 KB) and its plan comes
+back as chunk texts plus compact offset arrays of the target region (8 bytes a token), and each worker costs
+~100 MB and a second to start.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+from datafactory.chunking import TokenizedText, backend_of
+from datafactory.planning import DocPlan, PlanSettings, plan_tokens
+
+_worker_tokenizers: tuple[Any, Any] | None = None
+
+
+def _init_worker(generator_json: str, target_json: str | None) -> None:
+    global _worker_tokenizers
+    from tokenizers import Tokenizer
+
+    generator = Tokenizer.from_str(generator_json)
+    target = generator if target_json is None else Tokenizer.from_str(target_json)
+    _worker_tokenizers = (generator, target)
+
+
+def _plan_in_worker(text: str, doc_id: str, settings: PlanSettings) -> DocPlan:
+    assert _worker_tokenizers is not None, "worker not initialised"
+    plan = plan_tokens(text, doc_id, *_worker_tokenizers, settings)
+    if plan.target is not None:
+        plan.target = _detached(plan.target)
+    return plan
+
+
+def _detached(tokenized: TokenizedText) -> TokenizedText:
+    """The encoding without its document text (the parent has the text and re-attaches it)."""
+    tokenized.text = ""
+    return tokenized
+
+
+class ThreadPlanner:
+    """plan_tokens on a worker thread of this process."""
+
+    def __init__(self, tokenizers: Any) -> None:
+        self.generator = backend_of(tokenizers.generator)
+        self.target = self.generator if tokenizers.same else backend_of(tokenizers.target)
+
+    async def plan(self, text: str, doc_id: str, settings: PlanSettings) -> DocPlan:
+        return await asyncio.to_thread(plan_tokens, text, doc_id, self.generator, self.target, settings)
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessPlanner:
+    """plan_tokens in `workers` processes (default: every core)."""
+
+    def __init__(self, tokenizers: Any, workers: int | None = None) -> None:
+        generator = backend_of(tokenizers.generator).to_str()
+        target = None if tokenizers.same else backend_of(tokenizers.target).to_str()
+        self.workers = workers or os.cpu_count() or 1
+        self._executor = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                             initializer=_init_worker, initargs=(generator, target))
+
+    async def plan(self, text: str, doc_id: str, settings: PlanSettings) -> DocPlan:
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(self._executor, _plan_in_worker, text, doc_id, settings)
+        if plan.target is not None:
+            plan.target.text = text
+        return plan
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
