@@ -23,6 +23,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sized
 
@@ -389,7 +390,6 @@ def run_generation(documents: Iterable[Document], config: Any, output_dir: str |
     writer.check_compatible(config.public_dict())
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    tokenizers = tokenizers or load_tokenizers(config)
     own_engine = engine is None
     if engine is None:
         from datafactory.engines import build_engine
@@ -431,9 +431,13 @@ def run_generation(documents: Iterable[Document], config: Any, output_dir: str |
 
         t1 = time.perf_counter()
         try:
-            planner = ProcessPlanner(tokenizers, processes) if processes != 0 else tokenizers.thread_planner()
-            asyncio.run(_run_groups(not_done(documents), config, engine, tokenizers, writer, skip_ids, counter,
-                                    on_result, planner))
+            pending = not_done(documents)
+            first = next(pending, None)
+            if first is not None:  # a resume with nothing left to do never loads a tokenizer
+                tokenizers = tokenizers or load_tokenizers(config)
+                planner = ProcessPlanner(tokenizers, processes) if processes != 0 else tokenizers.thread_planner()
+                asyncio.run(_run_groups(chain([first], pending), config, engine, tokenizers, writer, skip_ids,
+                                        counter, on_result, planner))
             status = "complete"
         except (KeyboardInterrupt, asyncio.CancelledError):
             status = "interrupted"

@@ -35,7 +35,9 @@ def run_generate(args: argparse.Namespace) -> int:
 def generate(inputs: list[str], config: GenerationConfig, output: Path, broker: str | None = None,
              progress: bool = True) -> int:
     """Run (or submit) a generation and print the summary; the library's errors reach main's one mapping."""
-    from datafactory.documents import load_documents
+    from itertools import chain
+
+    from datafactory.documents import iter_documents
     from datafactory.pipeline import run_generation
 
     if broker:
@@ -47,10 +49,11 @@ def generate(inputs: list[str], config: GenerationConfig, output: Path, broker: 
         else:
             print(f"submitted to {broker}; results will appear in {output}")
         return 0
-    documents = load_documents(inputs, config)
-    if not documents:
+    documents = iter_documents(inputs, config)  # streamed: a corpus is never all in memory
+    first = next(documents, None)
+    if first is None:
         raise ConfigError(f"no documents found in {', '.join(map(str, inputs))}")
-    manifest = run_generation(documents, config, output, progress=progress)
+    manifest = run_generation(chain([first], documents), config, output, progress=progress)
     print_summary(manifest, output)
     counts, first_error = manifest["counts"], manifest["this_run"]["first_engine_error"]
     if manifest["status"] in ("failed", "partial"):
