@@ -214,7 +214,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_resume(args: argparse.Namespace) -> None:
     entries = []
     with FaultInjectingServer(delay_ms=args.delay_ms) as server:
-        out = WORK / f"out-resume-{args.docs}"
+        out = Path(args.output) if args.output else WORK / f"out-resume-{args.docs}"
         if not (out / "manifest.json").exists():
             subprocess.run(["rm", "-rf", str(out)], check=True)
             first = run_longscale(REPO, corpus(args.docs), out, server, args.concurrency)
@@ -391,6 +391,7 @@ def main() -> None:
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("resume")
     p.add_argument("--docs", type=int, default=10000)
+    p.add_argument("--output", help="a finished output of the same corpus (e.g. a kept sweep run)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--delay-ms", type=float, default=5)
     p.add_argument("--concurrency", type=int, default=64)
