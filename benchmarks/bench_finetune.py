@@ -34,7 +34,6 @@ from benchmarks.trainbench import (CUDA, PEAK_FLOPS, StepProfile, peak_memory_gb
 from finetune.assemble import assemble_rows, load_tokenizer, to_dataset  # noqa: E402
 from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.trainer import build_trainer  # noqa: E402
-from pretrain.trainer import configure_checkpointing  # noqa: E402
 
 BOOKS = sorted((REPO / "datafactory" / "sample_corpus").glob("*.txt"))
 TEMPLATE = ('You are given a long text (delimited by triple quotes) and a question. Read the text and answer the '
@@ -109,7 +108,7 @@ class ProfileLastStep(TrainerCallback):
 
 
 def parse_ckpt(ckpt) -> tuple[str, int]:
-    """none | full | every:N (selective: every N-th decoder layer recomputes) -> configure_checkpointing's args."""
+    """none | full | every:N (selective: every N-th decoder layer recomputes) -> (mode, N)."""
     ckpt = {True: "full", False: "none"}.get(ckpt, ckpt)
     if str(ckpt).startswith("every:"):
         return "selective", int(ckpt.split(":")[1])
@@ -119,9 +118,11 @@ def parse_ckpt(ckpt) -> tuple[str, int]:
 def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ckpt, rows=1, attn="auto",
             compile_="off", short_file=None, lora_r=0, profile=False):
     data_kw = {"short_data": [str(short_file)]} if short_file else {"long_data": [str(data_dir)]}
+    mode, every = parse_ckpt(ckpt)
     config = FinetuneConfig(model=name, output=str(out_dir), **data_kw, pack_length=seq, max_length=seq,
                             pad_to="max", drop_overlong=True, batch_tokens=seq * rows, per_device_rows=rows,
-                            max_steps=warmup + steps + (1 if profile else 0), gradient_checkpointing=False,
+                            max_steps=warmup + steps + (1 if profile else 0), gradient_checkpointing=mode != "none",
+                            ckpt_every_layers=every,
                             attn_implementation=attn, bf16=CUDA, torch_compile=compile_, save_steps=10**6,
                             logging_steps=1, warmup_ratio=0.0, lora_r=lora_r, lora_alpha=2 * max(lora_r, 1))
     data, stats = assemble_rows(config, tokenizer)
@@ -130,8 +131,6 @@ def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ck
         for r in data:
             r["input_ids"] = [t % vocab for t in r["input_ids"]]
             r["labels"] = [t % vocab if t >= 0 else t for t in r["labels"]]
-    mode, every = parse_ckpt(ckpt)
-    configure_checkpointing(model, mode, every)  # selective checkpointing is set on the model, not by the Trainer
     clock, profiler = StepClock(), ProfileLastStep(warmup + steps)
     trainer = build_trainer(config, to_dataset(data), tokenizer, model=model, callbacks=[clock, profiler])
     trainer.args.save_strategy = "no"  # no multi-GB checkpoint at the end of a timing run

@@ -75,8 +75,10 @@ def sft_args(config: FinetuneConfig, row_tokens: int):
         dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, length_column_name="length",
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
     )
-    # the older name: TRL 1.16 reads `args.gradient_checkpointing`, and transformers 5.17 has only it
-    kwargs["gradient_checkpointing"] = config.gradient_checkpointing and not fsdp_checkpoints_activations()
+    # the older name: TRL 1.16 reads `args.gradient_checkpointing`, and transformers 5.17 has only it; selective
+    # checkpointing is set on the model itself (build_trainer), the Trainer would turn it on for every layer
+    kwargs["gradient_checkpointing"] = (config.gradient_checkpointing and config.ckpt_every_layers == 1
+                                        and not fsdp_checkpoints_activations())
     if config.pad_to == "bucket" and config.per_device_rows > 1:
         kwargs["train_sampling_strategy"] = "group_by_length"
     return SFTConfig(**kwargs)
@@ -107,6 +109,10 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model=None, callba
         from pretrain.attention import attn_implementation
 
         model.set_attn_implementation(attn_implementation(config.attn_implementation))
+    if config.gradient_checkpointing and config.ckpt_every_layers > 1 and not fsdp_checkpoints_activations():
+        from pretrain.trainer import configure_checkpointing
+
+        configure_checkpointing(model, "selective", config.ckpt_every_layers)
     if compile_mode(config) == "layers":
         from pretrain.compile import compile_decoder_layers
 

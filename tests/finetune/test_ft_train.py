@@ -127,3 +127,37 @@ def test_per_layer_compile_trains_like_eager(tmp_path, tiny_llama_dir, data):
         losses[mode] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses["off"]) == 3
     assert losses["layers"] == pytest.approx(losses["off"], rel=1e-4)
+
+
+def test_selective_checkpointing_recomputes_every_nth_layer_and_trains_alike(tmp_path, tiny_llama_dir, data):
+    """`--ckpt-every-layers 2`: layer 0 recomputes, layer 1 keeps its activations; the losses are those of no
+    checkpointing (recomputation changes memory, not the function)."""
+    torch.set_num_threads(2)
+    losses = {}
+    for name, kw in {"none": dict(gradient_checkpointing=False),
+                     "every2": dict(gradient_checkpointing=True, ckpt_every_layers=2)}.items():
+        config = cfg(tmp_path / name, tiny_llama_dir, data, max_steps=2, **kw)
+        tokenizer = load_tokenizer(config.model)
+        rows, _ = assemble_rows(config, tokenizer)
+        trainer = build_trainer(config, to_dataset(rows), tokenizer)
+        flags = [layer.gradient_checkpointing for layer in trainer.model.model.layers]
+        assert flags == ([True, False] if name == "every2" else [False, False])
+        assert trainer.args.gradient_checkpointing is False  # the Trainer would turn every layer on
+        trainer.train()
+        losses[name] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses["every2"] == pytest.approx(losses["none"], rel=1e-5)
+
+
+def test_attention_kernel_flag_reaches_the_model(tmp_path, tiny_llama_dir, data):
+    """`--attn-implementation flash` (SDPA's flash backend through our registered function) trains on CPU; `cudnn`
+    on a machine without it is a clear error before any training."""
+    config = cfg(tmp_path, tiny_llama_dir, {"long_data": data["long_data"]}, max_steps=1, attn_implementation="flash")
+    tokenizer = load_tokenizer(config.model)
+    rows, _ = assemble_rows(config, tokenizer)
+    trainer = build_trainer(config, to_dataset(rows), tokenizer)
+    assert trainer.model.config._attn_implementation == "longscale_fa2"
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="cudnn needs a CUDA GPU"):
+            build_trainer(config.model_copy(update={"attn_implementation": "cudnn"}), to_dataset(rows), tokenizer)
