@@ -53,7 +53,7 @@ class FinetuneConfig(BaseModel):
     bf16: bool | None = Field(None, description="bf16 weights/compute (default: where the device supports it)")
     gradient_checkpointing: bool = Field(True, description="recompute activations in backward (less memory, ~25% slower)")
     ckpt_every_layers: int = Field(1, ge=1, description="with --gradient-checkpointing: only every N-th decoder layer "
-                                   "recomputes (1 = all; 2 = half: what fits a 7B model at 32k on one H200)")
+                                   "recomputes (1 = all, 2 = half of them)")
     attn_implementation: AttnKernel = Field(
         "auto", description="attention kernel (pretrain/attention.py): auto = cudnn on Hopper-class GPUs, flash on "
         "other GPUs (packed rows: FlexAttention), sdpa on CPU; or cudnn, flash, flex, sdpa, eager, flash_attention_2")
