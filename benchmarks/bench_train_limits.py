@@ -5,9 +5,10 @@ OUT/train_limits_<part>.json and .md after every run, so a killed call still ret
   1b   hf_baseline.py (subprocess, first), an SDPA kernel check (flash vs cuDNN forward+backward at 16k/32k, GQA
        16/4, and their numerical agreement), then the finetune trainer (TRL) on long rows at 32k with the flash
        and the cuDNN kernel (same data: their loss curves are compared), at 16k (2 rows a micro-batch) with
-       cuDNN, packed FT-Short rows (`auto`: FlexAttention for packed rows), and the pretrainer's step at 32k/16k.
-  7b   a Llama-2-7B-shaped model: finetune LoRA (r 16, all linear layers) at 32k, full finetuning at 32k and 16k,
-       continual pretraining (bf16 parameters) at 32k and 16k, each with the least activation checkpointing
+       cuDNN, packed FT-Short rows (2 a micro-batch; `auto`: FlexAttention for packed rows), and the pretrainer's step
+       at 32k/16k.
+  7b   a Llama-2-7B-shaped model: full finetuning at 32k, LoRA (r 16, all linear layers) at 32k, continual
+       pretraining (bf16 parameters) at 32k, full finetuning and continual pretraining at 16k, each with the least activation checkpointing
        that fits (tried in order; an out-of-memory run is recorded and the next setting tried), then the issue's
        plain reference (flash, full checkpointing, no compile) at 32k.
 Every trainer run compiles each decoder layer and profiles one extra step (GPU time by kernel category).
@@ -290,8 +291,8 @@ def main() -> int:
         label = "random-0.9B"
         finetune_run(label, one_b, s32, ckpts=["none"], kernel="cudnn" if CUDA else "flash", estimate=60, **common)
         finetune_run(label, one_b, s32, ckpts=["none"], kernel="flash", estimate=50, **common)
-        finetune_run(label, one_b, s16, ckpts=["none"], rows=2, kernel="auto", estimate=45, **common)
-        finetune_run(label, one_b, s16, ckpts=["none"], packed=True, kernel="auto", estimate=60, **common)
+        finetune_run(label, one_b, s16, ckpts=["none"], rows=2, kernel="cudnn" if CUDA else "flash", estimate=45, **common)
+        finetune_run(label, one_b, s16, ckpts=["none"], rows=2, packed=True, kernel="auto", estimate=60, **common)
         pcommon = dict(args=args, budget=budget, results=state["runs"], save=save, compile_layers=CUDA)
         pretrain_run("pretrain 853M", one_b, s32, ckpts=["none"], kernel="auto", estimate=35, **pcommon)
         pretrain_run("pretrain 853M", one_b, s16, ckpts=["none"], kernel="auto", estimate=30, **pcommon)
@@ -301,9 +302,9 @@ def main() -> int:
         finetune_run(label, seven_b, s32, ckpts=["every:2", "full"], kernel="auto", estimate=110, **common)
         finetune_run(label, seven_b, s32, ckpts=["every:4", "every:2", "full"], lora_r=16, kernel="auto",
                      estimate=100, **common)
-        finetune_run(label, seven_b, s16, ckpts=["every:4", "every:2", "full"], kernel="auto", estimate=60, **common)
         pcommon = dict(args=args, budget=budget, results=state["runs"], save=save, compile_layers=CUDA)
         pretrain_run("pretrain 7B", seven_b, s32, ckpts=["every:2", "full"], kernel="auto", estimate=50, **pcommon)
+        finetune_run(label, seven_b, s16, ckpts=["every:4", "every:2", "full"], kernel="auto", estimate=60, **common)
         pretrain_run("pretrain 7B", seven_b, s16, ckpts=["every:4", "every:2", "full"], kernel="auto", estimate=40,
                      **pcommon)
         # the plain reference: flash backend, full checkpointing, no compile (one call, same GPU)
