@@ -3,7 +3,7 @@
 # no trl/datasets/pydantic there, no network). Run from a staged copy of the repo holding:
 #   .whl/   cp312 wheels: trl 1.16.0, datasets 5.2.0, dill, multiprocess, pydantic, pydantic_core, annotated_types,
 #           typing_inspection (pip download --no-deps, see /work/.library/device/README.md)
-#   tok/    the embedded SmolLM2 tokenizer files (tokenizer.json, tokenizer_config.json): the data's chat template
+#   tok/    the embedded SmolLM2 tokenizer files (tokenizer.json, tokenizer_config.json, chat_template.jinja)
 #   hf_baseline.py  a copy of ../shared/tools/hf_baseline.py (part 1b runs it first, in the same call)
 # Usage: bash benchmarks/device_train_limits.sh 1b|7b [BUDGET_S]   (writes into $OUT)
 #        bash benchmarks/device_train_limits.sh stage DEST   (here: copy the worktree, wheels, tokenizer, baseline)
@@ -13,7 +13,7 @@ if [ "$PART" = stage ]; then
   DEST=${2:?destination folder, ignored by git and named in carry}
   mkdir -p "$DEST/.whl" "$DEST/tok"
   git ls-files -co --exclude-standard | grep -v -E "\.(png|gguf)$" | tar -cf - -T - | tar -xf - -C "$DEST"
-  cp "${TOKENIZER_DIR:-$HOME/.cache/longscale/models/SmolLM2-135M-Instruct}"/tokenizer*.json "$DEST/tok/"
+  cp "${TOKENIZER_DIR:-$HOME/.cache/longscale/models/SmolLM2-135M-Instruct}"/{tokenizer.json,tokenizer_config.json,chat_template.jinja} "$DEST/tok/"
   cp "${BASELINE:-../shared/tools/hf_baseline.py}" "$DEST/hf_baseline.py"
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$DEST/.whl" \
