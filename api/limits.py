@@ -42,3 +42,21 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class HeaderSizeLimit:
+    """Request headers past `max_bytes` in all (names + values) are a 431. h11 bounds only a head that is
+    still incomplete in its buffer; a big head arriving in one read would pass it, so the app checks too."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) + 4 for name, value in scope.get("headers") or [])
+            if size > self.max_bytes:
+                detail = f"request headers of {size} bytes (limit {self.max_bytes}: LONGSCALE_MAX_HEADER_BYTES)"
+                await JSONResponse({"detail": detail}, status_code=431)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

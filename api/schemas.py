@@ -25,6 +25,8 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     config: GenerationConfig = Field(default_factory=GenerationConfig)
+    engine_name: str | None = Field(None, max_length=128, description="one of the server's named engines "
+                                    "(LONGSCALE_ENGINES); sets the config's engine, base_url and model")
     documents: list[InlineDocument] | None = Field(None, min_length=1, max_length=100_000)
     path: str | None = Field(None, min_length=1, max_length=4096,
                              description="file or folder relative to the server's data root")
@@ -45,6 +47,7 @@ class JobError(BaseModel):
 class Job(BaseModel):
     id: str
     status: JobStatus
+    owner: str | None = Field(None, description="the client that submitted it")
     reason: str | None = None
     cancel_requested: bool = False
     documents_total: int = 0
@@ -65,6 +68,8 @@ class Job(BaseModel):
     started_at: float | None = None
     last_settled_at: float | None = Field(None, description="when the latest document finished")
     finished_at: float | None = None
+    restored_at: float | None = Field(None, description="when the job was rebuilt from its output directory "
+                                      "after Redis lost it (its counts then come from the journal)")
     config: dict[str, Any] = Field(default_factory=dict, description="the config, API key masked")
     source: dict[str, Any] = Field(default_factory=dict)
     errors: list[JobError] = Field(default_factory=list, description="latest errors, oldest first")
@@ -80,5 +85,5 @@ class JobPage(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
-    redis: str
-    engine: str
+    redis: str | None = Field(None, description="shown to callers with a key only")
+    engine: str | None = Field(None, description="shown to callers with a key only")

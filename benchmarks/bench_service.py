@@ -14,6 +14,11 @@ Two comparisons:
 
     python benchmarks/bench_service.py [--docs 48] [--delay-ms 100]
 Writes benchmarks/results/service.json, service.md and service.png.
+
+    python benchmarks/bench_service.py --api-latency [--baseline d174c3c] [--jobs 30] [--samples 600]
+p50/p99 of GET /v1/jobs/{id} while 30 jobs run on two workers, for the code of --baseline (checked out in a
+temporary clone) and this checkout, one after the other in the same run, each on its own fresh Redis,
+API and workers; writes benchmarks/results/service_api_latency.{json,md}.
 """
 from __future__ import annotations
 
@@ -78,13 +83,154 @@ def service_job(redis_url: str, docs: Path, config, out: Path) -> dict:
             "engine_seconds": job["engine_seconds"], "task_seconds": job["task_seconds"]}
 
 
+def _spawn(name: str, cmd: list[str], code: Path, log_dir: Path, env: dict[str, str]):
+    """A process running the code in `code` (cwd and PYTHONPATH there, so that checkout's packages win)."""
+    import subprocess
+
+    log = (log_dir / f"{name}.log").open("ab")
+    full = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(code), **env)
+    return subprocess.Popen(cmd, cwd=code, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc) -> None:
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _percentile_ci(values: list[float], q: float, rounds: int = 1000) -> tuple[float, float, float]:
+    """The q-th percentile and a 95% bootstrap interval."""
+    import numpy as np
+
+    data = np.asarray(values)
+    rng = np.random.default_rng(0)
+    boots = [np.percentile(rng.choice(data, size=len(data)), q) for _ in range(rounds)]
+    return float(np.percentile(data, q)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def measure_api(code: Path, label: str, engine, tokenizer: str, tmp: Path, jobs: int, samples: int) -> dict:
+    """Fresh Redis, API and two workers from `code`; `jobs` jobs submitted; GET latency sampled while they run."""
+    import httpx
+
+    work = tmp / label
+    (work / "data").mkdir(parents=True)
+    port, api_port = free_port(), free_port()
+    procs = [_spawn("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(work)], code, work, {})]
+    key = "bench-key-0123456789"
+    env = {"LONGSCALE_REDIS_URL": f"redis://127.0.0.1:{port}/0", "LONGSCALE_QUEUE": "bench-api",
+           "LONGSCALE_API_KEY": key, "LONGSCALE_DATA_ROOT": str(work / "data"),
+           "LONGSCALE_JOBS_ROOT": str(work / "jobs"), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           # settings the baseline does not know (it ignores them): the engine policy and the per-client limit
+           "LONGSCALE_ENGINE_ALLOWLIST": json.dumps([engine.base_url]),
+           "LONGSCALE_MODEL_ROOTS": json.dumps([str(Path(tokenizer).parent)]),
+           "LONGSCALE_MAX_JOBS_IN_FLIGHT": str(jobs + 10)}
+    try:
+        time.sleep(0.5)
+        procs.append(_spawn("api", [sys.executable, "-m", "longscale.cli", "api", "--port", str(api_port),
+                                    "--log-level", "warning"], code, work, env))
+        for n in (1, 2):
+            procs.append(_spawn(f"w{n}", [sys.executable, "-m", "longscale.cli", "worker", "--concurrency", "1",
+                                          "--hostname", f"w{n}@%h", "--loglevel", "WARNING"], code, work, env))
+        http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers={"X-API-Key": key}, timeout=60)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if http.get("/v1/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{label}: the API did not come up; see {work}/api.log")
+            time.sleep(0.3)
+        config = config_for(engine.base_url, tokenizer, 1).model_dump(mode="json")
+        text = BOOK.read_text()
+        def documents(job: int) -> list[dict]:
+            return [{"id": f"j{job}-d{d}", "text": text[20000 + (job * 4 + d) * 3000:][:3000]} for d in range(4)]
+        warm = http.post("/v1/jobs", json={"config": config, "documents": documents(99)}).json()["id"]
+        while http.get(f"/v1/jobs/{warm}").json()["status"] not in ("succeeded", "partial", "failed", "cancelled"):
+            time.sleep(0.5)  # both workers have loaded the tokenizer and engine
+        ids = []
+        for job in range(jobs):
+            reply = http.post("/v1/jobs", json={"config": config, "documents": documents(job)})
+            assert reply.status_code == 202, reply.text
+            ids.append(reply.json()["id"])
+        latencies, running = [], []
+        for i in range(samples):
+            start = time.perf_counter()
+            reply = http.get(f"/v1/jobs/{ids[i % len(ids)]}")
+            latencies.append(1000 * (time.perf_counter() - start))
+            assert reply.status_code == 200, reply.text
+            running.append(reply.json()["status"] not in ("succeeded", "partial", "failed", "cancelled"))
+        p50, p99 = _percentile_ci(latencies, 50), _percentile_ci(latencies, 99)
+        return {"samples": samples, "jobs": jobs, "p50_ms": p50[0], "p50_ci95_ms": p50[1:], "p99_ms": p99[0],
+                "p99_ci95_ms": p99[1:], "mean_ms": sum(latencies) / len(latencies),
+                "fraction_sampled_while_running": sum(running) / len(running)}
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+def api_latency_main(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from datafactory.embedded import ensure_embedded_model
+    from datafactory.testing.fault_server import FaultInjectingServer
+
+    tokenizer = str(ensure_embedded_model())
+    tmp = Path(tempfile.mkdtemp(prefix="bench-service-api-"))
+    baseline = tmp / "baseline-code"
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(REPO), str(baseline)], check=True)
+    subprocess.run(["git", "-C", str(baseline), "checkout", "-q", args.baseline], check=True)
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    results = {"machine": f"{platform.node()} ({os.cpu_count()} CPU cores, shared), {platform.platform()}",
+               "stub_delay_ms": args.delay_ms[0], "runs": {}}
+    with FaultInjectingServer(delay_ms=args.delay_ms[0]) as engine:
+        for label, code in ((f"baseline {args.baseline}", baseline), (f"this checkout ({head}+worktree)", REPO)):
+            print(f"measuring {label} ...", flush=True)
+            results["runs"][label] = measure_api(code, label.split()[0], engine, tokenizer, tmp, args.jobs,
+                                                 args.samples)
+    (base, new) = results["runs"].values()
+    results["ratio_p50"], results["ratio_p99"] = new["p50_ms"] / base["p50_ms"], new["p99_ms"] / base["p99_ms"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "service_api_latency.json").write_text(json.dumps(results, indent=2))
+    lines = [f"# GET /v1/jobs/{{id}} latency with {args.jobs} jobs running (2 workers, stub engine "
+             f"{args.delay_ms[0]:.0f} ms/request)", "", f"Machine: {results['machine']}", "",
+             "| code | samples | p50 ms (95% CI) | p99 ms (95% CI) | mean ms | sampled while its job ran |",
+             "|---|---|---|---|---|---|"]
+    for label, r in results["runs"].items():
+        lines.append(f"| {label} | {r['samples']} | {r['p50_ms']:.1f} ({r['p50_ci95_ms'][0]:.1f}-"
+                     f"{r['p50_ci95_ms'][1]:.1f}) | {r['p99_ms']:.1f} ({r['p99_ci95_ms'][0]:.1f}-"
+                     f"{r['p99_ci95_ms'][1]:.1f}) | {r['mean_ms']:.1f} | {100 * r['fraction_sampled_while_running']:.0f}% |")
+    lines += ["", f"Ratio this/baseline: p50 {results['ratio_p50']:.2f}, p99 {results['ratio_p99']:.2f} "
+              "(limit: 2.0). Both measured one after the other in the same run; a shared, busy machine."]
+    (RESULTS / "service_api_latency.md").write_text("\n".join(lines) + "\n")
+    print((RESULTS / "service_api_latency.md").read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--api-latency", action="store_true", help="measure GET /v1/jobs/{id} under load instead, "
+                        "baseline vs this checkout")
+    parser.add_argument("--baseline", default="d174c3c", help="commit to compare against (--api-latency)")
+    parser.add_argument("--jobs", type=int, default=30, help="jobs running while GETs are sampled (--api-latency)")
+    parser.add_argument("--samples", type=int, default=600, help="GET requests sampled (--api-latency)")
     parser.add_argument("--docs", type=int, default=48, help="documents per job (two requests each)")
     parser.add_argument("--delay-ms", type=float, nargs="+", default=[100.0, 400.0],
                         help="stub engine latencies per request to measure at")
     parser.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"], help="worker pool")
     args = parser.parse_args()
+    if args.api_latency:
+        api_latency_main(args)
+        return
 
     from datafactory.embedded import ensure_embedded_model
     from datafactory.testing.fault_server import FaultInjectingServer

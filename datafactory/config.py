@@ -13,11 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class VLLMOptions(BaseModel):
     """The in-process vllm engine's options, shared by GenerationConfig and the evaluation's EvalConfig."""
 
-    max_model_len: int | None = Field(None, ge=64, description="vllm engine: context length to reserve KV cache "
+    max_model_len: int | None = Field(None, ge=64, le=10_000_000, description="vllm engine: context length to reserve KV cache "
                                       "for (default: the model's max_position_embeddings)")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm engine: fraction of the GPU's "
                                           "memory vLLM may take (weights + KV cache)")
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs to shard the model over")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="vllm engine: GPUs to shard the model over")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="vllm engine: weight and activation dtype (auto: the checkpoint's, fp32 -> bf16)")
     enforce_eager: bool = Field(False, description="vllm engine: no CUDA graphs or torch.compile (starts in "
@@ -28,7 +28,9 @@ class VLLMOptions(BaseModel):
 
 
 class GenerationConfig(VLLMOptions):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    """Every number is bounded and finite (a service takes this from clients: `1e999` or `10**9` retries are
+    refused, not obeyed)."""
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     engine: Literal["transformers", "openai", "vllm"] = Field(
         "transformers", description="transformers (in-process, embedded default), openai (any OpenAI-compatible "
@@ -44,9 +46,9 @@ class GenerationConfig(VLLMOptions):
 
     text_field: str = Field("text", description="JSONL/Parquet/datasets field holding the document text")
     id_field: str = Field("id", description="field holding the document id (default: derived from the text)")
-    min_doc_tokens: int = Field(4096, ge=0, description="skip documents shorter than this many tokens")
+    min_doc_tokens: int = Field(4096, ge=0, le=10_000_000, description="skip documents shorter than this many tokens")
 
-    chunk_tokens: int = Field(3000, ge=64, description="tokens per chunk shown to the chat model")
+    chunk_tokens: int = Field(3000, ge=64, le=1_000_000, description="tokens per chunk shown to the chat model")
     chunks_per_doc: int | Literal["all"] = Field(1, description="chunks picked per document at random "
                                                  "(seeded); 'all' takes every chunk")
     short_ratio: float = Field(0.5, ge=0.0, le=1.0, description="probability of the short-answer prompt")
@@ -56,20 +58,20 @@ class GenerationConfig(VLLMOptions):
     critique: Literal["filter", "off"] = Field("filter", description="self-critique: keep only pairs the model "
                                                "verifies (filter) or keep all (off)")
 
-    max_context: int = Field(16384, ge=256, description="token budget of a long training instance (target "
+    max_context: int = Field(16384, ge=256, le=10_000_000, description="token budget of a long training instance (target "
                              "tokenizer), the document truncated to fit")
-    max_new_tokens: int = Field(384, ge=1, description="generation budget per request")
+    max_new_tokens: int = Field(384, ge=1, le=1_000_000, description="generation budget per request")
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="nucleus sampling")
     repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="penalise repeated tokens (1.0 = off); "
                                       "small models loop without it. The openai engine sends it as vLLM's "
                                       "extra sampling parameter")
-    seed: int = Field(0, description="seed for chunk choice, prompt mix and sampling")
+    seed: int = Field(0, ge=-(2**63), le=2**63 - 1, description="seed for chunk choice, prompt mix and sampling")
 
     concurrency: int = Field(64, ge=1, le=4096, description="requests in flight (openai engine)")
-    request_timeout: float = Field(120.0, gt=0, description="seconds per request before it is retried")
-    max_retries: int = Field(5, ge=0, description="retries per request on 429, 5xx, timeouts, connection errors")
-    batch_size: int = Field(8, ge=1, description="prompts per forward batch (transformers engine)")
+    request_timeout: float = Field(120.0, gt=0, le=24 * 3600, description="seconds per request before it is retried")
+    max_retries: int = Field(5, ge=0, le=100, description="retries per request on 429, 5xx, timeouts, connection errors")
+    batch_size: int = Field(8, ge=1, le=4096, description="prompts per forward batch (transformers engine)")
 
     guided: Literal["off", "xml"] = Field("off", description="guided decoding: xml constrains the QA reply to "
                                           "<question>..</question>\\n<answer>..</answer> and the critique to "
@@ -96,8 +98,8 @@ class GenerationConfig(VLLMOptions):
     @field_validator("chunks_per_doc")
     @classmethod
     def _positive_chunks(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be at least 1 (or 'all')")
+        if isinstance(value, int) and not 1 <= value <= 1_000_000:
+            raise ValueError("must be between 1 and 1000000 (or 'all')")
         return value
 
     @model_validator(mode="after")

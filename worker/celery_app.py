@@ -1,8 +1,8 @@
 """The Celery app: Redis broker and result backend, JSON only, one task prefetched per process.
 
-`acks_late` + `task_reject_on_worker_lost` are set per task, on the idempotent ones only (document and
-finalize tasks: records are keyed by deterministic ids and the writer skips ids already written). The
-fan-out task is acknowledged on receipt: running it twice would enqueue every document twice.
+`acks_late` + `task_reject_on_worker_lost` are set on every task: all are idempotent (records are keyed
+by deterministic ids, the writer skips ids already written, each document settles once, leases keep two
+copies of a document from running at once). Making the app reads settings but connects to nothing.
 """
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def make_celery(redis_url: str | None = None) -> Celery:
         task_ignore_result=True,  # the job hash in Redis is the record of truth; per-task results cost writes
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,  # task events stay off unless Flower switches them on (it does)
+        # the document limit itself is asyncio's, around the generation only (pipeline_bridge); this hard
+        # limit is the backstop for a process stuck anywhere (the prefork pool kills and replaces it)
+        task_annotations={"longscale.generate_document": {"time_limit": settings.document_time_limit + 60}},
     )
     return app
 

@@ -12,9 +12,14 @@ import uuid
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 PREFIX = "longscale"
 JOBS_INDEX = f"{PREFIX}:jobs"
+ACTIVE = f"{PREFIX}:active"  # jobs not yet final: what the reconciler looks at
+FINISHED = f"{PREFIX}:finished"  # final jobs by finish time: what retention removes
+EPOCH = f"{PREFIX}:epoch"  # set once per Redis dataset: its absence means Redis lost everything
 FINAL_STATES = ("succeeded", "partial", "failed", "cancelled")
 COUNTERS = ("documents_total", "documents_done", "documents_failed", "documents_cancelled", "documents_too_short",
             "qa_records",
@@ -25,19 +30,61 @@ MAX_ERRORS = 200
 STARTS_TTL = 30 * 24 * 3600
 
 # A document task's bookkeeping is two round trips: _BEGIN when it starts, _SETTLE when it ends.
+# A running document holds a lease (job:<id>:leases, document -> "expiry:task id", Redis' clock) that its
+# worker renews; another task for it while the lease is live does nothing, one after it lapsed takes over;
+# the same task (a Celery retry keeps its id) passes its own lease.
 _BEGIN = """
 local job = redis.call('HGETALL', KEYS[1])
-if #job == 0 then return {job, 0, 0} end
+if #job == 0 then return {job, 0, 0, 0} end
 local settled = redis.call('SISMEMBER', KEYS[2], ARGV[1])
-local starts = 0
+local starts, busy = 0, 0
+local now = tonumber(redis.call('TIME')[1])
 if settled == 0 and redis.call('HGET', KEYS[1], 'cancel_requested') ~= '1' then
-  starts = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
+  local lease = redis.call('HGET', KEYS[4], ARGV[1]) or '0:'
+  local expiry, owner = string.match(lease, '^(%d+):(.*)$')
+  if tonumber(expiry) > now and owner ~= ARGV[4] then
+    busy = 1
+  else
+    starts = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+    redis.call('EXPIRE', KEYS[3], ARGV[2])
+    redis.call('HSET', KEYS[4], ARGV[1], (now + tonumber(ARGV[3])) .. ':' .. ARGV[4])
+  end
 end
-return {job, settled, starts}
+return {job, settled, starts, busy}
+"""
+
+_RENEW = """
+local now = tonumber(redis.call('TIME')[1])
+local n = #KEYS
+for i = 1, n do redis.call('HSET', KEYS[i], ARGV[i], (now + tonumber(ARGV[2 * n + 1])) .. ':' .. ARGV[n + i]) end
+return now
+"""
+
+_LIVE_LEASES = """
+local now = tonumber(redis.call('TIME')[1])
+local raw = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #raw, 2 do
+  if tonumber(string.match(raw[i + 1], '^(%d+)')) > now then table.insert(live, raw[i]) end
+end
+return live
+"""
+
+_BY_STATUS = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local counts = {}
+for _, id in ipairs(ids) do
+  local status = redis.call('HGET', ARGV[1] .. id, 'status') or 'expired'
+  counts[status] = (counts[status] or 0) + 1
+end
+local out = {}
+for status, n in pairs(counts) do table.insert(out, status); table.insert(out, n) end
+return out
 """
 
 _SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {false, false, false, false, false}} end
+redis.call('HDEL', KEYS[3], ARGV[1])
 local added = redis.call('SADD', KEYS[2], ARGV[1])
 if added == 1 then
   redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'last_settled_at', ARGV[2])
@@ -47,6 +94,10 @@ return {added, redis.call('HMGET', KEYS[1], 'status', 'documents_total', 'docume
                           'documents_cancelled')}
 """
 SETTLE_COUNTERS = ("documents_total", "documents_done", "documents_failed", "documents_cancelled")  # _SETTLE's order
+
+
+def owner_index(owner: str) -> str:
+    return f"{PREFIX}:owner:{owner}"
 
 
 def new_job_id() -> str:
@@ -70,21 +121,34 @@ class JobStore:
         self.redis = client
         self._settle = client.register_script(_SETTLE)
         self._begin = client.register_script(_BEGIN)
+        self._renew = client.register_script(_RENEW)
+        self._live = client.register_script(_LIVE_LEASES)
+        self._by_status = client.register_script(_BY_STATUS)
 
     @classmethod
-    def from_url(cls, url: str) -> "JobStore":
-        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
-                                        socket_connect_timeout=5, health_check_interval=30))
+    def from_url(cls, url: str, *, ride_out_seconds: float = 60.0) -> "JobStore":
+        """A client that rides out a Redis restart or stall of about `ride_out_seconds` (retries with
+        back-off on connection errors and timeouts) before a call fails."""
+        retry = Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=max(1, int(ride_out_seconds / 5) + 4))
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
+                                        health_check_interval=30, retry=retry,
+                                        retry_on_error=[redis.ConnectionError, redis.TimeoutError]))
 
-    def create(self, job_id: str, *, output_dir: str, config: dict, source: dict) -> None:
+    def create(self, job_id: str, *, output_dir: str, config: dict, source: dict, extra: dict | None = None) -> None:
         now = time.time()
         fields: dict[str, Any] = {"id": job_id, "status": "queued", "created_at": now, "updated_at": now,
                                   "output_dir": output_dir, "config": json.dumps(config),
                                   "source": json.dumps(source), "cancel_requested": 0, "reason": ""}
         fields.update({name: 0 for name in COUNTERS + TIMINGS})
+        fields.update(extra or {})
         with self.redis.pipeline() as pipe:
             pipe.hset(_job_key(job_id), mapping=fields)
             pipe.zadd(JOBS_INDEX, {job_id: now})
+            pipe.sadd(ACTIVE, job_id)
+            if fields.get("owner"):
+                pipe.zadd(owner_index(fields["owner"]), {job_id: now})
+                pipe.sadd(owner_index(fields["owner"]) + ":active", job_id)
+            pipe.setnx(EPOCH, now)
             pipe.execute()
 
     def exists(self, job_id: str) -> bool:
@@ -94,7 +158,9 @@ class JobStore:
         fields["updated_at"] = time.time()
         self.redis.hset(_job_key(job_id), mapping={k: v for k, v in fields.items() if v is not None})
 
-    def set_status(self, job_id: str, status: str, reason: str | None = None) -> None:
+    def set_status(self, job_id: str, status: str, reason: str | None = None,
+                   retention_seconds: int | None = None) -> None:
+        """A final status takes the job off the active set and, with `retention_seconds`, lets its keys expire."""
         fields: dict[str, Any] = {"status": status}
         if reason is not None:
             fields["reason"] = reason
@@ -103,17 +169,81 @@ class JobStore:
         if status in FINAL_STATES:
             fields["finished_at"] = time.time()
         self.update(job_id, **fields)
+        if status in FINAL_STATES:
+            key = _job_key(job_id)
+            owner = self.redis.hget(key, "owner")
+            with self.redis.pipeline() as pipe:
+                pipe.srem(ACTIVE, job_id)
+                if owner:
+                    pipe.srem(owner_index(owner) + ":active", job_id)
+                pipe.zadd(FINISHED, {job_id: fields["finished_at"]})
+                if retention_seconds:
+                    for name in ("", ":settled", ":errors", ":starts", ":leases"):
+                        pipe.expire(key + name, retention_seconds)
+                pipe.execute()
 
-    def begin_document(self, job_id: str, document_id: str) -> tuple[dict | None, bool, int]:
+    def begin_document(self, job_id: str, document_id: str, lease_seconds: float = 60.0, task_id: str = ""
+                       ) -> tuple[dict | None, bool, int, bool]:
         """A document task's first look, in one round trip: the job (None when gone, errors left out),
-        whether the document is settled already, and -- unless it is settled or the job cancelled -- how
-        many times a task for it has started, this one included (`count_start`)."""
+        whether the document is settled already, how many times a task for it has started, this one
+        included (0 when settled, cancelled or busy), and whether another task holds its live lease (busy);
+        otherwise this task now holds the lease for `lease_seconds`."""
         key = _job_key(job_id)
-        raw, settled, starts = self._begin(keys=[key, f"{key}:settled", f"{key}:starts"],
-                                           args=[document_id, STARTS_TTL])
+        raw, settled, starts, busy = self._begin(keys=[key, f"{key}:settled", f"{key}:starts", f"{key}:leases"],
+                                                 args=[document_id, STARTS_TTL, int(lease_seconds) + 1, task_id])
         if not raw:
-            return None, False, 0
-        return self._parse(job_id, dict(zip(raw[::2], raw[1::2]))), bool(settled), int(starts)
+            return None, False, 0, False
+        return self._parse(job_id, dict(zip(raw[::2], raw[1::2]))), bool(settled), int(starts), bool(busy)
+
+    def renew_leases(self, held: list[tuple[str, str, str]], lease_seconds: float) -> None:
+        """Extend the leases of the (job, document, task id) this worker is running, in one round trip."""
+        if held:
+            self._renew(keys=[f"{_job_key(j)}:leases" for j, _, _ in held],
+                        args=[d for _, d, _ in held] + [t for _, _, t in held] + [int(lease_seconds) + 1])
+
+    def release_lease(self, job_id: str, document_id: str) -> None:
+        self.redis.hdel(f"{_job_key(job_id)}:leases", document_id)
+
+    def live_leases(self, job_id: str) -> list[str]:
+        """Documents of the job that a live worker is running now."""
+        return list(self._live(keys=[f"{_job_key(job_id)}:leases"]))
+
+    def settled_ids(self, job_id: str) -> set[str]:
+        return set(self.redis.smembers(f"{_job_key(job_id)}:settled"))
+
+    def jobs_in_flight(self, owner: str) -> int:
+        return int(self.redis.scard(owner_index(owner) + ":active"))
+
+    def list_owned(self, owner: str, offset: int = 0, limit: int = 50) -> tuple[int, list[dict]]:
+        """One client's jobs, newest first."""
+        index = owner_index(owner)
+        total = self.redis.zcard(index)
+        ids = self.redis.zrevrange(index, offset, offset + limit - 1)
+        return total, [job for job in (self.get(i, with_errors=False) for i in ids) if job]
+
+    def forget(self, job_id: str, owner: str | None) -> None:
+        """Remove an expired job from every index (its keys expire by themselves)."""
+        key = _job_key(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.zrem(JOBS_INDEX, job_id)
+            pipe.zrem(FINISHED, job_id)
+            if owner:
+                pipe.zrem(owner_index(owner), job_id)
+            pipe.delete(key, f"{key}:settled", f"{key}:errors", f"{key}:starts", f"{key}:leases")
+            pipe.execute()
+
+    def finished_before(self, when: float) -> list[str]:
+        return list(self.redis.zrangebyscore(FINISHED, "-inf", when))
+
+    def active_jobs(self) -> list[str]:
+        return sorted(self.redis.smembers(ACTIVE))
+
+    def epoch_missing(self) -> bool:
+        """True when this Redis has never seen a job, or lost them all (restarted without persistence)."""
+        return not self.redis.exists(EPOCH)
+
+    def mark_epoch(self) -> None:
+        self.redis.setnx(EPOCH, time.time())
 
     def settle(self, job_id: str, document_id: str, counts: dict[str, float]) -> tuple[bool, bool]:
         """Add one document's outcome to the counters, once, in one round trip: (added -- False when it
@@ -121,7 +251,8 @@ class JobStore:
         args: list[Any] = [document_id, time.time()]
         for name, value in counts.items():
             args += [name, value]
-        added, (status, *numbers) = self._settle(keys=[_job_key(job_id), f"{_job_key(job_id)}:settled"], args=args)
+        key = _job_key(job_id)
+        added, (status, *numbers) = self._settle(keys=[key, f"{key}:settled", f"{key}:leases"], args=args)
         job = {"status": status, **{name: int(float(n or 0)) for name, n in zip(SETTLE_COUNTERS, numbers)}}
         return bool(added), all_settled(job)
 
@@ -166,13 +297,14 @@ class JobStore:
     @staticmethod
     def _parse(job_id: str, raw: dict[str, str]) -> dict:
         job: dict[str, Any] = {"id": raw.get("id", job_id), "status": raw.get("status", "unknown"),
+                               "owner": raw.get("owner") or None,
                                "reason": raw.get("reason") or None, "output_dir": raw.get("output_dir"),
                                "cancel_requested": raw.get("cancel_requested") == "1"}
         for name in COUNTERS:
             job[name] = int(float(raw.get(name, 0) or 0))
         for name in TIMINGS:
             job[name] = round(float(raw.get(name, 0) or 0), 3)
-        for name in ("created_at", "started_at", "last_settled_at", "finished_at", "updated_at"):
+        for name in ("created_at", "started_at", "last_settled_at", "finished_at", "updated_at", "restored_at"):
             job[name] = float(raw[name]) if raw.get(name) else None
         job["config"] = json.loads(raw.get("config") or "{}")
         job["source"] = json.loads(raw.get("source") or "{}")
@@ -192,11 +324,9 @@ class JobStore:
         return total, jobs
 
     def count_by_status(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for job_id in self.redis.zrange(JOBS_INDEX, 0, -1):
-            status = self.redis.hget(_job_key(job_id), "status") or "unknown"
-            counts[status] = counts.get(status, 0) + 1
-        return counts
+        """Jobs by status in one round trip (a Lua script walks the index inside Redis)."""
+        raw = self._by_status(keys=[JOBS_INDEX], args=[f"{PREFIX}:job:"])
+        return {status: int(n) for status, n in zip(raw[::2], raw[1::2])}
 
     def ping(self) -> bool:
         return bool(self.redis.ping())

@@ -16,6 +16,7 @@ fails, so a later run generates it afresh.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -28,6 +29,17 @@ from datafactory.documents import Document, iter_documents, load_documents  # no
 from datafactory.engines import EngineError, build_engine
 from datafactory.output import OutputWriter, read_jsonl, QA_FILE
 from datafactory.pipeline import aprocess_document, load_tokenizers
+from worker import engine_policy
+from worker.settings import get_worker_settings
+
+log = logging.getLogger(__name__)
+MAX_WRITERS = 64
+
+
+class DocumentTimeLimit(RuntimeError):
+    """The document's generation ran past LONGSCALE_DOCUMENT_TIME_LIMIT (loading the engine and tokenizers,
+    and the job's bookkeeping in Redis, do not count: a slow first load or a Redis stall is not the
+    document's fault)."""
 
 
 class EngineUnavailable(RuntimeError):
@@ -46,7 +58,8 @@ class Outcome:
 
 
 _runtimes: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
-_writers: dict[str, OutputWriter] = {}
+_writers: OrderedDict[str, OutputWriter] = OrderedDict()
+_writers_lock = threading.Lock()  # the threads pool shares this process's cache
 _local = threading.local()  # the event loop: one per process (prefork, solo), one per thread (threads pool)
 
 
@@ -56,7 +69,7 @@ def _run(coro: Any) -> Any:
     _local.runner = runner
     try:
         return runner.run(coro)
-    except BaseException:  # a poison document, a soft time limit: cancel what is left, start clean next time
+    except BaseException:  # a poison document, the time limit: cancel what is left, start clean next time
         close_runtime()
         raise
 
@@ -75,10 +88,17 @@ def _runtime(config: GenerationConfig) -> tuple[Any, Any]:
     if key in _runtimes:
         _runtimes.move_to_end(key)
         return _runtimes[key]
+    allowed = engine_policy.worker_config(config, get_worker_settings())  # EngineNotAllowed: the document fails
     try:
-        engine = build_engine(config)
+        if allowed.engine == "openai":  # the worker's OPENAI_API_KEY never goes out: only the policy's key
+            from datafactory.engines.openai_engine import OpenAIEngine
+
+            engine = OpenAIEngine.from_config(allowed, read_env_key=False)
+        else:
+            engine = build_engine(allowed)
     except EngineError as exc:
-        raise EngineUnavailable(str(exc)) from exc
+        log.warning("engine for %s could not be built: %s", allowed.base_url or allowed.engine, exc)
+        raise EngineUnavailable("the engine could not be reached (details in the worker log)") from exc
     runtime = (engine, load_tokenizers(config))
     _runtimes[key] = runtime
     while len(_runtimes) > 2:
@@ -88,10 +108,31 @@ def _runtime(config: GenerationConfig) -> tuple[Any, Any]:
 
 
 def writer_for(output_dir: str | Path) -> OutputWriter:
+    """This process's writer for an output dir; the least recently used of more than MAX_WRITERS is dropped
+    (a writer holds only the ids it has read, and a new one rereads them)."""
     key = str(Path(output_dir).resolve())
-    if key not in _writers:
-        _writers[key] = OutputWriter(key)
-    return _writers[key]
+    with _writers_lock:
+        writer = _writers.get(key)
+        if writer is None:
+            writer = _writers[key] = OutputWriter(key)
+            while len(_writers) > MAX_WRITERS:
+                _writers.popitem(last=False)
+        _writers.move_to_end(key)
+        return writer
+
+
+def public_engine_error(error: str | None) -> str:
+    """What a client may see of an engine error: its kind (http_503, timeout, connect_error), not the body."""
+    error = error or "unknown"
+    prefix = "critique: " if error.startswith("critique: ") else ""
+    return prefix + error[len(prefix):].split(":", 1)[0].strip()
+
+
+def _scrub_engine_errors(records: list[dict]) -> None:
+    for record in records:
+        if record.get("engine_error"):
+            log.warning("engine error on %s: %s", record.get("id"), record["engine_error"])
+            record["engine_error"] = public_engine_error(record["engine_error"])
 
 
 def check_output_dir(output_dir: str | Path, config: GenerationConfig) -> None:
@@ -100,16 +141,22 @@ def check_output_dir(output_dir: str | Path, config: GenerationConfig) -> None:
 
 
 def run_document(document: Document, config: GenerationConfig, output_dir: str | Path, *,
-                 last_attempt: bool) -> Outcome:
+                 last_attempt: bool, time_limit: float) -> Outcome:
     engine, tokenizers = _runtime(config)
     writer = writer_for(output_dir)
     started = time.perf_counter()
-    result = _run(aprocess_document(document, config, engine, tokenizers, writer.done_ids()))
+    try:
+        result = _run(asyncio.wait_for(aprocess_document(document, config, engine, tokenizers, writer.done_ids()),
+                                       timeout=time_limit))
+    except TimeoutError:
+        raise DocumentTimeLimit(f"exceeded the per-document time limit of {time_limit:g}s "
+                                "(LONGSCALE_DOCUMENT_TIME_LIMIT)") from None
     engine_seconds = time.perf_counter() - started
     failed = [r for r in result.qa_records if r.get("reject_reason") == "engine_error"]
+    _scrub_engine_errors(result.qa_records)
     if failed and (not last_attempt or len(failed) == len(result.qa_records)):
         raise EngineUnavailable(f"{len(failed)} of {len(result.qa_records)} requests failed after the engine's "
-                                f"retries: {failed[0].get('engine_error')}")
+                                f"retries: {failed[0].get('engine_error')} (details in the worker log)")
     writer.append(result.qa_records, result.instances)
     return Outcome(qa_records=len(result.qa_records),
                    qa_accepted=sum(1 for r in result.qa_records if r["accepted"]),

@@ -9,8 +9,20 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, model_validator
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineSpec(BaseModel):
+    """An engine the operator lets jobs use, by name: where it is, which served model, and the name of the
+    environment variable holding its credential (read on the workers only, never stored or sent elsewhere)."""
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://vllm:8000/v1")
+    model: str | None = Field(None, description="served model name (default: the server's first)")
+    api_key_env: str | None = Field(None, description="environment variable with this engine's API key")
 
 
 class WorkerSettings(BaseSettings):
@@ -28,7 +40,20 @@ class WorkerSettings(BaseSettings):
     max_lost_deliveries: int = Field(2, ge=1, description="a document whose worker died this many times while "
                                      "running it (out of memory, a crash) fails instead of being redelivered")
     document_time_limit: int = Field(2 * 3600, ge=1, description="seconds one document may take before it fails "
-                                     "alone (soft limit; the process is replaced 60 s later; prefork pool only)")
+                                     "alone (its generation only, not loading the engine or Redis bookkeeping; a process stuck 60 s past it is replaced, prefork pool)")
+
+    engines: dict[str, EngineSpec] = Field(default_factory=dict, description="named engines jobs may use "
+                                           "(JSON: {name: {base_url, model, api_key_env}})")
+    engine_allowlist: list[str] = Field(default_factory=list, description="further base URLs a client may name "
+                                        "itself (JSON list); no worker credential is ever sent to them")
+    model_roots: list[Path] = Field(default_factory=list, description="folders under which a job's model and "
+                                    "tokenizer names resolve (JSON list); none = only the embedded model")
+    lease_seconds: float = Field(60.0, gt=0, le=3600, description="a running document's lease: its worker renews "
+                                 "it every third of this; past it unrenewed, the document runs again elsewhere")
+    reconcile_interval: float = Field(15.0, gt=0, le=3600, description="seconds between reconciler sweeps "
+                                      "(re-run documents of dead workers, finish jobs whose workers are gone)")
+    job_retention_seconds: int = Field(7 * 24 * 3600, ge=60, description="finished jobs expire from Redis and "
+                                       "their folders under the jobs root are removed after this")
 
     @model_validator(mode="after")
     def _visibility_exceeds_tasks(self) -> "WorkerSettings":

@@ -8,6 +8,7 @@ removed when the job ends. Documents stream into it one at a time, and their ref
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -38,8 +39,9 @@ def spool_documents(documents: Iterable[Document], output_dir: str | Path) -> in
     folder = spool_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "documents.jsonl"
+    tmp_docs, tmp_refs = folder / "documents.jsonl.tmp", folder / "refs.jsonl.tmp"
     count = 0
-    with path.open("wb") as fh, (folder / "refs.jsonl").open("w", encoding="utf-8") as index:
+    with tmp_docs.open("wb") as fh, tmp_refs.open("w", encoding="utf-8") as index:
         for doc in documents:
             # ASCII-escaped: a text with malformed Unicode (a lone surrogate) still spools and fails alone
             data = (json.dumps({"id": doc.id, "text": doc.text, "meta": doc.meta}) + "\n").encode("utf-8")
@@ -47,6 +49,9 @@ def spool_documents(documents: Iterable[Document], output_dir: str | Path) -> in
             fh.write(data)
             index.write(ref.model_dump_json() + "\n")
             count += 1
+    # atomic: a fan-out run again rewrites the same bytes; readers keep the file they opened
+    os.replace(tmp_docs, path)
+    os.replace(tmp_refs, folder / "refs.jsonl")
     return count
 
 
@@ -55,6 +60,13 @@ def spooled_refs(output_dir: str | Path) -> Iterator[DocumentRef]:
     with (spool_dir(output_dir) / "refs.jsonl").open(encoding="utf-8") as index:
         for line in index:
             yield DocumentRef.model_validate_json(line)
+
+
+def spool_refs(output_dir: str | Path) -> list[DocumentRef] | None:
+    """Every reference, or None when there is no spool (not prepared yet, or the job ended)."""
+    if not (spool_dir(output_dir) / "refs.jsonl").exists():
+        return None
+    return list(spooled_refs(output_dir))
 
 
 def write_spool(documents: Iterable[Document], output_dir: str | Path) -> list[DocumentRef]:

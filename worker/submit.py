@@ -7,29 +7,56 @@ by name, so the submitter needs neither the task code nor a model.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from datafactory.config import GenerationConfig
 from datafactory.output import MANIFEST_FILE
 from longscale.common.errors import ConfigError
 from worker.celery_app import make_celery
 from worker.jobstore import FINAL_STATES, JobStore, new_job_id
+from worker.journal import write_job_record
 from worker.settings import get_worker_settings
 
 
+_producer_lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _producer(broker_url: str):
+    """One Celery app per broker URL and process (its connection pool is reused by every submission)."""
+    return make_celery(broker_url)
+
+
+def producer(broker_url: str):
+    with _producer_lock:  # the API serves requests on a thread pool: build the app once
+        return _producer(broker_url)
+
+
+def sender(settings) -> "Callable[[str, list], None]":
+    """Send a task by name to the settings' queue through this process's one producer."""
+    app = producer(settings.redis_url)
+    return lambda name, args: app.send_task(name, args=args, queue=settings.queue)
+
+
 def start_job(store: JobStore, broker_url: str, input_paths: Sequence[str | Path], config: GenerationConfig,
-              output_dir: str | Path, *, job_id: str | None = None, source: dict | None = None) -> str:
+              output_dir: str | Path, *, job_id: str | None = None, source: dict | None = None,
+              queue: str | None = None, extra: dict | None = None) -> str:
     """Record the job (status queued) and send its fan-out task; returns the job id."""
     job_id = job_id or new_job_id()
     output_dir = str(Path(output_dir).resolve())
     paths = [str(Path(p).expanduser().resolve()) for p in input_paths]
-    store.create(job_id, output_dir=output_dir, config=config.public_dict(),
-                 source=source or {"kind": "paths", "paths": paths})
-    app = make_celery(broker_url)
-    app.send_task("longscale.prepare_job", queue=get_worker_settings().queue,
-                  args=[job_id, {"input_paths": paths, "output_dir": output_dir}, config.model_dump(mode="json")])
+    source = source or {"kind": "paths", "paths": paths}
+    task_config = config.model_dump(mode="json")
+    write_job_record(output_dir, {"id": job_id, "owner": (extra or {}).get("owner", ""), "source": source,
+                                  "input_paths": paths, "public_config": config.public_dict(),
+                                  "config": task_config | {"api_key": None}, "created_at": time.time()})
+    store.create(job_id, output_dir=output_dir, config=config.public_dict(), source=source, extra=extra)
+    producer(broker_url).send_task("longscale.prepare_job", queue=queue or get_worker_settings().queue,
+                                   args=[job_id, {"input_paths": paths, "output_dir": output_dir}, task_config])
     return job_id
 
 

@@ -14,17 +14,20 @@ its error is recorded, and the job goes on.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
+import redis
 from celery import Task, signals
-from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, ConfigDict, Field
 
 from datafactory.config import GenerationConfig
-from worker import pipeline_bridge as bridge
+from worker import engine_policy, pipeline_bridge as bridge, reconciler
 from worker.celery_app import app
+from worker.journal import journal_for
 from worker.jobstore import JobStore, all_settled
+from worker.lease import LeaseKeeper
 from worker.settings import get_worker_settings
 from worker.spool import DocumentRef, read_document, remove_spool, spool_documents, spooled_refs
 
@@ -39,6 +42,7 @@ class PrepareRequest(BaseModel):
 
 
 _store: JobStore | None = None
+_leases: LeaseKeeper | None = None
 
 
 def store() -> JobStore:
@@ -48,35 +52,85 @@ def store() -> JobStore:
     return _store
 
 
+def leases() -> LeaseKeeper:
+    global _leases
+    if _leases is None:
+        _leases = LeaseKeeper(store(), get_worker_settings().lease_seconds)
+    return _leases
+
+
 @signals.worker_process_shutdown.connect  # a prefork child exiting
 @signals.worker_shutdown.connect  # the solo/threads pool's process exiting
 def _close_event_loop(**_: object) -> None:
     bridge.close_runtime()
 
 
+_stop_reconciler = threading.Event()
+
+
+@signals.worker_ready.connect  # the worker's main process, once its pool is up (never at import)
+def _start_reconciler(**_: object) -> None:
+    settings = get_worker_settings()
+
+    def send(name: str, args: list) -> None:
+        app.send_task(name, args=args, queue=settings.queue)
+
+    threading.Thread(target=reconciler.run_periodically, name="reconciler", daemon=True,
+                     kwargs={"store": store(), "send": send, "queue": settings.queue,
+                             "interval": settings.reconcile_interval,
+                             "stall_seconds": 2 * settings.lease_seconds + settings.reconcile_interval,
+                             "stop": _stop_reconciler}).start()
+
+
+@signals.worker_shutdown.connect
+def _end_reconciler(**_: object) -> None:
+    _stop_reconciler.set()
+
+
 def _send_finalize(job_id: str, config: dict) -> None:
     finalize_job.apply_async(args=[job_id, config], queue=get_worker_settings().queue)
 
 
-def _settle(jobs: JobStore, job_id: str, document_id: str, config: dict, counts: dict[str, float],
-            error: str | None = None) -> bool:
-    """Settle the document (its error recorded first time only), then send finalize if it was the last."""
-    added, complete = jobs.settle(job_id, document_id, counts)
-    if added and error:
-        jobs.add_error(job_id, document_id, error)
+def settle(jobs: JobStore, job_id: str, output_dir: str, document_id: str, config: dict, counts: dict[str, float],
+           error: str | None = None) -> bool:
+    """Settle the document: first in its job's journal on disk (the first settlement written wins, so a
+    racing rerun or the hard-limit handler agrees with it), then in Redis (its error recorded first time
+    only); send finalize if it was the last. The reconciler replays journal lines Redis missed."""
+    entry = journal_for(output_dir).settle_once(document_id, counts, error)
+    added, complete = jobs.settle(job_id, document_id, entry["counts"])
+    if added and entry["error"]:
+        jobs.add_error(job_id, document_id, entry["error"])
     if complete:
         _send_finalize(job_id, config)
     return added
 
 
-@app.task(name="longscale.prepare_job", bind=True)
+PREPARE = "__prepare__"  # the fan-out's lease, under the documents' name space
+
+
+@app.task(name="longscale.prepare_job", bind=True, acks_late=True, reject_on_worker_lost=True)
 def prepare_job(self: Task, job_id: str, request: dict, config: dict) -> dict:
-    """Acknowledged on receipt (not idempotent: a second run would enqueue every document again)."""
+    """Acknowledged late and idempotent: the spool is rewritten identically (atomically) and a document
+    sent twice runs once (settled set, leases); a worker dying here leaves the lease to lapse and the
+    reconciler (or the broker) sends the fan-out again."""
     req = PrepareRequest.model_validate(request)
     cfg = GenerationConfig.model_validate(config)
     jobs = store()
+    task_id = self.request.id or ""
+    job, _, _, busy = jobs.begin_document(job_id, PREPARE, get_worker_settings().lease_seconds, task_id)
+    if job is None or busy or job["status"] not in ("queued", "preparing"):
+        return {"documents": 0, "outcome": "skipped"}
+    leases().hold(job_id, PREPARE, task_id)
+    try:
+        return _prepare(jobs, job_id, req, cfg, config)
+    finally:
+        leases().drop(job_id, PREPARE, task_id)
+
+
+def _prepare(jobs: JobStore, job_id: str, req: PrepareRequest, cfg: GenerationConfig, config: dict) -> dict:
     jobs.set_status(job_id, "preparing")
     try:
+        engine_policy.allowed_config(cfg, get_worker_settings())  # EngineNotAllowed: the job fails, saying why
         bridge.check_output_dir(req.output_dir, cfg)
         Path(req.output_dir).mkdir(parents=True, exist_ok=True)
         # streamed: read errors surface here, before any task is sent
@@ -96,27 +150,32 @@ def prepare_job(self: Task, job_id: str, request: dict, config: dict) -> dict:
     return {"documents": total}
 
 
-_LIMIT = get_worker_settings().document_time_limit
-
-
 class DocumentTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        """The task body never raises (but for retries): this runs for a hard time limit, in the parent
-        process after it killed the child; the document settles as failed so the job can still end."""
+        """The task body raises only for retries and Redis being away past the client's ride-out; this also
+        runs in the parent after the hard limit (document limit + 60 s: a load or a stall that never ends)
+        killed the child. The hard limit settles the document failed -- unless its outcome is in the journal
+        already, which then wins --; a Redis error settles nothing: the reconciler replays the journal or
+        runs the document again."""
+        if isinstance(exc, redis.RedisError):
+            log.warning("document %s of job %s: bookkeeping interrupted (%s: %s); left to the reconciler",
+                        args[1]["id"], args[0], type(exc).__name__, exc)
+            return
         job_id, ref, config = args
-        _fail(store(), job_id, ref["id"], config, f"{type(exc).__name__}: {exc} (hard limit: "
-              f"LONGSCALE_DOCUMENT_TIME_LIMIT + 60 s)", time.perf_counter())
+        job = store().get(job_id, with_errors=False)
+        if job is not None:
+            _fail(store(), job_id, job["output_dir"], ref["id"], config, f"{type(exc).__name__}: {exc} (hard "
+                  "limit: LONGSCALE_DOCUMENT_TIME_LIMIT + 60 s)", time.perf_counter())
 
 
 @app.task(name="longscale.generate_document", base=DocumentTask, bind=True, acks_late=True,
-          reject_on_worker_lost=True, max_retries=None, soft_time_limit=_LIMIT, time_limit=_LIMIT + 60)
+          reject_on_worker_lost=True, max_retries=None)
 def generate_document(self: Task, job_id: str, ref: dict, config: dict) -> dict:
     doc_ref = DocumentRef.model_validate(ref)
-    cfg = GenerationConfig.model_validate(config)
-    jobs = store()
     settings = get_worker_settings()
-    started = time.perf_counter()
-    job, settled, starts = jobs.begin_document(job_id, doc_ref.id)
+    jobs = store()
+    task_id = self.request.id or ""
+    job, settled, starts, busy = jobs.begin_document(job_id, doc_ref.id, settings.lease_seconds, task_id)
     if job is None:
         log.warning("job %s is gone from Redis; dropping document %s", job_id, doc_ref.id)
         return {"outcome": "orphaned"}
@@ -124,32 +183,50 @@ def generate_document(self: Task, job_id: str, ref: dict, config: dict) -> dict:
         if all_settled(job):
             _send_finalize(job_id, config)
         return {"outcome": "already-settled"}
+    if busy:  # another live worker runs it (a reconciler's copy, a redelivery): nothing to do here
+        return {"outcome": "running-elsewhere"}
     if job["cancel_requested"]:
-        _settle(jobs, job_id, doc_ref.id, config, {"documents_cancelled": 1})
+        settle(jobs, job_id, job["output_dir"], doc_ref.id, config, {"documents_cancelled": 1})
         return {"outcome": "cancelled"}
+    leases().hold(job_id, doc_ref.id, task_id)
+    try:
+        return _generate(self, jobs, job, doc_ref, config, starts)
+    finally:
+        leases().drop(job_id, doc_ref.id, task_id)
+
+
+def _generate(self: Task, jobs: JobStore, job: dict, doc_ref: DocumentRef, config: dict, starts: int) -> dict:
+    cfg = GenerationConfig.model_validate(config)
+    settings = get_worker_settings()
+    job_id, output_dir = job["id"], job["output_dir"]
+    limit = settings.document_time_limit
+    started = time.perf_counter()
 
     lost = starts - 1 - self.request.retries  # starts that never finished
     if lost >= settings.max_lost_deliveries:
-        return _fail(jobs, job_id, doc_ref.id, config, f"its worker died {lost} times while running it (out of "
+        return _fail(jobs, job_id, output_dir, doc_ref.id, config, f"its worker died {lost} times while running it (out of "
                      "memory? a crash?); not redelivered again (LONGSCALE_MAX_LOST_DELIVERIES)", started)
     last_attempt = self.request.retries >= settings.task_retries
     try:
         document = read_document(doc_ref)
-        outcome = bridge.run_document(document, cfg, job["output_dir"], last_attempt=last_attempt)
+        outcome = bridge.run_document(document, cfg, output_dir, last_attempt=last_attempt, time_limit=limit)
     except bridge.EngineUnavailable as exc:
         if not last_attempt:
             delay = min(settings.retry_backoff * 2 ** self.request.retries, settings.retry_backoff_max)
             log.warning("job %s doc %s: engine unavailable (%s); retry %d/%d in %.0fs", job_id, doc_ref.id,
                         exc, self.request.retries + 1, settings.task_retries, delay)
+            # the retry (same task id) keeps the lease through its back-off; copies stay out
+            jobs.renew_leases([(job_id, doc_ref.id, self.request.id or "")], delay + settings.lease_seconds)
             raise self.retry(countdown=delay, exc=exc)
-        return _fail(jobs, job_id, doc_ref.id, config, f"engine unavailable after {settings.task_retries} "
-                     f"task retries: {exc}", started)
-    except SoftTimeLimitExceeded:
-        return _fail(jobs, job_id, doc_ref.id, config, f"exceeded the per-document time limit of {_LIMIT}s "
-                     "(LONGSCALE_DOCUMENT_TIME_LIMIT)", started)
+        return _fail(jobs, job_id, output_dir, doc_ref.id, config, f"engine unavailable after "
+                     f"{settings.task_retries} task retries: {exc}", started)
+    except bridge.DocumentTimeLimit as exc:
+        return _fail(jobs, job_id, output_dir, doc_ref.id, config, str(exc), started)
+    except redis.RedisError:
+        raise  # not the document's fault: on_failure leaves it to the reconciler
     except Exception as exc:  # poison document: it fails alone, the job goes on
         log.exception("job %s doc %s failed", job_id, doc_ref.id)
-        return _fail(jobs, job_id, doc_ref.id, config, f"{type(exc).__name__}: {exc}", started)
+        return _fail(jobs, job_id, output_dir, doc_ref.id, config, f"{type(exc).__name__}: {exc}", started)
 
     if outcome.engine_errors:
         jobs.add_error(job_id, doc_ref.id, f"{outcome.engine_errors} requests failed after every retry; kept as "
@@ -157,13 +234,14 @@ def generate_document(self: Task, job_id: str, ref: dict, config: dict) -> dict:
     counts = {"documents_done": 1, "documents_too_short": int(outcome.too_short), "qa_records": outcome.qa_records, "qa_accepted": outcome.qa_accepted,
               "instances": outcome.instances, "requests": outcome.requests,
               "engine_seconds": outcome.engine_seconds, "task_seconds": time.perf_counter() - started}
-    _settle(jobs, job_id, doc_ref.id, config, counts)
+    settle(jobs, job_id, output_dir, doc_ref.id, config, counts)
     return {"outcome": "done", "document": doc_ref.id, "qa_records": outcome.qa_records}
 
 
-def _fail(jobs: JobStore, job_id: str, document_id: str, config: dict, error: str, started: float) -> dict:
-    _settle(jobs, job_id, document_id, config, {"documents_failed": 1, "task_seconds": time.perf_counter() - started},
-            error)
+def _fail(jobs: JobStore, job_id: str, output_dir: str, document_id: str, config: dict, error: str,
+          started: float) -> dict:
+    settle(jobs, job_id, output_dir, document_id, config,
+           {"documents_failed": 1, "task_seconds": time.perf_counter() - started}, error)
     return {"outcome": "failed", "document": document_id, "error": error}
 
 
@@ -198,5 +276,5 @@ def finalize_job(self: Task, job_id: str, config: dict) -> dict:
         jobs.add_error(job_id, None, f"finalize: {type(exc).__name__}: {exc}")
         status, reason = "failed", f"writing Parquet/manifest failed: {exc} (the JSONL records are kept)"
     remove_spool(job["output_dir"])
-    jobs.set_status(job_id, status, reason=reason or "")
+    jobs.set_status(job_id, status, reason=reason or "", retention_seconds=get_worker_settings().job_retention_seconds)
     return {"status": status}

@@ -5,7 +5,9 @@ import httpx
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import get_settings, get_store, require_api_key
+from fastapi import Security
+
+from api.deps import api_key_header, get_settings, get_store, identify, require_api_key
 from api.schemas import Health
 from api.settings import ApiSettings
 from worker.jobstore import JobStore
@@ -26,10 +28,10 @@ def _engine_state(url: str | None) -> tuple[bool, str]:
     return True, "ok"
 
 
-@router.get("/healthz", response_model=Health, responses={503: {"model": Health}},
-            summary="Redis and the configured engine reachable")
-def healthz(response: Response, settings: ApiSettings = Depends(get_settings),
-            store: JobStore = Depends(get_store)) -> Health:
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}},
+            summary="Redis and the configured engine reachable (the details only for a caller with a key)")
+def healthz(request: Request, response: Response, settings: ApiSettings = Depends(get_settings),
+            store: JobStore = Depends(get_store), key: str | None = Security(api_key_header)) -> Health:
     try:
         store.ping()
         redis_ok, redis_state = True, "ok"
@@ -38,6 +40,8 @@ def healthz(response: Response, settings: ApiSettings = Depends(get_settings),
     engine_ok, engine_state = _engine_state(settings.engine_url)
     healthy = redis_ok and engine_ok
     response.status_code = 200 if healthy else 503
+    if identify(request, key) is None:  # load balancers need the status; addresses are for operators
+        return Health(status="ok" if healthy else "degraded")
     return Health(status="ok" if healthy else "degraded", redis=redis_state, engine=engine_state)
 
 

@@ -94,13 +94,14 @@ class OpenAIEngine:
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
                  concurrency: int = 64, request_timeout: float = 120.0, max_retries: int = 5,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
-                 extra_body: dict[str, Any] | None = None) -> None:
+                 extra_body: dict[str, Any] | None = None, read_env_key: bool = True) -> None:
         try:
             import aiohttp  # noqa: F401
         except ImportError as exc:
             raise EngineError("the openai engine needs aiohttp: pip install aiohttp") from exc
         self.base_url = normalize_base_url(base_url)
-        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        # read_env_key=False (the Celery workers): only the key given goes out, never the process's own
+        self.api_key = api_key or (os.environ.get("OPENAI_API_KEY") if read_env_key else None) or None
         self.concurrency = concurrency
         self.request_timeout = request_timeout
         self.max_retries = max_retries

@@ -19,8 +19,13 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.auth_disabled and not is_loopback(host):
         raise ConfigError(f"LONGSCALE_AUTH_DISABLED=true serves loopback only; bind --host 127.0.0.1, not {host}, "
                           "or set LONGSCALE_API_KEY")
+    from api.http_protocol import BoundedH11Protocol
+
+    # h11 (not httptools) bounds the request head (LONGSCALE_MAX_HEADER_BYTES: a 400 past it); every request
+    # head must arrive within LONGSCALE_KEEP_ALIVE_SECONDS, idle connections close after it
     uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level=args.log_level,
-                workers=args.workers)
+                workers=args.workers, http=BoundedH11Protocol, h11_max_incomplete_event_size=settings.max_header_bytes,
+                timeout_keep_alive=settings.keep_alive_seconds)
     return 0
 
 

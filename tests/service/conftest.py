@@ -130,6 +130,14 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def policy_env(*allowed_urls: str, model_roots: tuple[Path, ...] = ()) -> dict[str, str]:
+    """The operator's engine policy for workers and API: these base URLs allowed, models under these roots."""
+    import json
+
+    return {"LONGSCALE_ENGINE_ALLOWLIST": json.dumps(list(allowed_urls)),
+            "LONGSCALE_MODEL_ROOTS": json.dumps([str(r) for r in model_roots])}
+
+
 def start_worker(name: str, log_dir: Path, env: dict[str, str]) -> ManagedProcess:
     """`longscale worker` with one prefork child (time limits need prefork); `kill()` takes the whole group."""
     worker = ManagedProcess(name, [sys.executable, "-m", "longscale.commands.main", "worker", "--concurrency", "1",

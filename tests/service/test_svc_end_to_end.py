@@ -16,7 +16,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from tests.service.conftest import API_KEY, service_env, start_api, start_worker
+from tests.service.conftest import API_KEY, policy_env, service_env, start_api, start_worker
 
 pytestmark = pytest.mark.slow
 BOOK = Path(__file__).resolve().parents[2] / "datafactory" / "sample_corpus" / "prideprejudice.txt"
@@ -81,13 +81,24 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(service_tmp, redis_url, stub_engine, embedded_model_dir):
+def outage_engine():
+    """A second stub that one test stops mid-job; started first so the operator's allowlist can name it."""
+    from datafactory.testing.fault_server import FaultInjectingServer
+
+    engine = FaultInjectingServer(delay_ms=200).start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(service_tmp, redis_url, stub_engine, outage_engine, embedded_model_dir):
     root = service_tmp / "e2e"
     data_root, jobs_root = root / "data", root / "jobs"
     data_root.mkdir(parents=True)
     env = service_env(redis_url, LONGSCALE_API_KEY=API_KEY, LONGSCALE_DATA_ROOT=str(data_root),
                       LONGSCALE_JOBS_ROOT=str(jobs_root), LONGSCALE_ENGINE_URL=stub_engine.base_url,
-                      LONGSCALE_QUEUE="e2e")
+                      LONGSCALE_QUEUE="e2e", LONGSCALE_MAX_CHUNKS_PER_DOC="1000", **policy_env(stub_engine.base_url, outage_engine.base_url,
+                                                          model_roots=(embedded_model_dir.parent,)))
     api, base = start_api(service_tmp, env, name="api-e2e")
     workers = {name: start_worker(name, service_tmp, env) for name in ("w1", "w2")}
     stack = Stack(base, data_root, workers, service_tmp, env)
@@ -123,6 +134,7 @@ def reference_run(docs: Path, config: dict, out: Path) -> tuple[list[str], list[
 
 
 def test_http_job_equals_the_in_process_run(stack, stub, embedded_model_dir, tmp_path):
+    stub.configure(delay_ms=100)  # ~0.25 s a document: long enough that both workers take some
     docs = write_docs(stack.data_root / "twelve.jsonl", 12)
     config = job_config(stub.base_url, embedded_model_dir)
     log_start = {name: len(worker.log_text()) for name, worker in stack.workers.items()}
@@ -181,10 +193,8 @@ def test_sigkill_of_a_worker_mid_job_loses_and_duplicates_nothing(stack, stub, e
     assert sorted(ids) == sorted(ref_qa)
 
 
-def test_engine_stopping_mid_job_retries_then_ends_partial_keeping_records(stack, embedded_model_dir):
-    from datafactory.testing.fault_server import FaultInjectingServer
-
-    engine = FaultInjectingServer(delay_ms=200).start()
+def test_engine_stopping_mid_job_retries_then_ends_partial_keeping_records(stack, outage_engine, embedded_model_dir):
+    engine = outage_engine
     write_docs(stack.data_root / "outage.jsonl", 8, offset=22)
     job_id = stack.submit("outage.jsonl", job_config(engine.base_url, embedded_model_dir))
     try:
@@ -210,7 +220,7 @@ def test_poison_document_fails_alone(stack, stub, embedded_model_dir):
     machine's speed; the other documents (~6 chunks) need ~1.2 s each."""
     stub.configure(delay_ms=200)
     write_docs(stack.data_root / "poison.jsonl", 4, offset=30, giant_at=2)
-    config = job_config(stub.base_url, embedded_model_dir, chunks_per_doc="all", concurrency=1, critique="off")
+    config = job_config(stub.base_url, embedded_model_dir, chunks_per_doc=1000, concurrency=1, critique="off")
     job = stack.wait(stack.submit("poison.jsonl", config), timeout=60)
     assert job["status"] == "partial" and job["documents_done"] == 3 and job["documents_failed"] == 1, job
     assert [e["document"] for e in job["errors"]] == ["doc-032"]

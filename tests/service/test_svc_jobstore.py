@@ -36,21 +36,26 @@ def test_a_document_settles_once_however_often_it_is_delivered(store, tmp_path):
 
 def test_begin_and_settle_answer_the_task_in_one_round_trip_each(store, tmp_path):
     """begin: the job, settled?, starts (not counted once settled or cancelled); settle: added?, all settled?"""
-    assert store.begin_document("no-such-job", "d1") == (None, False, 0)
+    assert store.begin_document("no-such-job", "d1") == (None, False, 0, False)
     job_id = make_job(store, tmp_path, total=2)
-    job, settled, starts = store.begin_document(job_id, "d1")
-    assert (job["id"], job["documents_total"], settled, starts) == (job_id, 2, False, 1)
-    assert store.begin_document(job_id, "d1")[2] == 2  # a redelivery counts as another start
+    job, settled, starts, busy = store.begin_document(job_id, "d1", task_id="t1")
+    assert (job["id"], job["documents_total"], settled, starts, busy) == (job_id, 2, False, 1, False)
+    assert store.live_leases(job_id) == ["d1"]
+    assert store.begin_document(job_id, "d1", task_id="t2")[1:] == (False, 0, True)  # lease live: a copy waits
+    assert store.begin_document(job_id, "d1", task_id="t1")[2] == 2  # its own retry passes (another start)
+    store.release_lease(job_id, "d1")  # as if the lease lapsed (its worker died)
+    assert store.begin_document(job_id, "d1", task_id="t2")[2] == 3  # a redelivery takes over
     assert store.settle(job_id, "d1", {"documents_done": 1}) == (True, False)  # d2 still open
-    assert store.begin_document(job_id, "d1")[1:] == (True, 0)
+    assert store.live_leases(job_id) == []  # settling releases the lease
+    assert store.begin_document(job_id, "d1")[1:] == (True, 0, False)
     assert store.settle(job_id, "d1", {"documents_done": 1}) == (False, False)  # not counted again
     assert store.settle(job_id, "d2", {"documents_failed": 1}) == (True, True)  # the last one: finalize
     store.set_status(job_id, "partial")
     assert store.settle(job_id, "d2", {"documents_failed": 1}) == (False, False)  # final already
     cancelled = make_job(store, tmp_path, total=1)
     store.request_cancel(cancelled)
-    job, settled, starts = store.begin_document(cancelled, "d1")
-    assert job["cancel_requested"] and (settled, starts) == (False, 0)
+    job, settled, starts, busy = store.begin_document(cancelled, "d1")
+    assert job["cancel_requested"] and (settled, starts, busy) == (False, 0, False)
 
 
 def test_errors_are_kept_newest_last_and_bounded(store, tmp_path):
@@ -122,3 +127,42 @@ def test_spool_round_trip_and_a_rewritten_spool_is_detected(tmp_path):
     with pytest.raises(ValueError, match="holds document 'a', not 'b'"):
         read_document(bad)
     assert json.loads(open(refs[0].path, "rb").readline())["text"] == "first text é"
+
+
+def test_jobs_by_status_in_one_round_trip(store, tmp_path):
+    before = store.count_by_status()
+    job_id = make_job(store, tmp_path, total=1)
+    store.set_status(job_id, "partial")
+    after = store.count_by_status()
+    assert after.get("partial", 0) == before.get("partial", 0) + 1
+
+
+def test_the_journal_keeps_the_first_settlement(tmp_path):
+    from worker.journal import Journal
+
+    first, second = Journal(tmp_path), Journal(tmp_path)  # two processes' readers
+    assert first.settle_once("d1", {"documents_done": 1})["counts"] == {"documents_done": 1}
+    assert second.settle_once("d1", {"documents_failed": 1}, "late time limit")["counts"] == {"documents_done": 1}
+    assert set(second.entries()) == {"d1"} and len((tmp_path / ".longscale-job" / "settled.jsonl").read_text()
+                                                   .splitlines()) == 1
+
+
+def _plan(**overrides):
+    from worker.reconciler import plan_job
+
+    job = {"status": "running", "updated_at": 100.0, "created_at": 90.0}
+    args = dict(settled={"a"}, journal={"a": {}, "b": {"counts": {"documents_done": 1}}}, live={"c"},
+                starts={"d": 1}, documents=["a", "b", "c", "d", "e"], now=110.0, stall_seconds=60,
+                queue_empty=True)
+    args.update(overrides)
+    return plan_job(dict(job, **args.pop("job", {})), **args)
+
+
+def test_reconciler_plan():
+    plan = _plan()  # b: in the journal, not in Redis; d: started, lease lapsed; e: maybe still queued
+    assert set(plan.replay) == {"b"} and plan.resend == ["d"] and not plan.finalize
+    assert _plan(now=1000.0).resend == ["d", "e"]  # stalled with an empty queue: e's message was lost
+    assert _plan(now=1000.0, queue_empty=False).resend == ["d"]
+    assert _plan(settled={"a", "b", "c", "d", "e"}).finalize  # complete but never finalized
+    assert _plan(job={"status": "preparing"}, documents=None, now=1000.0, live=set()).prepare_again
+    assert not _plan(job={"status": "preparing"}, documents=None, now=1000.0, live={"__prepare__"}).prepare_again

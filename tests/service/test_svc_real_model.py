@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.service.conftest import API_KEY, service_env, start_api, start_worker
+from tests.service.conftest import API_KEY, policy_env, service_env, start_api, start_worker
 from tests.service.test_svc_end_to_end import Stack, job_config, reference_run, write_docs
 
 pytestmark = pytest.mark.slow
@@ -22,14 +22,15 @@ def served(embedded_model_dir):
 
 
 @pytest.fixture(scope="module")
-def real_stack(service_tmp, redis_url, served):
+def real_stack(service_tmp, redis_url, served, embedded_model_dir):
     root = service_tmp / "real"
     data_root = root / "data"
     data_root.mkdir(parents=True)
     # a CPU model takes tens of seconds per document: give documents room, and keep redelivery past that
     env = service_env(redis_url, LONGSCALE_API_KEY=API_KEY, LONGSCALE_DATA_ROOT=str(data_root),
                       LONGSCALE_JOBS_ROOT=str(root / "jobs"), LONGSCALE_ENGINE_URL=served.base_url,
-                      LONGSCALE_QUEUE="real", LONGSCALE_DOCUMENT_TIME_LIMIT="600", LONGSCALE_VISIBILITY_TIMEOUT="900")
+                      LONGSCALE_QUEUE="real", LONGSCALE_DOCUMENT_TIME_LIMIT="600", LONGSCALE_VISIBILITY_TIMEOUT="900",
+                      **policy_env(served.base_url, model_roots=(embedded_model_dir.parent,)))
     api, base = start_api(service_tmp, env, name="api-real")
     worker = start_worker("w-real", service_tmp, env)
     yield Stack(base, data_root, {"w-real": worker}, service_tmp, env)
