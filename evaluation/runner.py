@@ -21,6 +21,7 @@ from evaluation.metrics import aggregate, score_prediction, scoring_name
 from evaluation.prompts import Example, PromptTooLong, fit_prompt
 from evaluation.ruler import RulerBuilder, read_essays, read_hotpot, read_squad
 from evaluation.tasks import ACCENT_FOLDING_TASKS, FILE_LOADERS, TaskDataError, task_metric
+from longscale.common.models import model_label
 from longscale.common.tokenizers import load_tokenizer
 
 SHOT_CONTEXT_TOKENS = 200
@@ -129,6 +130,8 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
     from datafactory.engines import SamplingParams, generate_sync
 
     out = Path(config.output)
+    if out.exists() and not out.is_dir():
+        raise TaskDataError(f"--output {out} is a file, not a folder: choose a folder path")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer or eval_tokenizer(config)
     metric = config.metric or task_metric(config.task, config.data)
@@ -136,7 +139,7 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
     ruler, examples, shots, no_gold = load_examples(config, tokenizer, ruler)
     own_engine = engine is None
     engine = engine or build_engine(config)
-    label = config.label or Path(config.model or "SmolLM2-135M-Instruct").name
+    label = config.label or model_label(config.model or "SmolLM2-135M-Instruct")
     params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0, seed=config.seed)
     scoring = scoring_name(metric, fold) + (", first line" if config.answer_scope == "first_line" else "")
     result: dict[str, Any] = {"task": config.task, "model": label, "metric": metric, "scoring": scoring,
@@ -163,8 +166,12 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
             with records_path.open("a") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in rows)
             means = aggregate([r["scores"] for r in rows])
-            result["by_length"][str(length)] = {"n": len(rows), "score": means.get(metric), "scores": means,
-                                                "engine_errors": errors, "did_not_fit": too_long}
+            fed = [r["prompt_tokens"] for r in rows if r.get("prompt_tokens") is not None]
+            result["by_length"][str(length)] = {
+                "n": len(rows), "score": means.get(metric), "scores": means, "engine_errors": errors,
+                "first_error": next((r["error"] for r in rows if r["error"]), None), "did_not_fit": too_long,
+                # what the model was really fed: a short document stays short at every asked length
+                "fed_tokens_mean": round(sum(fed) / len(fed)) if fed else None, "fed_tokens_max": max(fed, default=None)}
             write_outputs(result, out)
     finally:
         result["elapsed_s"] = round(time.perf_counter() - t0, 1)
@@ -188,6 +195,9 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                 cells.append("-")
                 continue
             note = f" ({cell['engine_errors']} err)" if cell["engine_errors"] else ""
+            fed = cell.get("fed_tokens_max")
+            if fed is not None and fed < 0.9 * (n - r["config"].get("max_new_tokens", 0)):
+                note += f" (fed ≤{fed} tokens)"  # the asked length was not reached: say what was measured
             cells.append(f"{cell['score']:.3f}{note}")
         lines.append(f"| {r['model']} | {r['task']} | {r['metric']} | " + " | ".join(cells)
                      + f" | {r.get('scoring', '')} |")

@@ -15,6 +15,7 @@ class ApplyRopeConfig(BaseModel):
     base: float | None = Field(None, gt=1, description="new RoPE base for abf/xpos-abf (default 500000)")
     seq_len: int | None = Field(None, gt=0, description="new context length (PI factor = seq_len / trained length)")
     output: str = Field(description="folder for the converted checkpoint")
+    overwrite: bool = Field(False, description="replace a model already in --output (refused without it)")
 
 
 class PretrainConfig(BaseModel):

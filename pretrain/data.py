@@ -52,12 +52,21 @@ class SourceSpec:
         return cls(name or path.stem, path, weight)
 
 
+def read_text_file(file: Path) -> str:
+    """A .txt document; a binary file (NUL bytes, or mostly undecodable) is refused, never trained on."""
+    data = file.read_bytes()
+    text = data.decode("utf-8", errors="replace")
+    if b"\x00" in data[:65536] or text.count("\ufffd") > max(16, len(text) // 100):
+        raise DataSourceError(f"{file}: a binary file, not UTF-8 text")
+    return text
+
+
 def read_documents(path: Path) -> list[str]:
     """All documents under `path` (non-empty texts only): .txt files whole, JSONL/Parquet records' 'text'."""
     docs: list[str] = []
     for file in record_files(path, TEXT_SUFFIXES, error=DataSourceError):
         if file.suffix == ".txt":
-            docs.append(file.read_text(encoding="utf-8", errors="replace"))
+            docs.append(read_text_file(file))
             continue
         for where, record in iter_records(file, suffixes=TEXT_SUFFIXES, error=DataSourceError):
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):

@@ -8,6 +8,7 @@ from typing import Any
 
 from datafactory.config import GenerationConfig
 from longscale.common.configcli import ConfigError, add_model_flags, resolve_config
+from longscale.common.models import check_model_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +50,8 @@ def generate(inputs: list[str], config: GenerationConfig, output: Path, broker: 
         else:
             print(f"submitted to {broker}; results will appear in {output}")
         return 0
+    if config.engine != "openai":  # a served model's name is no path; a local one is checked before any lookup
+        check_model_path(config.model)
     documents = iter_documents(inputs, config)  # streamed: a corpus is never all in memory
     first = next(documents, None)
     if first is None:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from longscale.common.configcli import ConfigError, add_model_flags, resolve_config
+from longscale.common.models import check_model_path, model_label
+from longscale.common.outputs import check_output_folder
 
 
 PROBES = ("first-sentence", "passkey", "loss-by-position", "context-scaling", "rope-decay")
@@ -42,6 +44,8 @@ def _run_apply(args) -> int:
     from pretrain.config import ApplyRopeConfig
 
     cfg = resolve_config(ApplyRopeConfig, args, args.config)
+    check_model_path(cfg.model)
+    check_output_folder(cfg.output, overwrite=cfg.overwrite, markers=("config.json",), what="converted model")
     changes = apply_rope_variant(cfg.model, cfg.variant, cfg.output, base=cfg.base, seq_len=cfg.seq_len)
     print(json.dumps({"output": cfg.output, "changes": changes}, indent=2))
     return 0
@@ -52,6 +56,7 @@ def _run_pretrain(args) -> int:
     from pretrain.trainer import pretrain
 
     cfg = resolve_config(PretrainConfig, args, args.config)
+    check_model_path(cfg.model)
     if not Path(cfg.model).is_dir():
         raise ConfigError(f"--model {cfg.model}: no such model folder")
     summary = pretrain(cfg)
@@ -64,6 +69,9 @@ def _run_probe(args) -> int:
 
     cfg = resolve_config(ProbeConfig, args, args.config)
     out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file, not a folder: choose a folder path")
+    check_model_path(cfg.model)
     name = args.probe_name
     if name == "rope-decay":
         from pretrain.probes.rope_decay import rope_decay, rope_decay_for_model
@@ -80,7 +88,7 @@ def _run_probe(args) -> int:
     from pretrain.probes.results import read_texts
 
     model = HFModel(cfg.model, device=cfg.device)
-    label = Path(cfg.model).name
+    label = model_label(cfg.model)
     texts = read_texts(cfg.texts) if cfg.texts else []
     if name == "first-sentence":
         from pretrain.probes.first_sentence import run_first_sentence

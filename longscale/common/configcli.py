@@ -99,6 +99,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             continue
         where = _flag(str(loc[0])) + "".join(f"[{p}]" for p in loc[1:])
         lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
+    if len(lines) == 2:  # one problem: one line, the flag first
+        return f"{lines[1].strip()} ({source})"
     return "\n".join(lines)
 
 

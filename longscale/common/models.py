@@ -34,3 +34,15 @@ def check_model_path(name: str | None, flag: str = "--model", *, need_config: bo
         return
     if looks_local(name):
         raise ModelPathError(f"{flag} {name}: no such folder (a local path; check the spelling)")
+
+
+RUN_PARTS = ("final", "adapter", "merged")
+
+
+def model_label(name: str) -> str:
+    """A short label for tables and plots: the folder name, with its run's name when the folder is a run's
+    `final`/`adapter`/`checkpoint-N`/`step-N` (runs/abf/final -> abf/final, not a column of "final")."""
+    path = Path(name)
+    if path.name in RUN_PARTS or path.name.startswith(("checkpoint-", "step-")):
+        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return path.name or name

@@ -42,20 +42,31 @@ def record_files(path: Path, suffixes: tuple[str, ...] = RECORD_SUFFIXES, *,
     return files
 
 
+def _not_text(file: Path, error: type[Exception]) -> Exception:
+    return error(f"{file}: not UTF-8 text (a binary file?)")
+
+
 def _jsonl(file: Path, error: type[Exception]) -> Iterator[tuple[str, Any]]:
     with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{file}:{number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise error(f"{file}:{number}: not valid JSON ({exc.msg})") from None
+        number = 0
+        try:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise error(f"{file}:{number}: not valid JSON ({exc.msg})") from None
+                yield f"{file}:{number}", record
+        except UnicodeDecodeError:
+            raise _not_text(file, error) from None
 
 
 def _json(file: Path, error: type[Exception]) -> Iterator[tuple[str, Any]]:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _not_text(file, error) from None
     except json.JSONDecodeError:
         yield from _jsonl(file, error)  # JSON Lines under a .json name
         return

@@ -15,7 +15,7 @@ from pathlib import Path
 from longscale.common.plotting import new_figure, save_figure
 from longscale.common.text import normalize, split_sentences
 from pretrain.probes.model import Answerer
-from pretrain.probes.results import write_result
+from pretrain.probes.results import ProbeInputError, write_result
 
 PLAIN_HEAD = "Read the following text and remember how it begins.\n\n"
 PLAIN_TAIL = "\n\nQuestion: What is the first sentence of the text above?\nAnswer: The first sentence of the text is \""
@@ -43,7 +43,7 @@ def make_examples(texts: list[str], tokenizer, length: int, samples: int, seed: 
     rng = random.Random(f"{seed}:{length}")
     budget = length - prompt_overhead(tokenizer, mode)
     if budget < 64:
-        raise ValueError(f"context length {length} is too short for the prompt")
+        raise ProbeInputError(f"--lengths {length} is too short for the first-sentence prompt (needs {64 + length - budget})")
     pool = []
     for t, text in enumerate(texts):
         sentences = split_sentences(text)
@@ -51,7 +51,7 @@ def make_examples(texts: list[str], tokenizer, length: int, samples: int, seed: 
             if 6 <= len(s.split()) <= 40 and not s.startswith(("\"", "“", "'")):
                 pool.append((t, i))
     if not pool:
-        raise ValueError("the evaluation texts have no sentences of 6-40 words")
+        raise ProbeInputError("--texts: the evaluation texts have no sentences of 6-40 words to ask for")
     split_cache: dict[int, list[str]] = {}
     examples = []
     for t, i in rng.sample(pool, min(samples * 3, len(pool))):

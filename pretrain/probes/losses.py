@@ -16,7 +16,7 @@ import torch
 
 from longscale.common.plotting import new_figure, save_figure
 from pretrain.probes.model import TokenLosses
-from pretrain.probes.results import write_result
+from pretrain.probes.results import ProbeInputError, write_result
 
 
 def token_windows(texts: list[str], tokenizer, length: int, count: int, seed: int) -> list[torch.Tensor]:
@@ -25,7 +25,7 @@ def token_windows(texts: list[str], tokenizer, length: int, count: int, seed: in
     docs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     docs = [d for d in docs if len(d) >= length]
     if not docs:
-        raise ValueError(f"no evaluation text has {length} tokens")
+        raise ProbeInputError(f"--texts: no evaluation text has {length} tokens (one of --lengths); give longer texts or shorter lengths")
     out = []
     for n in range(count):
         d = docs[n % len(docs)]
@@ -65,7 +65,7 @@ def fit_power_law(contexts, losses) -> dict:
     c = np.asarray(contexts, dtype=float)
     y = np.asarray(losses, dtype=float)
     if len(c) < 3:
-        raise ValueError("the power-law fit needs at least 3 context lengths")
+        raise ProbeInputError("--lengths: the power-law fit needs at least 3 context lengths")
 
     def solve(beta):
         x = c ** -beta

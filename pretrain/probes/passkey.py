@@ -11,7 +11,7 @@ from pathlib import Path
 
 from longscale.common.plotting import new_figure, save_figure
 from pretrain.probes.model import Answerer
-from pretrain.probes.results import write_result
+from pretrain.probes.results import ProbeInputError, write_result
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
         "I will quiz you about the important information there.\n")
@@ -25,7 +25,7 @@ def build_prompt(tokenizer, length: int, key: int, depth: float) -> list[int]:
     head, key_ids, tail, filler = enc(TASK), enc(KEY.format(key=key)), enc(QUESTION), enc(FILLER)
     room = length - len(head) - len(key_ids) - len(tail)
     if room < len(filler):
-        raise ValueError(f"context length {length} is too short for the passkey prompt")
+        raise ProbeInputError(f"--lengths {length} is too short for the passkey prompt")
     body = (filler * (room // len(filler) + 1))[:room]
     cut = int(round(depth * room / len(filler))) * len(filler)
     cut = min(cut, (room // len(filler)) * len(filler))

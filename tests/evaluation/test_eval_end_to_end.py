@@ -89,7 +89,8 @@ def test_file_task_with_truncation_and_engine_errors(tmp_path, tokenizer):
                        tokenizer=tokenizer, progress=False)
     assert failing["by_length"]["512"] == {"n": 3, "score": 0.0, "scores": {"f1": 0.0, "exact_match": 0.0,
                                                                             "substring_match": 0.0, "accuracy": 0.0},
-                                           "engine_errors": 3, "did_not_fit": 0}
+                                           "engine_errors": 3, "did_not_fit": 0, "first_error": "http_503: injected",
+                                           "fed_tokens_mean": 478, "fed_tokens_max": 478}
     assert "(3 err)" in (tmp_path / "e" / "results.md").read_text()
 
 

@@ -32,6 +32,7 @@ def test_apply_rope_cli_writes_the_checkpoint(tiny, tmp_path, capsys):
     cfg = json.loads((tmp_path / "abf" / "config.json").read_text())
     assert cfg["rope_theta"] == 2e5 and cfg["max_position_embeddings"] == 1024
     assert json.loads(capsys.readouterr().out)["changes"]["rope_parameters"]["rope_theta"] == 2e5
+    (tmp_path / "nothing").mkdir()  # a folder, but no model in it
     assert main(["pretrain", "apply-rope", "--model", str(tmp_path / "nothing"), "--variant", "abf",
                  "--output", str(tmp_path / "x")]) == 2
     assert "no config.json" in capsys.readouterr().err
