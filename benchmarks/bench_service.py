@@ -150,11 +150,16 @@ def measure_api(code: Path, label: str, engine, tokenizer: str, tmp: Path, jobs:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{label}: the API did not come up; see {work}/api.log")
             time.sleep(0.3)
-        config = config_for(engine.base_url, tokenizer, 1).model_dump(mode="json")
+        # only fields both versions know (the old config forbids the new ones)
+        config = {"engine": "openai", "base_url": engine.base_url, "model": "fault-injecting-stub",
+                  "tokenizer": tokenizer, "min_doc_tokens": 256, "chunk_tokens": 256, "max_context": 1024, "seed": 3,
+                  "concurrency": 1, "max_retries": 1, "request_timeout": 30}
         text = BOOK.read_text()
         def documents(job: int) -> list[dict]:
-            return [{"id": f"j{job}-d{d}", "text": text[20000 + (job * 4 + d) * 3000:][:3000]} for d in range(4)]
-        warm = http.post("/v1/jobs", json={"config": config, "documents": documents(99)}).json()["id"]
+            return [{"id": f"j{job}-d{d}", "text": text[20000 + ((job % 50) * 4 + d) * 3000:][:3000]} for d in range(4)]
+        warm = http.post("/v1/jobs", json={"config": config, "documents": documents(99)})
+        assert warm.status_code == 202, warm.text
+        warm = warm.json()["id"]
         while http.get(f"/v1/jobs/{warm}").json()["status"] not in ("succeeded", "partial", "failed", "cancelled"):
             time.sleep(0.5)  # both workers have loaded the tokenizer and engine
         ids = []
