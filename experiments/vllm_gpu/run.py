@@ -16,7 +16,7 @@ on), and a step that would not fit the time left (--time-budget) is skipped and 
   tserve      the factory through TS and through E on the same subset of chunks, same max_new_tokens
   abf_long    greedy continuations of a few long prompts (8k-31k tokens): transformers vs the ABF server
   eval_openai `longscale eval --engine openai` through the ABF server (factory-qa task, lengths to 32k)
-  eval_vllm   the servers stopped, `longscale eval --engine vllm` in process, same settings
+  eval_vllm   `longscale eval --engine vllm` in process (beside the idle servers), same settings
 
   python3 experiments/vllm_gpu/run.py --model DIR --out DIR [--time-budget S]     (device_run.sh calls it)
   python3 experiments/vllm_gpu/run.py --model DIR --out DIR --smoke               (CPU: FaultInjectingServer
@@ -587,6 +587,9 @@ def main() -> int:
         if "eval_openai" in steps:
             run.step("eval_openai", 45, step_eval, args, run, "openai", abf_dir, data, args.work,
                      base_url=abf.url + "/v1", model=SERVED_NAME, concurrency=args.concurrency)
+        if "eval_vllm" in steps and not args.smoke:  # beside the idle servers: none frees memory meanwhile
+            run.step("eval_vllm", 70, step_eval, args, run, "vllm", abf_dir, data, args.work,
+                     gpu_memory_utilization=0.1, enforce_eager=True, max_model_len=32768)
     finally:
         for server in servers.values():
             server.stop()
@@ -594,8 +597,6 @@ def main() -> int:
                                                 if re.search(r"Error|error|Traceback", ln)][:15]
                                             for n, s in servers.items()}
         run.save()
-    if "eval_vllm" in steps and not args.smoke:
-        run.step("eval_vllm", 80, step_eval, args, run, "vllm", abf_dir, args.work / "guided_off", args.work)
     write_report(run)
     log("done")
     return 0
