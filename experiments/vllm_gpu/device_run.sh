@@ -63,7 +63,7 @@ import sys; from pathlib import Path; from datafactory.embedded import convert_g
 out = Path(sys.argv[2]); out.parent.mkdir(parents=True, exist_ok=True); convert_gguf_to_hf(Path(sys.argv[1]), out)" \
       $W/SmolLM2-135M-Instruct.Q4_1.gguf $MODEL 2>&1 | grep -v -E "it/s\]|s/it\]" || true
     [ -f $MODEL/config.json ] || { echo "the embedded model could not be rebuilt from its GGUF"; exit 4; }
-    python3 -c "import vllm, xgrammar, vllm._C; print('vllm', vllm.__version__, 'xgrammar', xgrammar.__version__)"
+    python3 -c "import vllm, xgrammar, vllm._C; print('vllm', vllm.__version__)"
     OUTDIR=${OUT:-/tmp/vllm_out}; mkdir -p "$OUTDIR"
     LEFT=$(( ${VLLM_RUN_TIMEOUT:-575} - ($(date +%s) - START) ))
     echo "staged in $(( $(date +%s) - START )) s; run.py gets ${LEFT} s"
