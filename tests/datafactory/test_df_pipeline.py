@@ -151,3 +151,17 @@ def test_pipeline_end_to_end_with_the_embedded_model(tmp_path, tokenizers, book,
     assert [r["id"] for r in read_jsonl(tmp_path / "qa.jsonl")] == [r["id"] for r in records]
     done = frozenset(r["id"] for r in records)
     assert process_document(book, config, engine, tokenizers, skip_ids=done).qa_records == []
+
+
+def test_every_chunk_of_books_groups_by_their_length():
+    """chunks_per_doc=all: a book (hundreds of chunks) fills a group alone, so the next book's requests are in
+    flight while one book is written; short documents share a group."""
+    from datafactory.pipeline import _groups
+
+    config = GenerationConfig(chunks_per_doc="all", chunk_tokens=512)
+    books = [Document(f"b{i}", "x" * 4 * 512 * 300) for i in range(3)]  # ~300 chunks each
+    notes = [Document(f"n{i}", "x" * 4 * 512 * 10) for i in range(60)]  # ~10 chunks each
+    assert [len(g) for g in _groups(books, 256, config)] == [1, 1, 1]
+    assert [len(g) for g in _groups(notes, 256, config)] == [26, 26, 8]
+    fixed = GenerationConfig(chunks_per_doc=2, chunk_tokens=512)
+    assert [len(g) for g in _groups(notes, 64, fixed)] == [32, 28]

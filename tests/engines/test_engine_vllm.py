@@ -172,3 +172,15 @@ def test_vllm_engine_generates(embedded_model_dir):
     assert plain.ok and "Paris" in plain.text
     [guided] = generate_sync(engine, [ASK], SamplingParams(max_new_tokens=64, temperature=0.0, guided_regex=QA_REGEX))
     assert guided.ok and guided.text.startswith("<question>")
+
+
+def test_eval_passes_the_engine_options_to_vllm(fake_vllm, model_dir, tmp_path):
+    from evaluation.config import EvalConfig
+    from evaluation.runner import build_engine as eval_build_engine
+
+    config = EvalConfig(engine="vllm", model=str(model_dir), task="factory-qa", data=str(tmp_path),
+                        output=str(tmp_path / "out"), max_model_len=32768, gpu_memory_utilization=0.3,
+                        enforce_eager=True)
+    eval_build_engine(config).close()
+    assert fake_vllm.llm_kwargs["max_model_len"] == 32768 and fake_vllm.llm_kwargs["gpu_memory_utilization"] == 0.3
+    assert fake_vllm.llm_kwargs["enforce_eager"] is True
