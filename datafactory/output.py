@@ -286,9 +286,13 @@ class OutputWriter:
         """Write qa.parquet, instances.parquet and manifest.json from the JSONL files; return the manifest.
 
         A run that ended normally is `complete` only when no record's latest attempt failed on the engine:
-        `failed` when every record did, `partial` when some did (counts.engine_errors says how many).        When the Parquet files are newer than the JSONL files (a resume that wrote nothing), they and the
+        `failed` when every record did, `partial` when some did (counts.engine_errors says how many).
+        When the Parquet files are newer than the JSONL files (a resume that wrote nothing), they and the
         previous counts are kept: rebuilding them would cost time in proportion to the corpus."""
         with self._locked():
+            for path in (self.qa_path, self.instances_path):  # a run that accepted nothing still has both files
+                if not path.exists():
+                    path.touch()
             previous = self._previous_counts()
             if previous is not None:
                 errors, total = previous["counts"].get("engine_errors", 0), previous["counts"]["qa"]

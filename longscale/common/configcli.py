@@ -57,8 +57,8 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, 
             target.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=helptext)
         elif typing.get_origin(annotation) in (list, tuple):
-            target.add_argument(_flag(name), dest=name, action="append", default=None, metavar="V",
-                                help=helptext + " (repeat or comma-separate)")
+            target.add_argument(_flag(name), dest=name, action="extend", nargs="+", default=None, metavar="V",
+                                help=helptext + " (space- or comma-separated, or repeated)")
         else:
             target.add_argument(_flag(name), dest=name, default=None, metavar=name.upper(), help=helptext)
 

@@ -51,3 +51,25 @@ def test_errors_name_the_field_or_file(tmp_path):
     bad.write_text("sise: 3\n")
     with pytest.raises(ConfigError, match="unknown settings: sise"):
         resolve_config(Demo, parse([]), bad)
+
+
+def test_list_flags_take_several_values_and_yaml_takes_one_string(tmp_path):
+    """docs/finetune.md writes `--long-data runs/gen1 runs/gen2`; a YAML file may give one path as a string;
+    YAML reads an unquoted `critique: off` as false."""
+    import argparse
+
+    from datafactory.config import GenerationConfig
+    from finetune.config import FinetuneConfig
+    from longscale.common.configcli import add_model_flags, resolve_config
+
+    parser = argparse.ArgumentParser()
+    add_model_flags(parser, FinetuneConfig)
+    args = parser.parse_args(["--model", "m", "--output", "o", "--long-data", "runs/gen1", "runs/gen2",
+                              "--short-data", "a.jsonl,b.jsonl"])
+    config = resolve_config(FinetuneConfig, args)
+    assert config.long_data == ["runs/gen1", "runs/gen2"] and config.short_data == ["a.jsonl", "b.jsonl"]
+    yaml_file = tmp_path / "ft.yaml"
+    yaml_file.write_text("model: m\noutput: o\nlong_data: gen/\n")
+    assert resolve_config(FinetuneConfig, None, yaml_file).long_data == ["gen/"]
+    yaml_file.write_text("critique: off\n")
+    assert resolve_config(GenerationConfig, None, yaml_file).critique == "off"
