@@ -303,6 +303,7 @@ class OutputWriter:
                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
                 self.write_manifest(manifest)
                 return manifest
+            _write_dataset_card(self.dir)
             qa_stats = _RecordStats()
             _write_parquet(qa_stats.observe_qa(iter_latest_records(self.qa_path)), self.dir / "qa.parquet")
             instance_stats = _RecordStats()
@@ -405,6 +406,7 @@ def _write_parquet(records: Iterable[dict[str, Any]], path: Path) -> None:
         if spill_writer is None:
             pq.write_table(pa.table({"id": pa.array([], pa.string())}), tmp)
         else:
+            schema = _stable_schema(schema)
             spill_writer.close()
             with pq.ParquetWriter(tmp, schema) as writer:
                 for table in spill_writer.tables():
@@ -415,6 +417,53 @@ def _write_parquet(records: Iterable[dict[str, Any]], path: Path) -> None:
             spill_writer.close()
         spill.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
+
+
+DATASET_CARD = """---
+# read by datasets.load_dataset(THIS_FOLDER): the long instances by default, the QA pairs as config "qa"
+configs:
+- config_name: instances
+  data_files: instances.parquet
+  default: true
+- config_name: qa
+  data_files: qa.parquet
+---
+Written by `longscale generate`: instances.parquet (long training instances) and qa.parquet (every generated
+pair with its reject_reason); the .jsonl files are the source of truth, manifest.json has settings and counts.
+"""
+
+
+def _write_dataset_card(folder: Path) -> None:
+    """README.md naming the data files, so `load_dataset(folder)` never mixes the two schemas (or reads the
+    manifest). An existing README.md is the user's and is left alone."""
+    card = folder / "README.md"
+    if not card.exists():
+        card.write_text(DATASET_CARD)
+
+
+def _stable_type(name: str, type_: Any) -> Any:
+    """A type that does not depend on which values a run happened to see: a field that was null in every
+    record (engine_error in a run without failures, critique with critique off) gets its real type, so the
+    Parquet files of two runs concatenate (nested nulls become strings too)."""
+    import pyarrow as pa
+
+    if pa.types.is_null(type_):
+        if name == "critique":
+            return pa.struct([("verdict", pa.string()), ("reason", pa.string()), ("raw", pa.string())])
+        if name == "extraction_notes":
+            return pa.list_(pa.string())
+        return pa.string()
+    if pa.types.is_struct(type_):
+        return pa.struct([(f.name, _stable_type(f.name, f.type)) for f in type_])
+    if pa.types.is_list(type_):
+        return pa.list_(_stable_type("", type_.value_type))
+    return type_
+
+
+def _stable_schema(schema: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([pa.field(f.name, _stable_type(f.name, f.type)) for f in schema])
 
 
 class _SpillWriter:

@@ -118,3 +118,49 @@ def test_engine_errors_are_retried_on_resume(tmp_path):
     manifest = writer.finalize(GenerationConfig().public_dict(), "m")
     assert manifest["counts"]["qa"] == 2 and manifest["counts"]["accepted"] == 2
     assert manifest["rejection_reasons"] == {}
+
+
+def test_output_loads_as_a_folder_and_parquet_of_two_runs_concatenate(tmp_path):
+    """`load_dataset(folder)` gives the instances (the dataset card names the files), `load_dataset(folder,
+    "qa")` the pairs; a run without engine errors and one with them write the same qa.parquet schema."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from datafactory.output import OutputWriter
+
+    def record(i, error):
+        return {"id": f"r{i}", "doc_id": "d", "accepted": error is None, "reject_reason": "engine_error" if error
+                else None, "engine_error": error, "critique": None, "extraction_notes": [], "question": None}
+
+    tables = []
+    for run, error in (("ok", None), ("failing", "http_503: injected fault")):
+        writer = OutputWriter(tmp_path / run)
+        writer.append([record(i, error) for i in range(3)],
+                      [{"id": "r0", "messages": [{"role": "user", "content": "x"}]}] if error is None else [])
+        writer.finalize({}, "m")
+        tables.append(pq.read_table(tmp_path / run / "qa.parquet"))
+    assert tables[0].schema == tables[1].schema and pa.types.is_string(tables[0].schema.field("engine_error").type)
+    assert pa.concat_tables(tables).num_rows == 6
+    instances = datasets.load_dataset(str(tmp_path / "ok"), split="train")
+    assert instances.column_names == ["id", "messages"] and len(instances) == 1
+    assert len(datasets.load_dataset(str(tmp_path / "ok"), "qa", split="train")) == 3
+
+
+def test_progress_prints_plain_lines_when_stderr_is_not_a_terminal():
+    import io
+    from types import SimpleNamespace
+
+    from datafactory.progress import GenerationProgress
+
+    stream = io.StringIO()  # not a terminal, as a log file or CI
+    with GenerationProgress(2, stream=stream, interval=0) as bar:
+        bar.requests_done(3, 1.5)
+        bar.document_done(SimpleNamespace(qa_records=[{"accepted": True}, {"accepted": False}]), 1.5)
+    lines = stream.getvalue().splitlines()
+    assert lines[-1] == "generate: documents 1/2, QA 1 accepted / 1 rejected, 3 requests, 1.50 req/s"
+    assert len(lines) == 3 and "\x1b" not in stream.getvalue()  # one per event and one at the end, no escapes
+    quiet = io.StringIO()
+    with GenerationProgress(2, enabled=False, stream=quiet) as bar:
+        bar.requests_done(1, 1.0)
+    assert quiet.getvalue() == ""
