@@ -57,7 +57,8 @@ def plan_job(job: dict, *, settled: set[str], journal: dict[str, dict], live: se
             continue
         if starts.get(doc, 0) > 0 or (stalled and queue_empty):
             plan.resend.append(doc)
-    plan.finalize = not plan.replay and len(done) >= len(documents) and job["status"] not in FINAL_STATES
+    # complete but not final for a while: its finalize was lost (a finalize in flight is left alone)
+    plan.finalize = not plan.replay and len(done) >= len(documents) and stalled
     return plan
 
 

@@ -19,6 +19,7 @@ from longscale.common.errors import ConfigError
 from worker.celery_app import make_celery
 from worker.jobstore import FINAL_STATES, JobStore, new_job_id
 from worker.journal import write_job_record
+from worker.reconciler import restore_job
 from worker.settings import get_worker_settings
 
 
@@ -61,8 +62,9 @@ def start_job(store: JobStore, broker_url: str, input_paths: Sequence[str | Path
 
 
 def wait_for_job(store: JobStore, job_id: str, *, progress: bool = True, poll_seconds: float = 0.5,
-                 timeout: float | None = None) -> dict:
-    """Poll the job until it ends; a rich bar shows documents settled, rate and ETA."""
+                 timeout: float | None = None, restore: Callable[[], dict | None] | None = None) -> dict:
+    """Poll the job until it ends; a rich bar shows documents settled, rate and ETA. A job Redis lost is
+    rebuilt by `restore` (from its output directory) if given."""
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = None
     if progress:
@@ -76,6 +78,8 @@ def wait_for_job(store: JobStore, job_id: str, *, progress: bool = True, poll_se
     try:
         while True:
             job = store.get(job_id)
+            if job is None and restore is not None:
+                job = restore()
             if job is None:
                 raise RuntimeError(f"job {job_id} vanished from Redis (was Redis flushed or restarted?)")
             if bar is not None:
@@ -108,8 +112,14 @@ def submit_generation(input_paths: Sequence[str | Path], config: GenerationConfi
     job_id = start_job(store, url, input_paths, config, output_dir)
     if not wait:
         return store.get(job_id)
+    queue = get_worker_settings().queue
+
+    def restore() -> dict | None:
+        return restore_job(store, Path(output_dir).resolve(),
+                           lambda name, args: producer(url).send_task(name, args=args, queue=queue))
+
     try:
-        job = wait_for_job(store, job_id, progress=progress)
+        job = wait_for_job(store, job_id, progress=progress, restore=restore)
     except KeyboardInterrupt:
         store.request_cancel(job_id)
         print(f"cancelling job {job_id}: documents not started are skipped; records written so far are kept "

@@ -163,6 +163,7 @@ def test_reconciler_plan():
     assert set(plan.replay) == {"b"} and plan.resend == ["d"] and not plan.finalize
     assert _plan(now=1000.0).resend == ["d", "e"]  # stalled with an empty queue: e's message was lost
     assert _plan(now=1000.0, queue_empty=False).resend == ["d"]
-    assert _plan(settled={"a", "b", "c", "d", "e"}).finalize  # complete but never finalized
+    assert _plan(settled={"a", "b", "c", "d", "e"}, now=1000.0).finalize  # complete, never finalized
+    assert not _plan(settled={"a", "b", "c", "d", "e"}).finalize  # complete just now: its finalize is on the way
     assert _plan(job={"status": "preparing"}, documents=None, now=1000.0, live=set()).prepare_again
     assert not _plan(job={"status": "preparing"}, documents=None, now=1000.0, live={"__prepare__"}).prepare_again
