@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from datafactory.config import GenerationConfig
-from longscale.common.configcli import ConfigError, add_model_flags, resolve_config
+from longscale.common.configcli import ConfigError, add_model_flags, read_yaml, resolve_config
 from longscale.common.models import check_model_path
 
 
@@ -16,10 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description="Chunk long documents, ask a chat model for question-answer pairs (the "
                             "paper's Figure 9 prompts), verify them by self-critique, and build long training "
                             "instances (Figure 10). Running again into the same --output resumes.")
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+    parser.add_argument("--input", nargs="+", metavar="PATH",
                         help="documents: .txt/.md files or directories of them, .jsonl, .parquet, or a "
-                             "datasets save_to_disk directory")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output directory (resumed if it exists)")
+                             "datasets save_to_disk directory (or `input:` in --config)")
+    parser.add_argument("--output", metavar="DIR", help="output directory, resumed if it exists (or `output:` "
+                        "in --config)")
     parser.add_argument("--config", metavar="FILE.yaml", help="settings from YAML; flags override it")
     parser.add_argument("--broker", metavar="URL", help="submit to Celery workers through this broker "
                         "(redis://...) instead of generating in this process")
@@ -29,8 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    config = resolve_config(GenerationConfig, args, args.config)
-    return generate(args.input, config, Path(args.output), broker=args.broker, progress=not args.no_progress)
+    config = resolve_config(GenerationConfig, args, args.config, command_keys=("input", "output"))
+    paths = read_yaml(args.config) if args.config else {}
+    inputs = args.input or paths.get("input")
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    output = args.output or paths.get("output")
+    if not inputs or not output:
+        raise ConfigError("generate needs --input PATH... and --output DIR (flags, or `input:` / `output:` in --config)")
+    return generate([str(p) for p in inputs], config, Path(output), broker=args.broker, progress=not args.no_progress)
 
 
 def generate(inputs: list[str], config: GenerationConfig, output: Path, broker: str | None = None,

@@ -105,11 +105,12 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 
 def resolve_config(model: type[M], args: argparse.Namespace | None = None, yaml_path: str | Path | None = None,
-                   **overrides: Any) -> M:
-    """Build `model` from defaults < YAML file < given flags < explicit overrides; errors name the field."""
+                   *, command_keys: tuple[str, ...] = (), **overrides: Any) -> M:
+    """Build `model` from defaults < YAML file < given flags < explicit overrides; errors name the field.
+    `command_keys` are YAML keys the command reads itself (generate's input/output), not settings."""
     data: dict[str, Any] = {}
     if yaml_path:
-        data.update(read_yaml(yaml_path))
+        data.update({k: v for k, v in read_yaml(yaml_path).items() if k not in command_keys})
         unknown = set(data) - set(model.model_fields)
         if unknown:
             raise ConfigError(f"config file {yaml_path} has unknown settings: {', '.join(sorted(unknown))}")

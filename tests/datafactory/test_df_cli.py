@@ -41,9 +41,9 @@ def test_bad_settings_and_inputs_are_clear(tmp_path, capsys):
 def test_dead_engine_keeps_records_and_says_so(tmp_path, capsys, embedded_model_dir):
     """A real socket with nothing listening: every request fails, each failure is recorded, exit code 1."""
     yaml_file = tmp_path / "gen.yaml"
-    yaml_file.write_text("chunk_tokens: 300\nseed: 1\nmin_doc_tokens: 100\n")
-    out = tmp_path / "out"
-    argv = ["generate", "--input", str(_corpus(tmp_path)), "--output", str(out), "--config", str(yaml_file),
+    out = tmp_path / "out"  # input and output from the YAML file too
+    yaml_file.write_text(f"chunk_tokens: 300\nseed: 1\nmin_doc_tokens: 100\ninput: {_corpus(tmp_path)}\noutput: {out}\n")
+    argv = ["generate", "--config", str(yaml_file),
             "--engine", "openai", "--base-url", f"http://127.0.0.1:{_free_port()}/v1", "--model", "smol",
             "--tokenizer", str(embedded_model_dir), "--max-retries", "0", "--request-timeout", "5",
             "--seed", "4", "--no-progress"]

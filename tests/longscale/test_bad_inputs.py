@@ -49,6 +49,7 @@ def _cases(f: dict[str, Path]) -> list[tuple[str, list[str], str]]:
          r"--output \S+a-file is a file"),
         ("apply-rope --output FILE", ["pretrain", "apply-rope", "--model", model, "--variant", "abf",
                                       "--output", file_out], r"--output \S+a-file is a file"),
+        ("generate without --input", ["generate", "--output", str(root / "g0")], r"generate needs --input"),
         # a mistyped local --model: refused at once (it went to the hub for 51 s, then a traceback)
         ("finetune --model typo", ["finetune", "--model", "runs/abf/finall", "--pretrain-data", texts,
                                    "--output", str(root / "ft")], r"--model runs/abf/finall: no such folder"),
