@@ -84,7 +84,7 @@ def run_demo(args: argparse.Namespace) -> int:
 What went where:
   {out}/qa.jsonl          every generated pair, accepted or not, with reject_reason and the raw model output
   {out}/instances.jsonl   long training instances (chat messages + the Llama-2 [INST] rendering)
-  {out}/*.parquet         the same, for datasets.load_dataset("parquet", data_files=...)
+  {out}/*.parquet         the same; datasets.load_dataset("{out}") reads the instances, ("{out}", "qa") the pairs
   {out}/manifest.json     settings, counts, rejection reasons, timings, versions
   {out}/finetune/         the assembled dataset and its stats, the LoRA adapter, loss curve (loss_curve.png)
 
