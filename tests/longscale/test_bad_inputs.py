@@ -7,6 +7,7 @@ model's tokenizer are real; every case fails before any training or generation s
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ SENTENCES = " ".join(f"The {i}th reader of this book walked slowly to the old li
 def files(tmp_path_factory, embedded_model_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad-inputs")
     model = save_tiny_llama(root / "model", embedded_model_dir, max_positions=256, rope_theta=10_000.0)
+    shutil.copy(embedded_model_dir / "chat_template.jinja", model / "chat_template.jinja")
     (root / "a-file").write_text("not a folder")
     (root / "binary.json").write_bytes(bytes(range(256)) * 64)
     (root / "binary.txt").write_bytes(b"\x7fELF\x00\x01" + bytes(range(256)) * 64)
@@ -99,3 +101,19 @@ def test_bad_input_gets_one_line_naming_the_flag_and_exit_2(name, files, capsys)
     message = [line for line in err if line.startswith("longscale: ")]
     assert len(message) == 1 and re.search(expected, message[0]), err
     assert not any("Traceback" in line for line in err)
+
+
+def test_eval_past_the_window_says_every_request_failed_and_exits_1(files, tmp_path, capsys):
+    """The tiny model has 256 positions; asked for 512-token prompts, every request fails in the real
+    transformers engine. It used to exit 0 printing 0.000; now the exit code and the message say so."""
+    from tests.evaluation.test_eval_ruler import squad_file
+
+    data = squad_file(tmp_path)
+    argv = ["eval", "--model", str(files["model"]), "--task", "ruler-squad", "--data", str(data), "--lengths", "512",
+            "--num-samples", "2", "--max-new-tokens", "8", "--output", str(tmp_path / "eval"), "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "the engine failed on every request (scored 0; first: prompt_too_long" in err, err
+    result = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert result["by_length"]["512"]["engine_errors"] == result["by_length"]["512"]["n"] == 2
+    assert "(2 err)" in (tmp_path / "eval" / "results.md").read_text()
