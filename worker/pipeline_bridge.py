@@ -98,7 +98,8 @@ def _runtime(config: GenerationConfig) -> tuple[Any, Any]:
             engine = build_engine(allowed)
     except EngineError as exc:
         log.warning("engine for %s could not be built: %s", allowed.base_url or allowed.engine, exc)
-        raise EngineUnavailable("the engine could not be reached (details in the worker log)") from exc
+        kind = "connect_error" if isinstance(exc.__cause__, OSError) else "engine_error"  # kinds, not bodies
+        raise EngineUnavailable(f"the engine could not be set up: {kind} (details in the worker log)") from exc
     runtime = (engine, load_tokenizers(config))
     _runtimes[key] = runtime
     while len(_runtimes) > 2:
