@@ -19,6 +19,9 @@ Writes benchmarks/results/service.json, service.md and service.png.
 p50/p99 of GET /v1/jobs/{id} while 30 jobs run on two workers, for the code of --baseline (checked out in a
 temporary clone) and this checkout, one after the other in the same run, each on its own fresh Redis,
 API and workers; writes benchmarks/results/service_api_latency.{json,md}.
+
+    python benchmarks/bench_service.py --metrics-scrape 3392
+jobs-by-status (the /v1/metrics gauge) with that many jobs: one HGET per job (the old read) vs one Lua call.
 """
 from __future__ import annotations
 
@@ -221,8 +224,68 @@ def api_latency_main(args: argparse.Namespace) -> None:
     print((RESULTS / "service_api_latency.md").read_text())
 
 
+def metrics_scrape_main(jobs: int, repeats: int = 30) -> None:
+    """Jobs-by-status for /v1/metrics with `jobs` jobs in Redis: the old read (one HGET per job, as d174c3c
+    did it) vs `JobStore.count_by_status` (one Lua call), timed alternately in the same Redis."""
+    import statistics
+
+    from worker.jobstore import JOBS_INDEX, JobStore, new_job_id
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
+    port = free_port()
+    proc = ManagedProcess("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--dir", str(tmp)], tmp)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        proc.wait_for(lambda: _pong(port), "PONG", timeout=20)
+        store = JobStore.from_url(url)
+        for i in range(jobs):
+            job_id = new_job_id()
+            store.create(job_id, output_dir=str(tmp), config={}, source={})
+            if i % 3:
+                store.set_status(job_id, "succeeded")
+
+        def old_way() -> dict:
+            counts: dict[str, int] = {}
+            for job_id in store.redis.zrange(JOBS_INDEX, 0, -1):
+                status = store.redis.hget(f"longscale:job:{job_id}", "status") or "unknown"
+                counts[status] = counts.get(status, 0) + 1
+            return counts
+
+        assert old_way() == store.count_by_status()
+        times: dict[str, list[float]] = {"one HGET per job (d174c3c)": [], "one Lua call (now)": []}
+        for _ in range(repeats):
+            for name, fn in zip(times, (old_way, store.count_by_status)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(1000 * (time.perf_counter() - start))
+    finally:
+        proc.stop()
+    rows = {name: {"median_ms": statistics.median(v), "q1_ms": statistics.quantiles(v, n=4)[0],
+                   "q3_ms": statistics.quantiles(v, n=4)[2], "repeats": len(v)} for name, v in times.items()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "service_metrics_scrape.json").write_text(json.dumps({"jobs": jobs, "machine": platform.node(),
+                                                                      "runs": rows}, indent=2))
+    lines = [f"# Jobs by status for /v1/metrics with {jobs} jobs in Redis ({repeats} alternating repeats)", "",
+             "| read | median ms | interquartile ms |", "|---|---|---|"]
+    lines += [f"| {name} | {r['median_ms']:.1f} | {r['q1_ms']:.1f}-{r['q3_ms']:.1f} |" for name, r in rows.items()]
+    (RESULTS / "service_metrics_scrape.md").write_text("\n".join(lines) + "\n")
+    print((RESULTS / "service_metrics_scrape.md").read_text())
+
+
+def _pong(port: int) -> bool:
+    import redis as redis_lib
+
+    try:
+        return bool(redis_lib.Redis(port=port, socket_connect_timeout=0.5).ping())
+    except redis_lib.RedisError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics-scrape", type=int, default=0, metavar="JOBS",
+                        help="time the jobs-by-status read with JOBS jobs in Redis instead (old vs now)")
     parser.add_argument("--api-latency", action="store_true", help="measure GET /v1/jobs/{id} under load instead, "
                         "baseline vs this checkout")
     parser.add_argument("--baseline", default="d174c3c", help="commit to compare against (--api-latency)")
@@ -233,6 +296,9 @@ def main() -> None:
                         help="stub engine latencies per request to measure at")
     parser.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"], help="worker pool")
     args = parser.parse_args()
+    if args.metrics_scrape:
+        metrics_scrape_main(args.metrics_scrape)
+        return
     if args.api_latency:
         api_latency_main(args)
         return
