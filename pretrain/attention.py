@@ -1,4 +1,5 @@
-"""Attention kernel choice, in one place for both trainers and the probes (`--attn-kernel`).
+"""Attention kernel choice, in one place for both trainers and the probes (finetune `--attn-implementation`,
+pretrain `--attn`; the probes take `auto`).
 
 | choice | causal rows (one sample, right padding at most) | rows with a mask (packed samples, padding) |
 |---|---|---|
@@ -8,15 +9,15 @@
 | `sdpa` | SDPA, torch's own backend choice | dense mask (SDPA's slow path) |
 | `eager` | transformers' matmul + softmax | dense mask |
 | `flash_attention_2` | the flash-attn package (varlen for packed rows, batch of one row) | varlen |
-| `auto` | `cudnn` on CUDA with compute capability >= 9.0 and cuDNN >= 9; `flash` on other CUDA GPUs; `sdpa` elsewhere | |
+| `auto` | `cudnn` on CUDA with compute capability >= 9.0 and cuDNN >= 9; `flash` on other GPUs; else `sdpa` | |
 
-`cudnn` and `flash` (`longscale_cudnn`, `longscale_fa2`) are attention functions registered with transformers' AttentionInterface (with a mask
-function that gives no mask for causal rows and a FlexAttention BlockMask otherwise), so the model config names
-them like any other implementation. The SDPA backend is chosen by `sdpa_kernel` *inside* the attention function:
+`cudnn` and `flash` (`longscale_cudnn`, `longscale_fa2`) are attention functions registered with transformers'
+AttentionInterface (with a mask function that gives no mask for causal rows and a FlexAttention BlockMask
+otherwise), so the model config names them like any other implementation. The SDPA backend is chosen by `sdpa_kernel` *inside* the attention function:
 dynamo traces that context manager, so the choice lives in each compiled decoder layer's graph (a context set
 around the training step was lost when the layers were compiled), and FSDP, PEFT or the Trainer cannot undo it.
 Trade-off: cuDNN is given the key/value heads repeated for grouped-query attention (more activation memory:
-2 x (heads - kv heads) x head_dim bytes x 2 a token a layer) rather than relying on its GQA support, which this
+2 x (heads - kv heads) x head_dim x 2 bytes a token a layer) rather than relying on its GQA support, which this
 torch version does not document.
 """
 from __future__ import annotations
@@ -31,9 +32,10 @@ from longscale.common.errors import ConfigError
 
 AttnKernel = Literal["auto", "cudnn", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2"]
 KERNELS: tuple[str, ...] = ("auto", "cudnn", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2")
-CUDNN_IMPL, FLASH_IMPL = "longscale_cudnn", "longscale_fa2"  # no "flash" in a name: transformers takes those for the flash-attn package
-_IMPLEMENTATIONS = {"cudnn": CUDNN_IMPL, "flash": FLASH_IMPL, "flex": "flex_attention", "flex_attention": "flex_attention", "sdpa": "sdpa",
-                    "eager": "eager", "flash_attention_2": "flash_attention_2"}
+# no "flash" in our names: transformers takes such names for the flash-attn package
+CUDNN_IMPL, FLASH_IMPL = "longscale_cudnn", "longscale_fa2"
+_IMPLEMENTATIONS = {"cudnn": CUDNN_IMPL, "flash": FLASH_IMPL, "flex": "flex_attention", "flex_attention": "flex_attention",
+                    "sdpa": "sdpa", "eager": "eager", "flash_attention_2": "flash_attention_2"}
 MIN_CUDNN = 90000  # cuDNN 9.0: the first with SDPA training kernels for Hopper
 
 
@@ -55,7 +57,9 @@ class Hardware:
 
     @classmethod
     def detect(cls, device: torch.device | str | None = None) -> "Hardware":
-        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
         if device.type != "cuda" or not torch.cuda.is_available():
             return cls(cuda=False)
         version = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else 0
@@ -70,10 +74,10 @@ def choose_kernel(kernel: str, hardware: Hardware | None = None) -> str:
     if kernel == "auto":
         return "cudnn" if hardware.cudnn_attention else "flash" if hardware.cuda else "sdpa"
     if kernel == "cudnn" and not hardware.cudnn_attention:
-        raise AttentionKernelError(
-            f"--attn-kernel cudnn needs a CUDA GPU of compute capability >= 9.0 with cuDNN >= 9 (found: "
-            f"{'CUDA capability %d.%d, cuDNN %d' % (*hardware.capability, hardware.cudnn_version) if hardware.cuda else 'no CUDA device'}); "
-            "use --attn-kernel auto or flash")
+        found = (f"CUDA capability {hardware.capability[0]}.{hardware.capability[1]}, cuDNN {hardware.cudnn_version}"
+                 if hardware.cuda else "no CUDA device")
+        raise AttentionKernelError(f"attention kernel cudnn needs a CUDA GPU of compute capability >= 9.0 with "
+                                   f"cuDNN >= 9 (found: {found}); use auto or flash")
     return kernel
 
 

@@ -35,7 +35,7 @@ def test_explicit_choices_and_their_transformers_names():
 
 
 def test_impossible_or_unknown_kernel_is_a_clear_error():
-    with pytest.raises(AttentionKernelError, match="cudnn needs a CUDA GPU.*no CUDA device.*auto or flash"):
+    with pytest.raises(AttentionKernelError, match="cudnn needs a CUDA GPU.*no CUDA device.*use auto or flash"):
         choose_kernel("cudnn", CPU)
     with pytest.raises(AttentionKernelError, match="capability 8.0"):
         choose_kernel("cudnn", A100)
