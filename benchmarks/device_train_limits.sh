@@ -26,6 +26,8 @@ BUDGET=${2:-330}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   2>&1 | tail -2 || exit 3
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# one process runs many models one after another: expandable segments keep the freed memory usable (7B at 32k)
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 BASE=""; [ "$PART" = 1b ] && BASE="--baseline hf_baseline.py"
