@@ -171,9 +171,11 @@ def test_fsdp_two_ranks_match_one_device_and_resume_in_one_process(tiny_model, t
     """torchrun with 2 CPU ranks (gloo, FSDP2) sees the same tokens per step and the same losses; what it saves
     (full state dicts gathered to rank 0) loads in one process, and a one-process resume of its checkpoint
     continues the one-device trajectory. Tolerances: fp32, only reduction order differs (measured ~1e-7 on
-    losses, ~2e-7 on weights); dropping the optimizer state at the resume moves the weights by ~2e-3."""
+    losses, ~2e-7 on weights); dropping the optimizer state at the resume moves the weights by ~2e-3. Attention
+    is our registered `flash` kernel (pretrain/attention.py), so it runs under FSDP2 as well."""
     base = dict(model=str(tiny_model), variant="abf", rope_base=1e5, source=[str(text_dir)], seq_len=128,
-                tokens_per_step=512, max_micro_batch=2, total_tokens=2048, lr=1e-3, warmup_steps=1, device="cpu")
+                tokens_per_step=512, max_micro_batch=2, total_tokens=2048, lr=1e-3, warmup_steps=1, device="cpu",
+                attn="flash")
     script = tmp_path / "run.py"
     script.write_text("import json, sys\nfrom pretrain.config import PretrainConfig\nfrom pretrain.trainer import pretrain\n"
                       "pretrain(PretrainConfig(**json.loads(sys.argv[2]), output=sys.argv[1], max_steps=2),"
