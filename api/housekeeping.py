@@ -1,6 +1,7 @@
 """The API's timer: jobs Redis lost are rebuilt from the jobs root, and finished jobs past retention are removed.
 
-Redis restarted empty (no persistence) is noticed by its missing epoch key: every job folder under the
+A job whose workers are all gone (no worker has said it is alive, no progress for
+`abandon_after_seconds`) ends `failed` with that reason. Redis restarted empty (no persistence) is noticed by its missing epoch key: every job folder under the
 jobs root with a job record is then restored (`worker.reconciler.restore_job`), and the rest are plainly
 lost (logged). Retention: a job finished more than `job_retention_seconds` ago loses its Redis keys (they
 also expire by themselves) and its folder under the jobs root.
@@ -14,7 +15,7 @@ import time
 
 from api.settings import ApiSettings
 from worker.jobstore import JobStore
-from worker.reconciler import restore_job
+from worker.reconciler import abandon_stalled, restore_job
 from worker.submit import sender
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ def run_housekeeping(store: JobStore, settings: ApiSettings, stop: threading.Eve
                 log.warning("Redis holds no job state (restarted empty?): restored %d jobs from %s",
                             restore_all(store, settings), settings.jobs_root)
             expire_finished(store, settings)
+            for job_id in abandon_stalled(store, abandon_after=settings.abandon_after_seconds,
+                                          retention_seconds=settings.job_retention_seconds):
+                log.warning("job %s failed: no worker alive and no progress", job_id)
         except Exception as exc:  # Redis away: next time
             log.warning("housekeeping skipped: %s", exc)
         if stop.wait(settings.reconcile_interval):

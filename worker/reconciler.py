@@ -111,15 +111,45 @@ def sweep(store: JobStore, send: Send, *, queue: str, stall_seconds: float) -> i
     return len(jobs)
 
 
+WORKER_KEY = "longscale:worker:"  # one per live worker, refreshed every sweep interval
+
+
 def run_periodically(store: JobStore, send: Send, *, queue: str, interval: float, stall_seconds: float,
-                     stop: threading.Event) -> None:
-    """The workers' timer: one sweep per interval across all workers (whoever takes the lock)."""
+                     stop: threading.Event, worker_name: str = "") -> None:
+    """The workers' timer: one sweep per interval across all workers (whoever takes the lock); every worker
+    also says it is alive (what lets the API tell a job waiting for workers from one whose workers are gone)."""
     while not stop.wait(interval):
         try:
+            store.redis.set(WORKER_KEY + worker_name, time.time(), ex=max(int(3 * interval), 30))
             if store.redis.set(LOCK, "1", nx=True, px=max(int(interval * 900), 100)):
                 sweep(store, send, queue=queue, stall_seconds=stall_seconds)
         except Exception as exc:  # Redis away: next time
             log.warning("reconciler sweep skipped: %s", exc)
+
+
+def workers_alive(store: JobStore) -> bool:
+    return next(store.redis.scan_iter(match=WORKER_KEY + "*", count=100), None) is not None
+
+
+def abandon_stalled(store: JobStore, *, abandon_after: float, retention_seconds: int, now: float | None = None) -> list[str]:
+    """With no worker alive, every active job without progress for `abandon_after` ends `failed`, saying why
+    (its records stay; resubmitting to the same output directory finishes it). Returns the jobs ended."""
+    if workers_alive(store):
+        return []
+    now = now or time.time()
+    ended = []
+    for job_id in store.active_jobs():
+        job = store.get(job_id, with_errors=False)
+        if job is None or job["status"] in FINAL_STATES or store.live_leases(job_id):
+            continue
+        last = max(job.get("updated_at") or 0, job.get("last_settled_at") or 0, job.get("created_at") or 0)
+        if now - last > abandon_after:
+            store.set_status(job_id, "failed", retention_seconds=retention_seconds,
+                             reason=f"no worker has been alive and the job made no progress for {now - last:.0f} s "
+                             f"(LONGSCALE_ABANDON_AFTER_SECONDS); {job['documents_done']} of "
+                             f"{job['documents_total']} documents finished and their records are kept")
+            ended.append(job_id)
+    return ended
 
 
 def restore_job(store: JobStore, output_dir: str | Path, send: Send) -> dict | None:

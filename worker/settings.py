@@ -52,6 +52,8 @@ class WorkerSettings(BaseSettings):
                                  "it every third of this; past it unrenewed, the document runs again elsewhere")
     reconcile_interval: float = Field(15.0, gt=0, le=3600, description="seconds between reconciler sweeps "
                                       "(re-run documents of dead workers, finish jobs whose workers are gone)")
+    abandon_after_seconds: int = Field(3600, ge=60, description="a job that has made no progress for this long "
+                                       "while no worker is alive ends `failed`, saying so (records kept)")
     job_retention_seconds: int = Field(7 * 24 * 3600, ge=60, description="finished jobs expire from Redis and "
                                        "their folders under the jobs root are removed after this")
 

@@ -14,6 +14,8 @@ its error is recorded, and the job goes on.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -79,7 +81,8 @@ def _start_reconciler(**_: object) -> None:
                      kwargs={"store": store(), "send": send, "queue": settings.queue,
                              "interval": settings.reconcile_interval,
                              "stall_seconds": 2 * settings.lease_seconds + settings.reconcile_interval,
-                             "stop": _stop_reconciler}).start()
+                             "stop": _stop_reconciler,
+                             "worker_name": f"{socket.gethostname()}:{os.getpid()}"}).start()
 
 
 @signals.worker_shutdown.connect

@@ -203,3 +203,20 @@ def test_metrics_read_jobs_by_status_in_constant_round_trips(redis_url, tmp_path
     for _ in range(100):
         store.create(new_job_id(), output_dir=str(tmp_path), config={}, source={})
     assert round_trips() == few == 1
+
+
+def test_a_job_whose_workers_are_all_gone_ends_failed_saying_so(redis_url, tmp_path):
+    from worker.jobstore import JobStore, new_job_id
+    from worker.reconciler import WORKER_KEY, abandon_stalled
+
+    store = JobStore.from_url(redis_url.rsplit("/", 1)[0] + "/6")  # a database no worker reports to
+    job_id = new_job_id()
+    store.create(job_id, output_dir=str(tmp_path), config={}, source={})
+    store.update(job_id, documents_total=3)
+    assert abandon_stalled(store, abandon_after=60, retention_seconds=60) == []  # not stalled yet
+    store.redis.set(WORKER_KEY + "w", 1, ex=30)
+    assert abandon_stalled(store, abandon_after=60, retention_seconds=60, now=time.time() + 120) == []  # a worker lives
+    store.redis.delete(WORKER_KEY + "w")
+    assert abandon_stalled(store, abandon_after=60, retention_seconds=60, now=time.time() + 120) == [job_id]
+    job = store.get(job_id)
+    assert job["status"] == "failed" and "no worker has been alive" in job["reason"]
