@@ -173,8 +173,9 @@ def run_longscale(tree: Path, corpus_path: Path, out: Path, server: FaultInjecti
 
 
 def save(section: str, entries: list[dict], meta: dict) -> None:
+    """Append entries (each run is saved as it ends, so a stopped benchmark keeps what it measured)."""
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    data.setdefault(section, []).extend(entries)
+    data.setdefault(section, []).extend({k: v for k, v in e.items() if k != "output_tail"} for e in entries)
     data.setdefault("runs", []).append({"section": section, **meta})
     RESULTS.write_text(json.dumps(data, indent=1))
 
@@ -187,8 +188,7 @@ def machine() -> dict:
 # ---- sweep and resume -------------------------------------------------------------------------------------
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    trees = {"new": REPO, "old": old_tree()}
-    entries = []
+    trees = {"new": Path(os.environ.get("BENCH_NEW_TREE", REPO)), "old": old_tree()}
     with FaultInjectingServer(delay_ms=args.delay_ms) as server:
         for repeat in range(args.repeats):
             for n in args.sizes:
@@ -205,10 +205,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                                   concurrency=args.concurrency,
                                   documents_per_s=round(n / result["wall_s"], 1))
                     print(json.dumps({k: v for k, v in result.items() if k != "output_tail"}), flush=True)
-                    entries.append(result)
+                    save("sweep", [result], {**machine(), "args": vars(args) | {"func": None}})
                     if not args.keep:
                         subprocess.run(["rm", "-rf", str(out)], check=True)
-    save("sweep", entries, {**machine(), "args": vars(args) | {"func": None}})
 
 
 def cmd_resume(args: argparse.Namespace) -> None:

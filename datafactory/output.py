@@ -372,16 +372,29 @@ class _RecordStats:
             yield record
 
 
-PARQUET_BATCH = 2000  # records converted to Arrow at a time
+PARQUET_BATCH = 2000            # records converted to Arrow at a time, at most...
+PARQUET_BATCH_CHARS = 8_000_000  # ...and about this much text (an instance holds its document twice)
+
+
+def _text_size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_size(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_text_size(v) for v in value)
+    return 8
 
 
 def _batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
+    chars = 0
     for record in records:
         batch.append(record)
-        if len(batch) >= size:
+        chars += _text_size(record)
+        if len(batch) >= size or chars >= PARQUET_BATCH_CHARS:
             yield batch
-            batch = []
+            batch, chars = [], 0
     if batch:
         yield batch
 

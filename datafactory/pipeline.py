@@ -36,6 +36,7 @@ from datafactory.instances import ChunkDoesNotFit, build_instance
 from datafactory.output import OutputWriter, is_retryable
 from datafactory.planning import DocPlan, PlanSettings, plan_tokens
 from datafactory.prompts import GUIDED_REGEXES, critique_messages, qa_messages, uses_demonstration
+from datafactory.tokenizer_dir import DirectoryTokenizer
 from datafactory.tokenpool import ProcessPlanner, ThreadPlanner
 from longscale.common.errors import LongscaleError
 from longscale.common.tokenizers import load_tokenizer
@@ -102,6 +103,14 @@ def record_id(doc_id: str, chunk_index: int, answer_type: str, seed: int) -> str
 # ---- tokenizers -------------------------------------------------------------------------------------------
 
 def _load_tokenizer(name: str, flag: str) -> Any:
+    """A local directory with a tokenizer.json loads without transformers (tokenizer_dir.py); anything else
+    (a hub name, a slow tokenizer) through transformers."""
+    directory = Path(name).expanduser()
+    if DirectoryTokenizer.usable(directory):
+        try:
+            return DirectoryTokenizer(directory)
+        except Exception as exc:  # a damaged file: transformers' loader says what is wrong
+            log.debug("%s: %s; loading through transformers", directory, exc)
     return load_tokenizer(name, flag=flag, error=TokenizerError)
 
 

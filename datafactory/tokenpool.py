@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
@@ -23,6 +24,10 @@ _worker_tokenizers: tuple[Any, Any] | None = None
 
 def _init_worker(generator_json: str, target_json: str | None) -> None:
     global _worker_tokenizers
+    # the pool is the parallelism: a worker's own Rust threads would only spin against its siblings
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # Ctrl-C reaches the whole process group: the parent decides (it stops the run and shuts the pool down)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from tokenizers import Tokenizer
 
     generator = Tokenizer.from_str(generator_json)
