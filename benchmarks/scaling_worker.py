@@ -72,7 +72,8 @@ def pretrain(args) -> None:
     cfg = PretrainConfig(model=args.model, output=args.output, variant="keep", source=[args.source], seq_len=args.seq,
                          tokens_per_step=tokens_per_step, max_micro_batch=1, warmup_steps=0,
                          total_tokens=tokens_per_step * (args.warmup + args.steps),
-                         grad_ckpt="full" if args.ckpt else "none", compile=args.compile, long_doc_tokens=args.seq)
+                         gradient_checkpointing="full" if args.ckpt else "none",
+                         torch_compile="layers" if args.compile else "off", long_doc_tokens=args.seq)
     trainer = Pretrainer(cfg, show_progress=False)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
@@ -85,7 +86,7 @@ def pretrain(args) -> None:
                   tok_s_gpu=round(args.seq / step_s),
                   mfu=round(flops_per_seq(shape, n_params, args.seq) / step_s / PEAK, 3), peak_mem_GB=peak_gb(),
                   params_M=round(n_params / 1e6), loss_first=round(steps[0]["loss"], 4),
-                  loss_last=round(steps[-1]["loss"], 4), ckpt=cfg.grad_ckpt, param_dtype=cfg.param_dtype)
+                  loss_last=round(steps[-1]["loss"], 4), ckpt=cfg.gradient_checkpointing, param_dtype=cfg.param_dtype)
     gather_to_rank0(record, Path(args.result))
     if trainer.rank == 0:
         shutil.rmtree(args.output, ignore_errors=True)

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from datafactory.config import GenerationConfig
 from longscale.common.errors import LongscaleError
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -44,7 +45,7 @@ def sample_corpus_dir() -> Path:
     return Path(__file__).resolve().parent / "sample_corpus"
 
 
-def documents_from_records(records: Iterable[dict[str, Any]], config: Any, source: str = "records") -> list[Document]:
+def documents_from_records(records: Iterable[dict[str, Any]], config: GenerationConfig, source: str = "records") -> list[Document]:
     """Documents from dict records (inline JSON from the API, JSONL/Parquet rows).
 
     `config` needs `text_field` and `id_field`; the other fields of a record become its `meta`.
@@ -52,7 +53,7 @@ def documents_from_records(records: Iterable[dict[str, Any]], config: Any, sourc
     return list(iter_records(records, config, source))
 
 
-def iter_records(records: Iterable[dict[str, Any]], config: Any, source: str = "records",
+def iter_records(records: Iterable[dict[str, Any]], config: GenerationConfig, source: str = "records",
                  first_number: int = 1) -> Iterator[Document]:
     """`documents_from_records`, lazily: one record read per document yielded."""
     for number, record in enumerate(records, first_number):
@@ -90,7 +91,7 @@ def _read_text_file(path: Path, root: Path) -> Document:
     return Document(id=Path(rel).with_suffix("").as_posix(), text=text, meta={"source": str(path)})
 
 
-def _read_jsonl(path: Path, config: Any) -> Iterator[Document]:
+def _read_jsonl(path: Path, config: GenerationConfig) -> Iterator[Document]:
     """JSON Lines (one object per line, read one line at a time), or for a .json file a JSON array of objects."""
     if path.suffix.lower() == ".json":
         with path.open(encoding="utf-8") as fh:
@@ -119,7 +120,7 @@ def _jsonl_records(path: Path) -> Iterator[Any]:
 PARQUET_BATCH_ROWS = 64  # rows decoded at a time: a few MB of long documents, whatever the row-group size
 
 
-def _read_parquet(path: Path, config: Any) -> Iterator[Document]:
+def _read_parquet(path: Path, config: GenerationConfig) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     try:
@@ -142,7 +143,7 @@ def _is_saved_dataset(path: Path) -> bool:
                               or (path / "state.json").exists())
 
 
-def _read_saved_dataset(path: Path, config: Any) -> Iterator[Document]:
+def _read_saved_dataset(path: Path, config: GenerationConfig) -> Iterator[Document]:
     """Rows of a save_to_disk dataset (every split), read from its memory-mapped Arrow files."""
     from datasets import Dataset, DatasetDict, load_from_disk
 
@@ -160,7 +161,7 @@ def _read_saved_dataset(path: Path, config: Any) -> Iterator[Document]:
         yield from iter_records(iter(split), config, source=str(path))
 
 
-def _iter_path(path: Path, config: Any) -> Iterator[Document]:
+def _iter_path(path: Path, config: GenerationConfig) -> Iterator[Document]:
     if not path.exists():
         raise DocumentError(f"input not found: {path}")
     if _is_saved_dataset(path):
@@ -186,7 +187,7 @@ def _iter_path(path: Path, config: Any) -> Iterator[Document]:
                             ".parquet, or a directory written by datasets' save_to_disk)")
 
 
-def iter_documents(paths: Iterable[str | Path], config: Any) -> Iterator[Document]:
+def iter_documents(paths: Iterable[str | Path], config: GenerationConfig) -> Iterator[Document]:
     """Every input path's documents, lazily. A document seen twice (same id, same text) is yielded once; the
     same id with a different text is an error, since record ids derive from document ids."""
     seen: dict[str, bytes] = {}
@@ -202,6 +203,6 @@ def iter_documents(paths: Iterable[str | Path], config: Any) -> Iterator[Documen
             yield doc
 
 
-def load_documents(paths: Iterable[str | Path], config: Any) -> list[Document]:
+def load_documents(paths: Iterable[str | Path], config: GenerationConfig) -> list[Document]:
     """`iter_documents` as a list (small inputs, counting an upload); a corpus should be streamed."""
     return list(iter_documents(paths, config))

@@ -27,6 +27,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sized
 
+from datafactory.config import GenerationConfig
 from datafactory.chunking import Chunk, TokenizedText, backend_of, choose_answer_type
 from datafactory.documents import Document
 from datafactory.engines import sampling_params_from_config
@@ -114,7 +115,7 @@ def _load_tokenizer(name: str, flag: str) -> Any:
     return load_tokenizer(name, flag=flag, error=TokenizerError)
 
 
-def load_tokenizers(config: Any) -> Tokenizers:
+def load_tokenizers(config: GenerationConfig) -> Tokenizers:
     """Generator tokenizer: --tokenizer, else the model's directory, else the embedded model's."""
     name, flag = config.tokenizer, "--tokenizer"
     if not name:
@@ -136,7 +137,7 @@ def load_tokenizers(config: Any) -> Tokenizers:
 
 # ---- planning ---------------------------------------------------------------------------------------------
 
-def _work_items(doc: Document, chunks: list[Chunk], config: Any, demonstration: bool) -> list[WorkItem]:
+def _work_items(doc: Document, chunks: list[Chunk], config: GenerationConfig, demonstration: bool) -> list[WorkItem]:
     items = []
     for chunk in chunks:
         kind = choose_answer_type(config.seed, doc.id, chunk.index, config.short_ratio)
@@ -145,7 +146,7 @@ def _work_items(doc: Document, chunks: list[Chunk], config: Any, demonstration: 
     return items
 
 
-def plan_document(doc: Document, config: Any, tokenizer: Any) -> list[WorkItem]:
+def plan_document(doc: Document, config: GenerationConfig, tokenizer: Any) -> list[WorkItem]:
     """The work items (chunk + prompt) of one document; [] when it is shorter than min_doc_tokens."""
     backend = backend_of(tokenizer)
     plan = plan_tokens(doc.text, doc.id, backend, backend, PlanSettings.from_config(config))
@@ -176,7 +177,7 @@ def _qa_record(item: WorkItem, model: str, prompt_mode: str, result: EngineResul
     return record
 
 
-async def _generate_records(items: list[WorkItem], config: Any, engine: Engine, demonstration: bool,
+async def _generate_records(items: list[WorkItem], config: GenerationConfig, engine: Engine, demonstration: bool,
                             counter: "RequestCounter") -> list[dict[str, Any]]:
     """QA generation then (critique=filter) one verification round; one record per item, in order."""
     if not items:
@@ -211,7 +212,7 @@ async def _generate_records(items: list[WorkItem], config: Any, engine: Engine, 
 
 
 def _instances_for(records: list[dict[str, Any]], chunks: dict[str, Chunk], target_doc: TokenizedText | None,
-                   config: Any, tokenizers: Tokenizers) -> list[dict[str, Any]]:
+                   config: GenerationConfig, tokenizers: Tokenizers) -> list[dict[str, Any]]:
     """Long instances of one document's accepted records (a record whose chunk cannot fit is rejected)."""
     instances = []
     for record in records:
@@ -254,7 +255,7 @@ class RequestCounter:
         return self.requests / max(1e-9, time.perf_counter() - self.started)
 
 
-async def _process_group(docs: list[Document], config: Any, engine: Engine, tokenizers: Tokenizers,
+async def _process_group(docs: list[Document], config: GenerationConfig, engine: Engine, tokenizers: Tokenizers,
                          skip_ids: frozenset[str], counter: RequestCounter, planner: Any,
                          sink=None) -> list[DocumentResult]:
     """A group of documents: planned in parallel (`planner`), then their items go to the engine together, in
@@ -305,7 +306,7 @@ async def _process_group(docs: list[Document], config: Any, engine: Engine, toke
     return results
 
 
-async def aprocess_document(doc: Document, config: Any, engine: Engine, tokenizers: Tokenizers,
+async def aprocess_document(doc: Document, config: GenerationConfig, engine: Engine, tokenizers: Tokenizers,
                             skip_ids: frozenset[str] = frozenset()) -> DocumentResult:
     """One document through the whole recipe on the running event loop (the Celery task's unit of work:
     a worker keeps one loop, so the engine's connections and the tokenizer thread outlive a document)."""
@@ -313,7 +314,7 @@ async def aprocess_document(doc: Document, config: Any, engine: Engine, tokenize
                                  tokenizers.thread_planner()))[0]
 
 
-def process_document(doc: Document, config: Any, engine: Engine, tokenizers: Tokenizers,
+def process_document(doc: Document, config: GenerationConfig, engine: Engine, tokenizers: Tokenizers,
                      skip_ids: frozenset[str] = frozenset()) -> DocumentResult:
     """`aprocess_document` on a fresh event loop: simple, but every call pays for a new loop, thread and
     connections (a few ms); callers that process many documents should keep a loop (asyncio.Runner)."""
@@ -322,7 +323,7 @@ def process_document(doc: Document, config: Any, engine: Engine, tokenizers: Tok
 
 # ---- a corpus into an output directory --------------------------------------------------------------------
 
-def _estimated_items(doc: Document, config: Any) -> int:
+def _estimated_items(doc: Document, config: GenerationConfig) -> int:
     """Work items a document will make, before tokenizing it: chunks_per_doc, or (for 'all') its length at
     ~4 characters a token. A book then fills a group alone, so the next group's requests are in flight while
     one group's pairs are extracted and written (a constant guess put a whole corpus of books in one group)."""
@@ -331,7 +332,7 @@ def _estimated_items(doc: Document, config: Any) -> int:
     return max(1, len(doc.text) // (4 * config.chunk_tokens))
 
 
-def _groups(documents: Iterable[Document], min_items: int, config: Any) -> Iterable[list[Document]]:
+def _groups(documents: Iterable[Document], min_items: int, config: GenerationConfig) -> Iterable[list[Document]]:
     """Documents in groups holding about `min_items` work items (estimated by `_estimated_items`)."""
     group: list[Document] = []
     items = 0
@@ -348,7 +349,7 @@ def _groups(documents: Iterable[Document], min_items: int, config: Any) -> Itera
 GROUPS_IN_FLIGHT = 3  # one being planned, one on the wire, one draining: the engine never waits on planning
 
 
-async def _run_groups(documents: Iterable[Document], config: Any, engine: Engine, tokenizers: Tokenizers,
+async def _run_groups(documents: Iterable[Document], config: GenerationConfig, engine: Engine, tokenizers: Tokenizers,
                       writer: OutputWriter, skip_ids: frozenset[str], counter: RequestCounter, on_result,
                       planner: Any) -> None:
     """Groups of documents, at most GROUPS_IN_FLIGHT at a time (bounded memory: the documents are read only
@@ -382,7 +383,7 @@ async def _run_groups(documents: Iterable[Document], config: Any, engine: Engine
             task.cancel()
 
 
-def run_generation(documents: Iterable[Document], config: Any, output_dir: str | Path, engine: Engine | None = None,
+def run_generation(documents: Iterable[Document], config: GenerationConfig, output_dir: str | Path, engine: Engine | None = None,
                    progress: bool = True, tokenizers: Tokenizers | None = None,
                    processes: int | None = None) -> dict[str, Any]:
     """Generate into `output_dir` (resuming what is there) and return the manifest.

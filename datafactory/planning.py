@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from datafactory.config import GenerationConfig
 from datafactory.chunking import (PARAGRAPH_BREAK, SENTENCE_END, Chunk, TokenizedText, chunk_document, choose_chunks,
                                   cut_chunk, tokenize_region)
 
@@ -44,7 +45,7 @@ class PlanSettings:
     max_context: int
 
     @classmethod
-    def from_config(cls, config: Any) -> "PlanSettings":
+    def from_config(cls, config: GenerationConfig) -> "PlanSettings":
         return cls(config.chunk_tokens, config.chunks_per_doc, config.seed, config.min_doc_tokens, config.max_context)
 
 

@@ -3,19 +3,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from datafactory.config import VLLMOptions
+from datafactory.config import EngineSettings
 from longscale.common.text import parse_lengths
 
 TASKS = ("ruler-squad", "ruler-hotpot", "factory-qa", "narrativeqa", "qasper", "quality", "qmsum", "zeroscrolls")
 
 
-class EvalConfig(VLLMOptions):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+class EvalConfig(EngineSettings):
+    """`longscale eval`: the engine and sampling knobs are datafactory's (one spelling), greedy by default."""
 
-    model: str | None = Field(None, description="local HF model folder (transformers/vllm engines) or the served "
-                              "model name (openai engine); empty = the embedded SmolLM2-135M-Instruct")
     task: Literal[TASKS] = Field(description="ruler-squad, ruler-hotpot, factory-qa, narrativeqa, qasper, quality, "
                                  "qmsum or zeroscrolls")
     data: str | None = Field(None, description="task file or folder (RULER: squad.json / hotpotqa.json; factory-qa: "
@@ -24,10 +22,6 @@ class EvalConfig(VLLMOptions):
     lengths: list[int] = Field([4096, 8192, 16384, 32768],
                                description="context lengths in tokens (prompt + answer), e.g. 4k,8k,16k,32k")
     num_samples: int = Field(20, ge=1, description="questions per length (RULER: the same questions at every length)")
-    engine: Literal["transformers", "openai", "vllm"] = Field("transformers", description="generation engine")
-    base_url: str | None = Field(None, description="OpenAI-compatible server for --engine openai")
-    api_key: str | None = Field(None, description="API key for --engine openai")
-    tokenizer: str | None = Field(None, description="tokenizer for prompt budgets (default: --model's folder)")
     prompt_style: Literal["chat", "plain"] = Field("chat", description="chat: context, instruction and question in "
                                                    "one user turn; plain: the paper's '{CONTEXT} Q: {QUESTION}, A:'")
     few_shot: int = Field(0, ge=0, description="few-shot examples taken from the task file (their contexts cut to "
@@ -38,8 +32,8 @@ class EvalConfig(VLLMOptions):
                                                          "whole answer (every benchmark's script) or its first "
                                                          "non-empty line (the paper's rule)")
     max_new_tokens: int = Field(32, ge=1, description="answer budget (part of each length)")
-    batch_size: int = Field(8, ge=1, description="prompts per forward batch (transformers engine)")
-    concurrency: int = Field(16, ge=1, description="requests in flight (openai engine)")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature (0 = greedy)")
+    concurrency: int = Field(16, ge=1, le=4096, description="requests in flight (openai engine)")
     filler: Literal["distractors", "essays"] = Field("distractors", description="RULER haystack: other paragraphs "
                                                      "of the dataset, or Paul Graham essays (needs --essays)")
     essays: str | None = Field(None, description="PaulGrahamEssays.json for --filler essays")
@@ -64,8 +58,6 @@ class EvalConfig(VLLMOptions):
     def _check(self) -> EvalConfig:
         if not self.data:
             raise ValueError(f"--task {self.task} needs --data (the task file or folder)")
-        if self.engine == "openai" and not self.base_url:
-            raise ValueError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
         if self.engine == "openai" and not (self.tokenizer or (self.model and "/" in self.model)):
             raise ValueError("--engine openai needs --tokenizer (a local tokenizer folder) to fit prompts to --lengths")
         if self.few_shot and self.task.startswith("ruler"):

@@ -38,17 +38,6 @@ def eval_tokenizer(config: EvalConfig):
     return load_tokenizer(name, flag=flag, error=TaskDataError)
 
 
-def build_engine(config: EvalConfig):
-    from datafactory.config import GenerationConfig
-    from datafactory.engines import build_engine as df_build_engine
-
-    return df_build_engine(GenerationConfig(engine=config.engine, model=config.model, base_url=config.base_url,
-                                            api_key=config.api_key, batch_size=config.batch_size,
-                                            concurrency=config.concurrency, temperature=0.0,
-                                            max_new_tokens=config.max_new_tokens, seed=config.seed,
-                                            **config.vllm_kwargs()))
-
-
 def first_line(text: str) -> str:
     return next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
 
@@ -127,7 +116,7 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
     haystacks are cached) may be passed in to share them across calls; otherwise they are built from `config`."""
     from tqdm import tqdm
 
-    from datafactory.engines import SamplingParams, generate_sync
+    from datafactory.engines import build_engine, generate_sync, sampling_params_from_config
 
     out = Path(config.output)
     if out.exists() and not out.is_dir():
@@ -140,7 +129,7 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
     own_engine = engine is None
     engine = engine or build_engine(config)
     label = config.label or model_label(config.model or "SmolLM2-135M-Instruct")
-    params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0, seed=config.seed)
+    params = sampling_params_from_config(config)
     scoring = scoring_name(metric, fold) + (", first line" if config.answer_scope == "first_line" else "")
     result: dict[str, Any] = {"task": config.task, "model": label, "metric": metric, "scoring": scoring,
                               "config": config.model_dump(mode="json", exclude={"api_key"}),

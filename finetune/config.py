@@ -3,17 +3,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from pretrain.attention import AttnKernel
+from longscale.common.config import CheckpointingConfig, CompileConfig, ConfigModel, OptimizerConfig
+from pretrain.attention import AttentionConfig
 
 LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class FinetuneConfig(BaseModel):
-    """Every knob of data assembly and training; CLI flags, YAML keys and Python kwargs share these names."""
+class FinetuneOptimizer(OptimizerConfig):
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of steps spent warming up")
 
-    model_config = ConfigDict(extra="forbid")
+
+class FinetuneConfig(ConfigModel):
+    """Every knob of data assembly and training; CLI flags, YAML keys and Python kwargs share these names.
+
+    Training knobs shared with `longscale pretrain` live in sub-models (optimizer, checkpointing, compiler,
+    attention); they are given flat (`--learning-rate`, `learning_rate:`) or nested (`optimizer: {...}`)."""
+
 
     # inputs / outputs
     model: str = Field(description="HF model folder or hub id (loaded with trust_remote_code, RoPE settings kept)")
@@ -43,9 +50,7 @@ class FinetuneConfig(BaseModel):
     lora_r: int = Field(0, ge=0, description="LoRA rank; 0 = full finetuning")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha")
     lora_targets: list[str] = Field(default_factory=lambda: list(LORA_DEFAULT_TARGETS), description="LoRA target modules")
-    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (cosine schedule)")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of steps spent warming up")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    optimizer: FinetuneOptimizer = Field(default_factory=FinetuneOptimizer)
     batch_tokens: int = Field(65536, ge=1, description="tokens per optimizer step (all devices); sets grad accumulation")
     per_device_rows: int = Field(1, ge=1, description="rows per device micro-batch")
     epochs: float = Field(1.0, gt=0, description="passes over the assembled data")
@@ -54,16 +59,9 @@ class FinetuneConfig(BaseModel):
     gradient_checkpointing: bool = Field(True, description="recompute activations in backward (less memory, ~25% slower)")
     ckpt_every_layers: int = Field(1, ge=1, description="with --gradient-checkpointing: only every N-th decoder layer "
                                    "recomputes (1 = all, 2 = half of them)")
-    attn_implementation: AttnKernel = Field(
-        "auto", description="attention kernel (pretrain/attention.py): auto = cudnn on Hopper-class GPUs, flash on "
-        "other GPUs (packed rows: FlexAttention), sdpa on CPU; or cudnn, flash, flex, sdpa, eager, flash_attention_2")
-    torch_compile: Literal["auto", "off", "layers", "model"] = Field(
-        "auto", description="layers: torch.compile each decoder layer (fuses norms/SwiGLU/RoPE; the fast setting on a "
-        "GPU); model: the Trainer's whole-model compile (slower here); auto: layers on CUDA, off elsewhere")
-    save_steps: int = Field(500, ge=1, description="checkpoint every N optimizer steps")
-    save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
-    resume: bool = Field(False, description="resume from the newest checkpoint in OUTPUT/checkpoints (refused when "
-                         "the run's recipe settings differ)")
+    attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    compiler: CompileConfig = Field(default_factory=CompileConfig)
+    checkpointing: CheckpointingConfig = Field(default_factory=CheckpointingConfig)
     overwrite: bool = Field(False, description="replace the run already in --output (a non-empty --output is "
                             "refused without --resume or --overwrite)")
     logging_steps: int = Field(1, ge=1, description="log the loss every N steps")
@@ -80,7 +78,7 @@ class FinetuneConfig(BaseModel):
             raise ValueError("give at least one of --short-data, --long-data, --pretrain-data")
         if (self.long_ratio or 0) + (self.pretrain_ratio or 0) > 1:
             raise ValueError("--long-ratio plus --pretrain-ratio must not exceed 1")
-        if (self.attn_implementation == "flash_attention_2" and self.pack_attention == "per-sample"
+        if (self.attention.attn_implementation == "flash_attention_2" and self.pack_attention == "per-sample"
                 and self.per_device_rows > 1):
             # transformers only finds packed samples for varlen flash attention in a batch of one row
             raise ValueError("--attn-implementation flash_attention_2 keeps packed samples apart only with "

@@ -27,9 +27,9 @@ def is_main_process() -> bool:
 def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Returns {"stats": ..., "outputs": {...}} plus the training summary when it trained."""
     check_model_path(config.model)
-    output = check_output_folder(config.output, resume=config.resume, overwrite=config.overwrite,
+    output = check_output_folder(config.output, resume=config.checkpointing.resume, overwrite=config.overwrite,
                                  markers=RUN_MARKERS, what="finetuning run")
-    if config.resume and (output / CONFIG_FILE).is_file():
+    if config.checkpointing.resume and (output / CONFIG_FILE).is_file():
         saved = json.loads((output / CONFIG_FILE).read_text())
         refuse_changed_recipe(recipe_differences(saved, config.model_dump(mode="json"), RUN_KNOBS), output)
     main = is_main_process()

@@ -40,7 +40,7 @@ def load_model(config: FinetuneConfig):
 
     dtype = torch.bfloat16 if use_bf16(config) else torch.float32
     return load_checkpoint(config.model, trust_remote_code=True, dtype=dtype,
-                           attn_implementation=attn_implementation(config.attn_implementation))
+                           attn_implementation=attn_implementation(config.attention.attn_implementation))
 
 
 def accumulation_steps(config: FinetuneConfig, row_tokens: int, world_size: int) -> int:
@@ -67,10 +67,10 @@ def sft_args(config: FinetuneConfig, row_tokens: int):
         output_dir=str(Path(config.output) / "checkpoints"),
         per_device_train_batch_size=config.per_device_rows,
         gradient_accumulation_steps=accumulation_steps(config, row_tokens, world),
-        learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay, num_train_epochs=config.epochs, max_steps=config.max_steps,
+        learning_rate=config.optimizer.learning_rate, lr_scheduler_type="cosine", warmup_steps=config.optimizer.warmup_ratio,
+        weight_decay=config.optimizer.weight_decay, num_train_epochs=config.epochs, max_steps=config.max_steps,
         bf16=use_bf16(config),
-        torch_compile=config.torch_compile == "model", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
+        torch_compile=config.compiler.torch_compile == "model", save_steps=config.checkpointing.save_steps, save_total_limit=config.checkpointing.save_total_limit,
         logging_steps=config.logging_steps, seed=config.seed, report_to="none", remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, length_column_name="length",
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
@@ -85,9 +85,9 @@ def sft_args(config: FinetuneConfig, row_tokens: int):
 
 
 def compile_mode(config: FinetuneConfig) -> str:
-    if config.torch_compile == "auto":
+    if config.compiler.torch_compile == "auto":
         return "layers" if torch.cuda.is_available() else "off"
-    return config.torch_compile
+    return config.compiler.torch_compile
 
 
 def lora_config(config: FinetuneConfig):
@@ -108,7 +108,7 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model=None, callba
     else:  # a model built by the caller (benchmarks, tests) gets the configured kernel too
         from pretrain.attention import attn_implementation
 
-        model.set_attn_implementation(attn_implementation(config.attn_implementation))
+        model.set_attn_implementation(attn_implementation(config.attention.attn_implementation))
     if config.gradient_checkpointing and config.ckpt_every_layers > 1 and not fsdp_checkpoints_activations():
         from pretrain.trainer import configure_checkpointing
 
@@ -142,7 +142,7 @@ def train(config: FinetuneConfig, dataset, tokenizer, model=None) -> dict[str, A
     from pretrain.saving import restore_dropped_config
 
     resume_from = None
-    if config.resume:
+    if config.checkpointing.resume:
         resume_from = latest_checkpoint(config.output)
         if resume_from is None:
             raise ConfigError(f"--resume: no checkpoint under {Path(config.output) / 'checkpoints'}")

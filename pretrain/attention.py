@@ -29,9 +29,22 @@ from typing import Literal
 
 import torch
 
+from pydantic import Field
+
+from longscale.common.config import ConfigModel
 from longscale.common.errors import ConfigError
 
 AttnKernel = Literal["auto", "cudnn", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2"]
+
+
+class AttentionConfig(ConfigModel):
+    """The attention sub-model both trainers use (one spelling: attn_implementation)."""
+
+    attn_implementation: AttnKernel = Field(
+        "auto", description="attention kernel (pretrain/attention.py): auto = cudnn on Hopper-class GPUs, flash on "
+        "other GPUs (packed rows: FlexAttention), sdpa on CPU; or cudnn, flash, flex, sdpa, eager, flash_attention_2")
+
+
 KERNELS: tuple[str, ...] = ("auto", "cudnn", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2")
 # no "flash" in our names: transformers takes such names for the flash-attn package
 CUDNN_IMPL, FLASH_IMPL = "longscale_cudnn", "longscale_fa2"

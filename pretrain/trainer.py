@@ -30,8 +30,10 @@ from pretrain.loss import chunked_lm_loss
 log = logging.getLogger(__name__)
 RUN_MARKERS = ("summary.json", "metrics.jsonl", "checkpoints", "final")
 # settings that change how a run executes, not what it trains: a resume may change them
-RUN_KNOBS = {"output", "resume", "overwrite", "save_every", "keep_checkpoints", "device", "max_steps", "grad_ckpt",
-             "ckpt_every_layers", "attn", "compile", "max_micro_batch", "loss_chunk_tokens"}
+RUN_KNOBS = {"output", "resume", "overwrite", "save_steps", "save_total_limit", "device", "max_steps",
+             "gradient_checkpointing", "ckpt_every_layers", "attn_implementation", "torch_compile", "max_micro_batch",
+             "loss_chunk_tokens",
+             "save_every", "keep_checkpoints", "grad_ckpt", "attn", "compile"}  # the last: as saved before 0.2
 
 
 def step_shape(tokens_per_step: int, seq_len: int, max_micro_batch: int, world: int = 1) -> tuple[int, int]:
@@ -86,9 +88,9 @@ def build_optimizer(model, cfg: PretrainConfig, device: torch.device):
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.optimizer.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused, foreach=None if fused else False)
+    return torch.optim.AdamW(groups, lr=cfg.optimizer.learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused, foreach=None if fused else False)
 
 
 class CausalLMLoss(torch.nn.Module):
@@ -120,7 +122,7 @@ class Pretrainer:
         from pretrain.modeling import load_model, load_variant_model
 
         self.cfg, self.show_progress = cfg, show_progress
-        self.out = check_output_folder(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite, markers=RUN_MARKERS,
+        self.out = check_output_folder(cfg.output, resume=cfg.checkpointing.resume, overwrite=cfg.overwrite, markers=RUN_MARKERS,
                                        what="pretraining run")
         resume_from, state = self._checkpoint_to_resume()
         self.rank, self.world, local = distributed.init()
@@ -130,27 +132,27 @@ class Pretrainer:
         self.stages = parse_curriculum(cfg.curriculum, cfg.seq_len)
         self.max_len = max(length for length, _ in self.stages)
         self.total_steps = cfg.total_tokens // cfg.tokens_per_step  # whole steps within the budget
-        self.warmup_steps = clipped_warmup(cfg.warmup_steps, self.total_steps)
+        self.warmup_steps = clipped_warmup(cfg.optimizer.warmup_steps, self.total_steps)
         self.compute_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         param_dtype = torch.bfloat16 if cfg.param_dtype == "bf16" else torch.float32
         torch.manual_seed(cfg.seed)
 
-        load_kw = dict(dtype=param_dtype, attn_implementation=attn_implementation(cfg.attn, Hardware.detect(self.device)))
+        load_kw = dict(dtype=param_dtype, attn_implementation=attn_implementation(cfg.attention.attn_implementation, Hardware.detect(self.device)))
         if resume_from:
             self.model = load_model(resume_from, **load_kw)
         else:
-            self.model = load_variant_model(cfg.model, cfg.variant, base=cfg.rope_base, seq_len=self.max_len, **load_kw)
+            self.model = load_variant_model(cfg.model, cfg.variant, base=cfg.rope.rope_base, seq_len=self.max_len, **load_kw)
         self.tokenizer = load_tokenizer(str(resume_from or cfg.model), flag="--model")
         self.model.config.use_cache = False
         self.model.to(self.device).train()
-        configure_checkpointing(self.model, cfg.grad_ckpt, cfg.ckpt_every_layers)
-        if cfg.compile:
+        configure_checkpointing(self.model, cfg.gradient_checkpointing, cfg.ckpt_every_layers)
+        if cfg.compiler.torch_compile == "layers":
             compile_decoder_layers(self.model)
         self.loss_fn = distributed.wrap(CausalLMLoss(self.model, cfg.loss_chunk_tokens, self.compute_dtype),
                                         self.model.model.layers, self.world)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.warmup_steps, self.total_steps, cfg.min_lr_ratio))
+            self.optimizer, lr_lambda(self.warmup_steps, self.total_steps, cfg.optimizer.min_lr_ratio))
         self.stream = build_stream(cfg.source, self.tokenizer, seed=cfg.seed, long_doc_tokens=cfg.long_doc_tokens,
                                    long_upsample=cfg.long_upsample, show_progress=show_progress and self.rank == 0)
         self.step, self.tokens, self.history = 0, 0, []
@@ -165,7 +167,7 @@ class Pretrainer:
 
     def _checkpoint_to_resume(self) -> tuple[Path | None, dict | None]:
         """(newest checkpoint, its trainer state) under --resume, refused when its recipe settings differ."""
-        if not self.cfg.resume:
+        if not self.cfg.checkpointing.resume:
             return None, None
         ckpt = latest_checkpoint(self.out)
         if ckpt is None:
@@ -191,8 +193,8 @@ class Pretrainer:
                 loss = self.loss_fn(batch) / accum
             loss.backward()
             loss_sum += loss.detach()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                     if cfg.grad_clip > 0 else torch.zeros(()))
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.grad_clip)
+                     if cfg.optimizer.grad_clip > 0 else torch.zeros(()))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -215,7 +217,7 @@ class Pretrainer:
         if self.rank != 0:
             return None
         return save_checkpoint(self.out, self.step, self.model, self.tokenizer, state,
-                               keep=self.cfg.keep_checkpoints, model_state=model_state)
+                               keep=self.cfg.checkpointing.save_total_limit, model_state=model_state)
 
     def _write_metrics(self) -> None:
         with open(self.out / "metrics.jsonl", "w") as fh:
@@ -235,7 +237,7 @@ class Pretrainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", seq=rec["seq_len"], tok_s=f"{rec['tokens_per_s']:.0f}",
                                 lr=f"{rec['lr']:.2e}")
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < last:
+                if cfg.checkpointing.save_steps and self.step % cfg.checkpointing.save_steps == 0 and self.step < last:
                     self.save()
                     self._write_metrics()
         finally:

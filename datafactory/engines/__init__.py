@@ -1,17 +1,17 @@
-"""Generation engines behind one interface (see base.py); `build_engine` picks one from a GenerationConfig.
+"""Generation engines behind one interface (see base.py); `build_engine` picks one from an EngineSettings.
 
 Engine modules are imported lazily so that `--engine openai` never loads torch and `--engine vllm` is
 the only path that touches vllm.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from datafactory.engines.base import ChatMessages, Engine, EngineResult, SamplingParams, generate_sync
 from longscale.common.errors import LongscaleError
 
 if TYPE_CHECKING:
-    from datafactory.config import GenerationConfig
+    from datafactory.config import EngineSettings, SamplingConfig
 
 __all__ = ["ChatMessages", "Engine", "EngineError", "EngineResult", "SamplingParams", "build_engine",
            "generate_sync", "sampling_params_from_config"]
@@ -21,15 +21,15 @@ class EngineError(LongscaleError, RuntimeError):
     """An engine could not be built (bad model path, vllm missing, server unreachable); says what to fix."""
 
 
-def sampling_params_from_config(config: "GenerationConfig", **overrides) -> SamplingParams:
-    """The sampling fields of a GenerationConfig as SamplingParams (overrides win, e.g. max_new_tokens)."""
+def sampling_params_from_config(config: SamplingConfig, **overrides: Any) -> SamplingParams:
+    """The sampling knobs of a config as SamplingParams (overrides win, e.g. max_new_tokens)."""
     values = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                   seed=config.seed, repetition_penalty=config.repetition_penalty)
     values.update(overrides)
     return SamplingParams(**values)
 
 
-def build_engine(config: "GenerationConfig") -> Engine:
+def build_engine(config: EngineSettings) -> Engine:
     """Construct the engine named by `config.engine`; raises EngineError with a fix-it message."""
     if config.engine == "transformers":
         from datafactory.engines.transformers_engine import TransformersEngine

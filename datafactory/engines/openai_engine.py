@@ -37,7 +37,7 @@ from datafactory.engines.base import ChatMessages, EngineResult, SamplingParams
 if TYPE_CHECKING:
     import aiohttp
 
-    from datafactory.config import GenerationConfig
+    from datafactory.config import EngineSettings
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 
@@ -114,7 +114,7 @@ class OpenAIEngine:
         self.model_name = model or self._first_served_model()
 
     @classmethod
-    def from_config(cls, config: "GenerationConfig", **kwargs: Any) -> "OpenAIEngine":
+    def from_config(cls, config: EngineSettings, **kwargs: Any) -> "OpenAIEngine":
         if not config.base_url:
             raise EngineError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
         engine = cls(config.base_url, config.model, api_key=config.api_key, concurrency=config.concurrency,

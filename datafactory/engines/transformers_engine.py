@@ -23,7 +23,7 @@ from datafactory.engines import EngineError
 from datafactory.engines.base import ChatMessages, EngineResult, SamplingParams
 
 if TYPE_CHECKING:
-    from datafactory.config import GenerationConfig
+    from datafactory.config import EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class TransformersEngine:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config: "GenerationConfig") -> "TransformersEngine":
+    def from_config(cls, config: EngineSettings) -> "TransformersEngine":
         return cls(resolve_model_dir(config.model), batch_size=config.batch_size)
 
     # -- generation -------------------------------------------------------------------------------

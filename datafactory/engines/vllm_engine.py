@@ -25,7 +25,7 @@ from datafactory.engines import EngineError
 from datafactory.engines.base import ChatMessages, EngineResult, SamplingParams
 
 if TYPE_CHECKING:
-    from datafactory.config import GenerationConfig, VLLMOptions
+    from datafactory.config import EngineSettings, VLLMOptions
 
 COLLECT_S = 0.005  # after the first queued call, keep collecting until the queue was empty this long
 
@@ -81,7 +81,7 @@ class VLLMEngine:
         self._worker.start()
 
     @classmethod
-    def from_config(cls, config: "GenerationConfig") -> "VLLMEngine":
+    def from_config(cls, config: EngineSettings) -> "VLLMEngine":
         from datafactory.engines.transformers_engine import resolve_model_dir
 
         return cls(str(resolve_model_dir(config.model)), **llm_kwargs_from_config(config))

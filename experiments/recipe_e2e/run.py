@@ -38,7 +38,8 @@ from pretrain.config import PretrainConfig
 from evaluation.config import EvalConfig
 from evaluation.prompts import Example, render
 from evaluation.ruler import RulerBuilder, read_hotpot, read_squad
-from evaluation.runner import build_engine, run_eval
+from datafactory.engines import build_engine
+from evaluation.runner import run_eval
 from longscale.common.plotting import new_figure, save_figure
 from pretrain.probes.model import HFModel
 from pretrain.probes.first_sentence import plot_accuracy, run_first_sentence
@@ -341,8 +342,8 @@ def run_stages(args, s: dict, stages: list[str], budget: Budget, model: Path, wo
         pt = Pretrainer(PretrainConfig(model=str(model), output=str(work / "abf"), variant="abf", rope_base=1e6,
                                        source=[f"{b.stem}={b}:1" for b in train_books], seq_len=s["pt_seq"],
                                        tokens_per_step=s["pt_step_tokens"], max_micro_batch=1, total_tokens=s["pt_tokens"],
-                                       lr=2e-4, warmup_steps=s["pt_warmup"], min_lr_ratio=0.1, param_dtype="fp32",
-                                       grad_ckpt="none", seed=0, device=s["device"]), show_progress=False)
+                                       learning_rate=2e-4, warmup_steps=s["pt_warmup"], min_lr_ratio=0.1, param_dtype="fp32",
+                                       gradient_checkpointing="none", seed=0, device=s["device"]), show_progress=False)
         summary = pt.run()
         checkpoints["abf"] = Path(summary["output"])
         results["stages"]["abf"] = {"seconds": round(time.time() - t, 1), "steps": len(pt.history),

@@ -69,8 +69,8 @@ def train(variant: str, args, train_books: list[Path]) -> tuple[Path, dict]:
     cfg = PretrainConfig(model=args.model, output=str(Path(args.work) / variant), variant=variant, rope_base=base,
                          source=[f"{b.stem}={b}:1" for b in train_books], seq_len=args.seq_len,
                          tokens_per_step=args.tokens_per_step, max_micro_batch=1, total_tokens=args.tokens,
-                         lr=args.lr, warmup_steps=args.warmup, min_lr_ratio=0.1, param_dtype="fp32",
-                         grad_ckpt=args.grad_ckpt, seed=0, device=args.device)
+                         learning_rate=args.lr, warmup_steps=args.warmup, min_lr_ratio=0.1, param_dtype="fp32",
+                         gradient_checkpointing=args.grad_ckpt, seed=0, device=args.device)
     say(f"training {variant}: {args.tokens:,} tokens at {args.seq_len}, lr {args.lr}")
     trainer = Pretrainer(cfg, show_progress=True)
     summary = trainer.run()

@@ -46,7 +46,7 @@ def _run_apply(args) -> int:
     cfg = resolve_config(ApplyRopeConfig, args, args.config)
     check_model_path(cfg.model)
     check_output_folder(cfg.output, overwrite=cfg.overwrite, markers=("config.json",), what="converted model")
-    changes = apply_rope_variant(cfg.model, cfg.variant, cfg.output, base=cfg.base, seq_len=cfg.seq_len)
+    changes = apply_rope_variant(cfg.model, cfg.variant, cfg.output, base=cfg.rope.rope_base, seq_len=cfg.seq_len)
     print(json.dumps({"output": cfg.output, "changes": changes}, indent=2))
     return 0
 
@@ -76,7 +76,7 @@ def _run_probe(args) -> int:
     if name == "rope-decay":
         from pretrain.probes.rope_decay import rope_decay, rope_decay_for_model
 
-        kw = dict(abf_base=cfg.abf_base, pi_factor=cfg.pi_factor, max_distance=max(cfg.lengths), output=out)
+        kw = dict(abf_base=cfg.rope.rope_base, pi_factor=cfg.pi_factor, max_distance=max(cfg.lengths), output=out)
         result = rope_decay_for_model(cfg.model, **kw) if cfg.model else rope_decay(**kw)
         print(json.dumps(result["mean_abs_score_last_quarter"], indent=2))
         return 0

@@ -50,7 +50,23 @@ def check_output_folder(path: str | Path, *, resume: bool = False, overwrite: bo
 def recipe_differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str]) -> dict[str, tuple]:
     """{setting: (saved, current)} for every setting of `current` that `saved` holds with another value."""
     skip = set(ignore)
+    saved, current = _leaves(saved), _leaves(current)
     return {k: (saved[k], v) for k, v in current.items() if k not in skip and k in saved and saved[k] != v}
+
+
+def _leaves(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dump with its sub-models' knobs lifted to the top (knob names are unique within a command), so
+    a run saved before the config tree nested them compares knob by knob with one saved after."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key in _SECTIONS:
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+_SECTIONS = {"optimizer", "checkpointing", "compiler", "attention", "rope"}
 
 
 def refuse_changed_recipe(differences: dict[str, tuple], where: str | Path) -> None:

@@ -3,12 +3,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
+
+from longscale.common.config import ConfigModel, Deprecated, RopeConfig
 
 from longscale.common.text import parse_lengths
 
 
-class ProbeConfig(BaseModel):
+class ProbeRope(RopeConfig):
+    rope_base: float | None = Field(500_000.0, gt=1, description="rope-decay: the ABF base to draw")
+
+
+class ProbeConfig(ConfigModel):
+    DEPRECATED = {"abf_base": Deprecated("rope_base")}
+
     model: str | None = Field(None, description="model folder (rope-decay only reads its config; optional there)")
     lengths: list[int] = Field(default_factory=lambda: [2048, 4096, 8192, 16384, 32768],
                                description="context lengths, e.g. 2k,4k,32768")
@@ -20,7 +28,7 @@ class ProbeConfig(BaseModel):
     seed: int = Field(0, description="sampling seed")
     device: str = Field("auto", description="auto, cpu or cuda")
     output: str = Field("probe-results", description="folder for the JSON and PNG")
-    abf_base: float = Field(500_000.0, description="rope-decay: the ABF base to draw")
+    rope: ProbeRope = Field(default_factory=ProbeRope)
     pi_factor: float = Field(4.0, description="rope-decay: the PI factor to draw")
 
     @field_validator("lengths", mode="before")

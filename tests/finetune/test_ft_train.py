@@ -66,14 +66,15 @@ def test_lora_trains_only_adapters_and_resumes(tmp_path, tiny_llama_dir, data):
     assert first["training"]["global_step"] == 2
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
     assert (tmp_path / "out" / "checkpoints" / "checkpoint-2").is_dir()
+    resume = config.checkpointing.model_copy(update={"resume": True})
     with pytest.raises(ConfigError, match="already holds files .*--resume.*--overwrite"):
         run_finetune(config)  # a second run into the same output never replaces the first silently
     with pytest.raises(ConfigError, match=r"other settings \(--lora-r: 4 -> 8\)"):
-        run_finetune(config.model_copy(update={"resume": True, "lora_r": 8}))
-    resumed = run_finetune(config.model_copy(update={"max_steps": 3, "resume": True}))
+        run_finetune(config.model_copy(update={"checkpointing": resume, "lora_r": 8}))
+    resumed = run_finetune(config.model_copy(update={"max_steps": 3, "checkpointing": resume}))
     assert resumed["training"]["global_step"] == 3
     with pytest.raises(ConfigError, match="no checkpoint"):
-        run_finetune(config.model_copy(update={"resume": True, "output": str(tmp_path / "fresh")}))
+        run_finetune(config.model_copy(update={"checkpointing": resume, "output": str(tmp_path / "fresh")}))
 
 
 def test_cli_prepare_only_writes_dataset_and_stats(tmp_path, tiny_llama_dir, data, capsys):

@@ -73,3 +73,67 @@ def test_list_flags_take_several_values_and_yaml_takes_one_string(tmp_path):
     assert resolve_config(FinetuneConfig, None, yaml_file).long_data == ["gen/"]
     yaml_file.write_text("critique: off\n")
     assert resolve_config(GenerationConfig, None, yaml_file).critique == "off"
+
+
+# ---- the nested tree: sub-models flattened to flags, deprecated spellings, Literal choices -------------------
+
+from longscale.common.config import ConfigModel, Deprecated, OptimizerConfig  # noqa: E402
+
+
+class Trainer(ConfigModel):
+    DEPRECATED = {"lr": Deprecated("learning_rate"),
+                  "compile": Deprecated("mode", lambda v: "fast" if str(v).lower() == "true" else "slow", bool)}
+
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    mode: Literal["fast", "slow"] = "slow"
+
+
+def parse_trainer(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_model_flags(parser, Trainer)
+    return parser.parse_args(argv)
+
+
+def test_nested_knobs_have_a_flat_and_a_dotted_flag():
+    flat = resolve_config(Trainer, parse_trainer(["--learning-rate", "0.5"]))
+    dotted = resolve_config(Trainer, parse_trainer(["--optimizer.learning-rate", "0.5", "--weight-decay", "0.1"]))
+    assert flat.optimizer.learning_rate == 0.5 and flat.optimizer.weight_decay == 0.0
+    assert (dotted.optimizer.learning_rate, dotted.optimizer.weight_decay) == (0.5, 0.1)
+
+
+def test_yaml_nested_or_flat_and_flags_win_per_knob(tmp_path):
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("optimizer:\n  learning_rate: 0.25\n  weight_decay: 0.5\n")
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("learning_rate: 0.25\nweight_decay: 0.5\n")
+    for path in (nested, flat):
+        cfg = resolve_config(Trainer, parse_trainer(["--learning-rate", "0.75"]), path)
+        assert (cfg.optimizer.learning_rate, cfg.optimizer.weight_decay) == (0.75, 0.5)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("optimizer:\n  learning_rat: 1\n")
+    with pytest.raises(ConfigError, match="unknown settings: optimizer.learning_rat"):
+        resolve_config(Trainer, parse_trainer([]), typo)
+
+
+def test_deprecated_spellings_still_work_with_a_warning(tmp_path):
+    with pytest.warns(FutureWarning, match="'lr' is deprecated.*use 'learning_rate'"):
+        cfg = resolve_config(Trainer, parse_trainer(["--lr", "0.5"]))
+    assert cfg.optimizer.learning_rate == 0.5
+    with pytest.warns(FutureWarning, match="'compile' is deprecated"):
+        assert resolve_config(Trainer, parse_trainer(["--compile"])).mode == "fast"
+    old = tmp_path / "old.yaml"
+    old.write_text("lr: 0.125\n")
+    with pytest.warns(FutureWarning):
+        assert resolve_config(Trainer, parse_trainer([]), old).optimizer.learning_rate == 0.125
+    with pytest.warns(FutureWarning):
+        assert Trainer(lr=0.5).optimizer.learning_rate == 0.5  # Python callers too
+
+
+def test_errors_name_the_flat_flag_and_help_shows_literal_choices(capsys):
+    with pytest.raises(ConfigError, match="--learning-rate: Input should be greater than 0"):
+        resolve_config(Trainer, parse_trainer(["--learning-rate", "-1"]))
+    with pytest.raises(SystemExit):
+        parse_trainer(["--help"])
+    helptext = capsys.readouterr().out
+    assert "--mode {fast,slow}" in helptext
+    assert "--lr" not in helptext  # deprecated spellings are hidden

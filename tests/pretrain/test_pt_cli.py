@@ -27,7 +27,7 @@ def texts(tmp_path_factory):
 
 
 def test_apply_rope_cli_writes_the_checkpoint(tiny, tmp_path, capsys):
-    assert main(["pretrain", "apply-rope", "--model", str(tiny), "--variant", "abf", "--base", "2e5",
+    assert main(["pretrain", "apply-rope", "--model", str(tiny), "--variant", "abf", "--rope-base", "2e5",
                  "--seq-len", "1024", "--output", str(tmp_path / "abf")]) == 0
     cfg = json.loads((tmp_path / "abf" / "config.json").read_text())
     assert cfg["rope_theta"] == 2e5 and cfg["max_position_embeddings"] == 1024
@@ -42,7 +42,7 @@ def test_pretrain_cli_with_repeated_sources(tiny, texts, tmp_path, capsys):
     argv = ["pretrain", "--model", str(tiny), "--variant", "pi", "--output", str(tmp_path / "run"),
             "--source", f"a={texts}:1", "--source", f"b={texts / 'book.txt'}:0.5", "--seq-len", "256",
             "--tokens-per-step", "512", "--max-micro-batch", "2", "--total-tokens", "1024", "--warmup-steps", "1",
-            "--lr", "1e-3", "--device", "cpu"]
+            "--learning-rate", "1e-3", "--device", "cpu"]
     assert main(argv) == 0
     capsys.readouterr()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -28,9 +28,12 @@ def our_services(compose: dict) -> dict[str, dict]:
             if svc.get("image") == OUR_IMAGE or "build" in svc}
 
 
-def test_the_stack_has_every_service(compose):
-    assert {"redis", "api", "worker", "vllm", "flower"} <= set(compose["services"])
-    assert set(our_services(compose)) == {"api", "worker", "flower"}
+def test_every_dependency_is_a_service_of_the_stack(compose):
+    services = compose["services"]
+    assert our_services(compose), "no service runs our image"
+    for name, svc in services.items():
+        for dep in svc.get("depends_on") or {}:
+            assert dep in services, f"{name} depends on {dep}, which is not in the stack"
 
 
 @pytest.mark.parametrize("service", ["api", "worker", "flower"])
@@ -53,51 +56,32 @@ def test_every_longscale_variable_is_a_setting(compose):
 
 
 def test_settings_read_the_compose_values(compose, monkeypatch):
-    env = compose["services"]["api"]["environment"]
+    """Each LONGSCALE_* value of the api service arrives in ApiSettings unchanged (compared with the compose
+    file's own values, so a renamed field, a wrong type or a silently ignored variable fails)."""
+    env = {var: re.sub(r"\$\{[^}]*\}", "k", str(value))
+           for var, value in compose["services"]["api"]["environment"].items()}
     for var, value in env.items():
-        monkeypatch.setenv(var, re.sub(r"\$\{[^}]*\}", "k", str(value)))
+        monkeypatch.setenv(var, value)
     settings = ApiSettings()
-    assert settings.redis_url == "redis://redis:6379/0" and settings.jobs_root == Path("/srv/jobs")
-    assert settings.engine_url == "http://vllm:8000/v1" and settings.api_key.get_secret_value() == "k"
+    for var, value in env.items():
+        if not var.startswith("LONGSCALE_"):
+            continue
+        got = getattr(settings, var.removeprefix("LONGSCALE_").lower())
+        got = got.get_secret_value() if hasattr(got, "get_secret_value") else got
+        assert str(got) == value or got == type(got)(value), (var, value, got)
 
 
-def test_dependencies_wait_for_health(compose):
+def test_services_that_wait_for_health_wait_on_a_healthcheck(compose):
     services = compose["services"]
-    assert services["redis"]["healthcheck"]["test"][-1] == "ping"
-    assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
-    for name in ("api", "worker", "flower"):
-        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert services["worker"]["depends_on"]["vllm"]["condition"] == "service_healthy"
     for name, svc in services.items():
         for dep, spec in (svc.get("depends_on") or {}).items():
             if spec["condition"] == "service_healthy":
                 assert "healthcheck" in services[dep], f"{name} waits on {dep}, which has no healthcheck"
 
 
-def test_worker_scales_and_shares_the_job_volume(compose):
+def test_worker_scales_and_sees_the_api_job_folder(compose):
     worker, api = compose["services"]["worker"], compose["services"]["api"]
     assert "container_name" not in worker and "ports" not in worker  # --scale worker=N needs neither
-    assert "jobs:/srv/jobs" in worker["volumes"] and "jobs:/srv/jobs" in api["volumes"]
-
-
-def test_vllm_reserves_a_gpu_and_names_the_model(compose):
-    vllm = compose["services"]["vllm"]
-    assert vllm["image"].startswith("vllm/vllm-openai")
-    devices = vllm["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["capabilities"] == ["gpu"]
-    assert "--served-model-name" in vllm["command"]
-    assert any(v.endswith(":/models/chat:ro") for v in vllm["volumes"])
-
-
-def test_flower_is_behind_a_profile(compose):
-    assert compose["services"]["flower"]["profiles"] == ["monitoring"]
-
-
-def test_dockerfile_installs_the_service_extras_and_copies_what_they_import():
-    text = (REPO / "Dockerfile").read_text()
-    assert re.search(r'pip install "\.\[api,worker\]"', text)
-    for package in ("longscale", "datafactory", "worker", "api"):
-        assert f"COPY {package} ./{package}" in text
-    assert "USER " in text
-    cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
-    assert cmd and yaml.safe_load(cmd.group(1))[0] == "longscale"
+    jobs_root = str(api["environment"]["LONGSCALE_JOBS_ROOT"])
+    mounted = [v for v in api["volumes"] if v.split(":")[1] == jobs_root]
+    assert mounted and set(mounted) <= set(worker["volumes"]), "the workers must write where the API reads"
