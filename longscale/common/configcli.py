@@ -152,24 +152,24 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def resolve_config(model: type[M], args: argparse.Namespace | None = None, yaml_path: str | Path | None = None,
+def resolve_config(model_cls: type[M], args: argparse.Namespace | None = None, yaml_path: str | Path | None = None,
                    *, command_keys: tuple[str, ...] = (), **overrides: Any) -> M:
     """Build `model` from defaults < YAML file < given flags < explicit overrides; errors name the field.
     `command_keys` are YAML keys the command reads itself (generate's input/output), not settings."""
     data: dict[str, Any] = {}
     if yaml_path:
-        data = nest_keys(model, {k: v for k, v in read_yaml(yaml_path).items() if k not in command_keys})
-        known = set(model.model_fields)
+        data = nest_keys(model_cls, {k: v for k, v in read_yaml(yaml_path).items() if k not in command_keys})
+        known = set(model_cls.model_fields)
         unknown = set(data) - known
-        for section, sub in sub_models(model).items():
+        for section, sub in sub_models(model_cls).items():
             if isinstance(data.get(section), dict):
                 unknown |= {f"{section}.{k}" for k in set(data[section]) - set(sub.model_fields)}
         if unknown:
             raise ConfigError(f"config file {yaml_path} has unknown settings: {', '.join(sorted(unknown))}")
     if args is not None:
-        data = _deep_merge(data, flags_given(args, model))
-    data = _deep_merge(data, nest_keys(model, {k: v for k, v in overrides.items() if v is not None}))
+        data = _deep_merge(data, flags_given(args, model_cls))
+    data = _deep_merge(data, nest_keys(model_cls, {k: v for k, v in overrides.items() if v is not None}))
     try:
-        return model.model_validate(data)
+        return model_cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(yaml_path or "command line"))) from exc

@@ -161,4 +161,4 @@ def test_attention_kernel_flag_reaches_the_model(tmp_path, tiny_llama_dir, data)
     assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="cudnn needs a CUDA GPU"):
-            build_trainer(config.model_copy(update={"attn_implementation": "cudnn"}), to_dataset(rows), tokenizer)
+            build_trainer(config.model_copy(update={"attention": config.attention.model_copy(update={"attn_implementation": "cudnn"})}), to_dataset(rows), tokenizer)

@@ -64,8 +64,8 @@ def _cases(f: dict[str, Path]) -> list[tuple[str, list[str], str]]:
         # a bad value names the flag the user typed
         ("pretrain --rope-base -3", ["pretrain", "--model", model, "--source", texts, "--output", str(root / "p1"),
                                      "--rope-base", "-3", "--total-tokens", "100000000"], r"--rope-base: .*greater than 1"),
-        ("apply-rope --base -3", ["pretrain", "apply-rope", "--model", model, "--variant", "abf", "--base", "-3",
-                                  "--output", str(root / "r")], r"--base: .*greater than 1"),
+        ("apply-rope --rope-base -3", ["pretrain", "apply-rope", "--model", model, "--variant", "abf", "--rope-base",
+                                       "-3", "--output", str(root / "r")], r"--rope-base: .*greater than 1"),
         # data that is not what it should be
         ("eval --data binary", ["eval", "--model", model, "--task", "ruler-squad", "--data", str(root / "binary.json"),
                                 "--output", str(root / "e2"), "--lengths", "1k"], r"--data \S+binary.json: not UTF-8"),

@@ -206,7 +206,7 @@ def test_output_is_protected_resume_checks_the_recipe_and_the_budget_holds(tiny_
     from longscale.common.outputs import OutputFolderError
 
     base = dict(model=str(tiny_model), variant="abf", source=[str(text_dir)], seq_len=64, tokens_per_step=128,
-                total_tokens=128 * 2 + 100, warmup_steps=2000, lr=1e-3, device="cpu", output=str(tmp_path / "run"))
+                total_tokens=128 * 2 + 100, warmup_steps=2000, learning_rate=1e-3, device="cpu", output=str(tmp_path / "run"))
     summary = pretrain(PretrainConfig(**base), show_progress=False)
     # 356 tokens of budget = 2 whole steps (a third step would pass the budget); the 2,000-step warm-up, longer
     # than the run, is cut to a tenth of it (0 steps) instead of keeping the lr near zero
