@@ -5,12 +5,11 @@ its roots. The opt-out (`LONGSCALE_AUTH_DISABLED=true`) is honoured only for loo
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
-
-import hashlib
-import json
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict

@@ -29,8 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from transformers import TrainerCallback  # noqa: E402
 
-from benchmarks.trainbench import (CUDA, PEAK_FLOPS, StepProfile, peak_memory_gb, random_llama, sync,  # noqa: E402
-                                   train_flops)
+from benchmarks.trainbench import CUDA, PEAK_FLOPS, StepProfile, peak_memory_gb, random_llama, sync, train_flops  # noqa: E402
 from finetune.assemble import assemble_rows, load_tokenizer, to_dataset  # noqa: E402
 from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.trainer import build_trainer  # noqa: E402

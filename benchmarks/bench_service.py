@@ -34,7 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -354,7 +353,9 @@ def main() -> None:
 
     for run in results["runs"].values():
         base, one = run["in_process"]["concurrency_1"], run["service"]["workers_1"]
-        per_request_ms = lambda r: 1000 * r["seconds"] / r["requests"]
+        def per_request_ms(r: dict) -> float:
+            return 1000 * r["seconds"] / r["requests"]
+
         run["overhead_per_request_ms"] = per_request_ms(one) - per_request_ms(base)
         run["overhead_per_request_fraction"] = per_request_ms(one) / per_request_ms(base) - 1
         run["ratios"] = {f"workers_{n}": {

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 PARAGRAPH_BREAK = re.compile(r"(?<=\S)\s*?\n[ \t\r\f\v]*\n")  # cut where the blank line starts
 SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")      # cut right after the punctuation

@@ -134,7 +134,7 @@ def decode_content(raw: str) -> str:
     parts.append(cleaned[pos:].replace("&", "&amp;"))
     escaped = "".join(parts).replace("<", "&lt;").replace(">", "&gt;")
     try:
-        root = etree.fromstring(f"<field>{escaped}</field>".encode("utf-8"), _PARSER)
+        root = etree.fromstring(f"<field>{escaped}</field>".encode(), _PARSER)
         decoded = "".join(root.itertext()) if root is not None else None
     except (etree.XMLSyntaxError, ValueError):
         decoded = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from datafactory.chunking import PARAGRAPH_BREAK, SENTENCE_END, Chunk, TokenizedText, last_cut, count_tokens
+from datafactory.chunking import PARAGRAPH_BREAK, SENTENCE_END, Chunk, TokenizedText, count_tokens, last_cut
 
 NORMAL_TEMPLATE = ('You are given a long text (delimited by triple quotes) and a question. Read the text and answer '
                    'the question in the end. """ {document} """\n\nQuestion: {question}')

@@ -22,9 +22,11 @@ import os
 import platform
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
+
 from longscale.common.errors import LongscaleError
 
 log = logging.getLogger(__name__)

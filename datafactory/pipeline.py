@@ -22,13 +22,14 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sized
+from typing import Any
 
-from datafactory.config import GenerationConfig
 from datafactory.chunking import Chunk, TokenizedText, backend_of, choose_answer_type
+from datafactory.config import GenerationConfig
 from datafactory.documents import Document
 from datafactory.engines import sampling_params_from_config
 from datafactory.engines.base import ChatMessages, Engine, EngineResult, SamplingParams
@@ -198,7 +199,7 @@ async def _generate_records(items: list[WorkItem], config: GenerationConfig, eng
     conversations = [critique_messages(item.chunk.text, rec["question"], rec["answer"], demonstration)
                      for item, rec in pending]
     verdicts = await counter.call(engine, conversations, critique_params)
-    for (item, rec), res in zip(pending, verdicts):
+    for (_item, rec), res in zip(pending, verdicts):
         if not res.ok:
             rec.update(accepted=False, reject_reason="engine_error", engine_error=f"critique: {res.error}",
                        critique={"verdict": None, "reason": None, "raw": None})

@@ -26,9 +26,17 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from datafactory.chunking import (
+    PARAGRAPH_BREAK,
+    SENTENCE_END,
+    Chunk,
+    TokenizedText,
+    choose_chunks,
+    chunk_document,
+    cut_chunk,
+    tokenize_region,
+)
 from datafactory.config import GenerationConfig
-from datafactory.chunking import (PARAGRAPH_BREAK, SENTENCE_END, Chunk, TokenizedText, chunk_document, choose_chunks,
-                                  cut_chunk, tokenize_region)
 
 SLOT_CHARS_PER_TOKEN = 4.0   # English prose runs 4-4.5 characters per token; used for layout and sizing only
 REGION_CHARS_PER_TOKEN = 4.6  # first guess of a region's size: a little over prose's rate (few re-tokenizations)

@@ -17,7 +17,7 @@ Items without a gold answer (test splits) are skipped and counted, never scored 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import random
 
-from longscale.common.errors import ConfigError
 from finetune.tokenization import Sample
+from longscale.common.errors import ConfigError
 
 
 def _amount(samples: list[Sample], by: str) -> int:

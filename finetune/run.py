@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from finetune.assemble import assemble_rows, load_tokenizer, print_stats, save_prepared, to_dataset

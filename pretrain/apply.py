@@ -11,8 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from pretrain.rope import VARIANTS, patch_config_file, rope_config_changes
 from longscale.common.errors import LongscaleError
+from pretrain.rope import VARIANTS, patch_config_file, rope_config_changes
 
 XPOS_MODULE = "modeling_xpos_llama"
 XPOS_SOURCE = Path(__file__).with_name("xpos_modeling.py")

@@ -28,7 +28,6 @@ from functools import partial
 from typing import Literal
 
 import torch
-
 from pydantic import Field
 
 from longscale.common.config import ConfigModel

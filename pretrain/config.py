@@ -5,7 +5,14 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from longscale.common.config import CheckpointingConfig, CompileConfig, ConfigModel, Deprecated, OptimizerConfig, RopeConfig
+from longscale.common.config import (
+    CheckpointingConfig,
+    CompileConfig,
+    ConfigModel,
+    Deprecated,
+    OptimizerConfig,
+    RopeConfig,
+)
 from pretrain.attention import AttentionConfig
 from pretrain.data import parse_curriculum
 

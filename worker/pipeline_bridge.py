@@ -27,7 +27,7 @@ from typing import Any
 from datafactory.config import GenerationConfig
 from datafactory.documents import Document, iter_documents, load_documents  # noqa: F401  (re-exported for the tasks)
 from datafactory.engines import EngineError, build_engine
-from datafactory.output import OutputWriter, read_jsonl, QA_FILE
+from datafactory.output import QA_FILE, OutputWriter, read_jsonl
 from datafactory.pipeline import aprocess_document, load_tokenizers
 from worker import engine_policy
 from worker.settings import get_worker_settings

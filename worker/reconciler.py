@@ -19,9 +19,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from worker.jobstore import FINAL_STATES, JobStore
 from worker.journal import journal_for, read_job_record

@@ -8,7 +8,6 @@ idempotent, but wasted work.
 from __future__ import annotations
 
 from functools import lru_cache
-
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
 
 from datafactory.config import GenerationConfig
 from datafactory.output import MANIFEST_FILE
@@ -21,7 +21,6 @@ from worker.jobstore import FINAL_STATES, JobStore, new_job_id
 from worker.journal import write_job_record
 from worker.reconciler import restore_job
 from worker.settings import get_worker_settings
-
 
 _producer_lock = threading.Lock()
 
@@ -68,8 +67,14 @@ def wait_for_job(store: JobStore, job_id: str, *, progress: bool = True, poll_se
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = None
     if progress:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         bar = Progress(TextColumn("[bold]job {task.fields[job]}[/] {task.fields[status]}"), BarColumn(),
                        MofNCompleteColumn(), TextColumn("{task.fields[qa]} QA, {task.fields[rps]} req/s"),
                        TimeElapsedColumn(), TimeRemainingColumn())

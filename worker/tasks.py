@@ -25,10 +25,11 @@ from celery import Task, signals
 from pydantic import BaseModel, ConfigDict, Field
 
 from datafactory.config import GenerationConfig
-from worker import engine_policy, pipeline_bridge as bridge, reconciler
+from worker import engine_policy, reconciler
+from worker import pipeline_bridge as bridge
 from worker.celery_app import app
-from worker.journal import journal_for
 from worker.jobstore import JobStore, all_settled
+from worker.journal import journal_for
 from worker.lease import LeaseKeeper
 from worker.settings import get_worker_settings
 from worker.spool import DocumentRef, read_document, remove_spool, spool_documents, spooled_refs
@@ -220,7 +221,7 @@ def _generate(self: Task, jobs: JobStore, job: dict, doc_ref: DocumentRef, confi
                         exc, self.request.retries + 1, settings.task_retries, delay)
             # the retry (same task id) keeps the lease through its back-off; copies stay out
             jobs.renew_leases([(job_id, doc_ref.id, self.request.id or "")], delay + settings.lease_seconds)
-            raise self.retry(countdown=delay, exc=exc)
+            raise self.retry(countdown=delay, exc=exc) from exc
         return _fail(jobs, job_id, output_dir, doc_ref.id, config, f"engine unavailable after "
                      f"{settings.task_retries} task retries: {exc}", started)
     except bridge.DocumentTimeLimit as exc:

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import httpx
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response, Security
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from fastapi import Security
 
 from api.deps import api_key_header, get_settings, get_store, identify, require_api_key
 from api.schemas import Health

@@ -7,15 +7,21 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path as PathParam, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, StreamingResponse
+from pyarrow import ArrowException
 from pydantic import ValidationError
 
-from pyarrow import ArrowException
-
-from api.admission import (check_config_limits, check_document_bytes, check_document_count, check_jobs_in_flight,
-                           count_documents, resolve_under_root)
+from api.admission import (
+    check_config_limits,
+    check_document_bytes,
+    check_document_count,
+    check_jobs_in_flight,
+    count_documents,
+    resolve_under_root,
+)
 from api.deps import Caller, get_settings, get_store, require_api_key
 from api.metrics import API_PREFIX
 from api.schemas import JOB_ID_PATTERN, Job, JobCreate, JobPage

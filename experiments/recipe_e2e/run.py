@@ -31,18 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from datafactory.config import GenerationConfig
 from datafactory.documents import load_documents
+from datafactory.engines import build_engine
 from datafactory.pipeline import run_generation
-from finetune.config import FinetuneConfig
-from finetune.run import run_finetune
-from pretrain.config import PretrainConfig
 from evaluation.config import EvalConfig
 from evaluation.prompts import Example, render
 from evaluation.ruler import RulerBuilder, read_hotpot, read_squad
-from datafactory.engines import build_engine
 from evaluation.runner import run_eval
+from finetune.config import FinetuneConfig
+from finetune.run import run_finetune
 from longscale.common.plotting import new_figure, save_figure
-from pretrain.probes.model import HFModel
+from pretrain.config import PretrainConfig
 from pretrain.probes.first_sentence import plot_accuracy, run_first_sentence
+from pretrain.probes.model import HFModel
 from pretrain.trainer import Pretrainer
 
 T0 = time.time()

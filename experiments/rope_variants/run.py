@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pretrain.config import PretrainConfig  # noqa: E402
 from longscale.common.plotting import new_figure, save_figure  # noqa: E402
-from pretrain.probes.model import HFModel  # noqa: E402
+from pretrain.config import PretrainConfig  # noqa: E402
 from pretrain.probes.first_sentence import plot_accuracy, run_first_sentence  # noqa: E402
 from pretrain.probes.losses import plot_loss_by_position  # noqa: E402
+from pretrain.probes.model import HFModel  # noqa: E402
 from pretrain.probes.rope_decay import rope_decay  # noqa: E402
 from pretrain.trainer import Pretrainer  # noqa: E402
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from longscale.common.configcli import add_model_flags, resolve_config
 from finetune.config import FinetuneConfig
+from longscale.common.configcli import add_model_flags, resolve_config
 
 
 def _run(args: argparse.Namespace) -> int:

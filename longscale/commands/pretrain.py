@@ -9,7 +9,6 @@ from longscale.common.configcli import ConfigError, add_model_flags, resolve_con
 from longscale.common.models import check_model_path, model_label
 from longscale.common.outputs import check_output_folder
 
-
 PROBES = ("first-sentence", "passkey", "loss-by-position", "context-scaling", "rope-decay")
 
 

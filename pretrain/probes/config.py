@@ -6,7 +6,6 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from longscale.common.config import ConfigModel, Deprecated, RopeConfig
-
 from longscale.common.text import parse_lengths
 
 

@@ -12,8 +12,8 @@ generates from padded prompts (datafactory engines), never from packed rows.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

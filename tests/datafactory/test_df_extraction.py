@@ -241,8 +241,8 @@ def test_served_replies_are_judged_like_the_table():
     """The same rules on replies that travel through the openai engine over HTTP (FaultInjectingServer: a fake
     OpenAI-compatible server that runs no model and sends the reply and finish_reason it is told to)."""
     from datafactory.config import GenerationConfig
-    from datafactory.engines import SamplingParams, build_engine, generate_sync
     from datafactory.embedded import ensure_embedded_model
+    from datafactory.engines import SamplingParams, build_engine, generate_sync
     from datafactory.testing.fault_server import FaultInjectingServer
 
     with FaultInjectingServer() as server:

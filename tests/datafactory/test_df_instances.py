@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import example, HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from datafactory.chunking import chunk_document, count_tokens, tokenize_texts

@@ -7,10 +7,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from datafactory.engines import EngineResult
-from longscale.commands.main import main as longscale_main
-from longscale.common.configcli import ConfigError
 from evaluation.config import EvalConfig
 from evaluation.runner import run_eval
+from longscale.commands.main import main as longscale_main
+from longscale.common.configcli import ConfigError
 from tests.evaluation.test_eval_ruler import squad_file
 
 

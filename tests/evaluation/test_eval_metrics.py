@@ -4,10 +4,10 @@ import math
 import pytest
 
 from evaluation.metrics import (
+    aggregate,
     choice_accuracy,
     exact_match,
     normalize_answer,
-    aggregate,
     rouge,
     score_prediction,
     scoring_name,

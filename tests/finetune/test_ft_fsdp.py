@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_short
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,9 @@ import math
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import write_long_dir, write_short
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from finetune.assemble import assemble_rows
 from finetune.config import FinetuneConfig
@@ -13,7 +15,6 @@ from finetune.masks import IGNORE_INDEX, apply_loss_masks
 from finetune.packing import long_rows, pack_best_fit_decreasing, position_ids
 from finetune.sources import DataError
 from finetune.tokenization import Sample
-from conftest import write_long_dir, write_short
 
 PAD = 0
 

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import write_long_dir, write_short
 
 from finetune.assemble import assemble_rows, load_tokenizer, to_dataset
 from finetune.config import FinetuneConfig
@@ -12,7 +13,6 @@ from finetune.run import run_finetune
 from finetune.trainer import build_trainer
 from longscale.commands.main import main as longscale_main
 from longscale.common.configcli import ConfigError
-from conftest import write_long_dir, write_short
 
 
 @pytest.fixture

@@ -11,8 +11,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetune.collate import RowCollator
-from pretrain.attention import (CUDNN_IMPL, FLASH_IMPL, AttentionKernelError, Hardware, attn_implementation,
-                                choose_kernel, sdpa_ops_in)
+from pretrain.attention import (
+    CUDNN_IMPL,
+    FLASH_IMPL,
+    AttentionKernelError,
+    Hardware,
+    attn_implementation,
+    choose_kernel,
+    sdpa_ops_in,
+)
 
 H100 = Hardware(cuda=True, capability=(9, 0), cudnn_version=91900)
 A100 = Hardware(cuda=True, capability=(8, 0), cudnn_version=91900)
@@ -94,7 +101,7 @@ def test_the_kernel_choice_survives_per_layer_compile():
         for layer in model.model.layers:
             layer.compile(backend="aot_eager")
 
-        def step():
+        def step(model=model):
             with sdpa_kernel([SDPBackend.MATH]):
                 model(input_ids=x, use_cache=False).logits.sum().backward()
 

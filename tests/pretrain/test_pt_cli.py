@@ -8,7 +8,6 @@ import torch
 
 from longscale.commands.main import main
 from pretrain.probes.model import HFModel
-
 from tests.pretrain.tiny_llama import save_tiny_llama
 
 

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from pretrain.apply import RopeConversionError, apply_rope_variant
 from pretrain.modeling import load_model
-from pretrain.saving import save_hf
 from pretrain.rope import granularity, rope_config_changes, variant_angles
+from pretrain.saving import save_hf
 from pretrain.xpos_modeling import (
     XPosLlamaConfig,
     XPosLlamaForCausalLM,

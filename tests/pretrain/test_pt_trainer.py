@@ -27,7 +27,6 @@ from pretrain.data import (
 )
 from pretrain.loss import chunked_lm_loss, per_token_losses
 from pretrain.trainer import lr_lambda, pretrain, step_shape
-
 from tests.pretrain.tiny_llama import save_tiny_llama
 
 

@@ -5,11 +5,13 @@ reach a subcommand; every LONGSCALE_* variable must be a field the settings read
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic_core import to_jsonable_python
 
 from api.settings import ApiSettings
 from longscale.commands.main import build_parser
@@ -68,7 +70,10 @@ def test_settings_read_the_compose_values(compose, monkeypatch):
             continue
         got = getattr(settings, var.removeprefix("LONGSCALE_").lower())
         got = got.get_secret_value() if hasattr(got, "get_secret_value") else got
-        assert str(got) == value or got == type(got)(value), (var, value, got)
+        if isinstance(got, (dict, list)) or hasattr(got, "model_dump"):  # a JSON-valued setting
+            assert to_jsonable_python(got, exclude_none=True) == json.loads(value), (var, value, got)
+        else:
+            assert str(got) == value or got == type(got)(value), (var, value, got)
 
 
 def test_services_that_wait_for_health_wait_on_a_healthcheck(compose):

@@ -280,7 +280,9 @@ def test_cli_generate_with_broker_runs_on_the_workers(stack, stub, embedded_mode
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     ref_qa, ref_instances, ref_manifest = reference_run(docs, config, tmp_path / "in-process")
-    ids = lambda name: sorted(json.loads(line)["id"] for line in (out / name).read_text().splitlines())
+    def ids(name: str) -> list[str]:
+        return sorted(json.loads(line)["id"] for line in (out / name).read_text().splitlines())
+
     assert ids("qa.jsonl") == sorted(ref_qa) and ids("instances.jsonl") == sorted(ref_instances)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == ref_manifest["counts"] and manifest["job"]["status"] == "succeeded"

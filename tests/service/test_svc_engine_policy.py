@@ -8,7 +8,6 @@ import json
 import socket
 import threading
 
-import httpx
 import pytest
 
 from datafactory.config import GenerationConfig

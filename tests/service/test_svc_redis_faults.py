@@ -16,8 +16,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.service.conftest import (API_KEY, ManagedProcess, free_port, policy_env, redis_server_binary, service_env,
-                                    start_api, start_worker)
+from tests.service.conftest import (
+    API_KEY,
+    ManagedProcess,
+    free_port,
+    policy_env,
+    redis_server_binary,
+    service_env,
+    start_api,
+    start_worker,
+)
 from tests.service.test_svc_end_to_end import Stack, job_config, write_docs
 
 pytestmark = pytest.mark.slow
