@@ -112,7 +112,8 @@ def test_a_different_target_tokenizer_sets_the_instance_budget(tmp_path, generat
     [instance] = list(read_jsonl(tmp_path / "instances.jsonl"))
     byte_tok = AutoTokenizer.from_pretrained(byte_tokenizer_dir)
     target_tokens = len(byte_tok(instance["text"], add_special_tokens=False)["input_ids"])
-    generator_tokens = len(generator_tokenizers.generator(instance["text"], add_special_tokens=False)["input_ids"])
+    generator_tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    generator_tokens = len(generator_tok(instance["text"], add_special_tokens=False)["input_ids"])
     assert instance["truncated"]  # the 4,000-byte document does not fit 1,600 byte tokens
     assert target_tokens <= 1600 < 4000  # fitted with the TARGET tokenizer...
     assert generator_tokens < target_tokens / 2  # ...which counts far more tokens than the generator's would
