@@ -172,6 +172,11 @@ def run_longscale(tree: Path, corpus_path: Path, out: Path, server: FaultInjecti
     return result
 
 
+def _head(tree: Path) -> str:
+    found = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return found.stdout.strip() or str(tree)
+
+
 def save(section: str, entries: list[dict], meta: dict) -> None:
     """Append entries (each run is saved as it ends, so a stopped benchmark keeps what it measured)."""
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -202,6 +207,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                     subprocess.run(["rm", "-rf", str(out)], check=True)
                     result = run_longscale(trees[version], corpus(n), out, server, args.concurrency)
                     result.update(version=version, documents=n, repeat=repeat, delay_ms=args.delay_ms,
+                                  tree=OLD_COMMIT if version == "old" else _head(trees["new"]),
                                   concurrency=args.concurrency,
                                   documents_per_s=round(n / result["wall_s"], 1))
                     print(json.dumps({k: v for k, v in result.items() if k != "output_tail"}), flush=True)
@@ -261,7 +267,6 @@ PEER_SCRIPTS = REPO / "benchmarks" / "factory_peers.py"
 
 def cmd_peers(args: argparse.Namespace) -> None:
     prompts = peer_prompts(args.requests)
-    entries = []
     with FaultInjectingServer(delay_ms=args.delay_ms) as server:
         systems = ["longscale", "distilabel", "curator"]
         for repeat in range(args.repeats):
@@ -288,9 +293,9 @@ def cmd_peers(args: argparse.Namespace) -> None:
                 result.update(stub.summary())
                 result.update(system=system, repeat=repeat, delay_ms=args.delay_ms, concurrency=args.concurrency)
                 result["cpu_s_per_1000_requests"] = round(1000 * result["cpu_s"] / max(1, result["requests"]), 2)
+                result["tree"] = _head(REPO) if system == "longscale" else "peer venv"
                 print(json.dumps({k: v for k, v in result.items() if k != "output_tail"}), flush=True)
-                entries.append(result)
-    save("peers", entries, {**machine(), "args": vars(args) | {"func": None}})
+                save("peers", [result], {**machine(), "args": vars(args) | {"func": None}})
 
 
 # ---- report -------------------------------------------------------------------------------------------------
@@ -313,10 +318,13 @@ def cmd_report(args: argparse.Namespace) -> None:
                   "| version | documents | stub ms | n | wall s | documents/s | peak RSS MB (largest process) | "
                   "peak RSS MB (process tree) | mean requests in flight | CPU s |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        keys = sorted({(e["version"], e["documents"], e["delay_ms"]) for e in sweep}, key=lambda k: (k[1], k[0]))
-        for version, n, delay in keys:
-            runs = [e for e in sweep if (e["version"], e["documents"], e["delay_ms"]) == (version, n, delay)]
-            lines.append(f"| {version} | {n:,} | {delay} | {len(runs)} | {_range([r['wall_s'] for r in runs])} | "
+        for e in sweep:
+            e.setdefault("tree", "d174c3c" if e["version"] == "old" else "HEAD")
+        keys = sorted({(e["version"], e["tree"], e["documents"], e["delay_ms"]) for e in sweep},
+                      key=lambda k: (k[2], k[0], k[1]))
+        for version, tree, n, delay in keys:
+            runs = [e for e in sweep if (e["version"], e["tree"], e["documents"], e["delay_ms"]) == (version, tree, n, delay)]
+            lines.append(f"| {version} ({tree}) | {n:,} | {delay} | {len(runs)} | {_range([r['wall_s'] for r in runs])} | "
                          f"{_range([r['documents_per_s'] for r in runs])} | "
                          f"{_range([r['peak_rss_mb'] for r in runs])} | {_range([r['peak_tree_rss_mb'] for r in runs])} | "
                          f"{_range([r.get('mean_in_flight', 0) for r in runs])} | {_range([r['cpu_s'] for r in runs])} |")
@@ -336,10 +344,10 @@ def cmd_report(args: argparse.Namespace) -> None:
         lines += ["## Side by side (same prompts, same stub at 200 ms, 256 in flight)", "",
                   "| system | n | requests | sustained requests/s | CPU s per 1,000 requests | wall s | peak RSS MB (tree) |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        for system in ["longscale", "distilabel", "curator"]:
-            runs = [e for e in peers if e["system"] == system]
+        for system, tree in sorted({(e["system"], e.get("tree", "")) for e in peers}):
+            runs = [e for e in peers if (e["system"], e.get("tree", "")) == (system, tree)]
             if runs:
-                lines.append(f"| {system} | {len(runs)} | {_range([r['requests'] for r in runs])} | "
+                lines.append(f"| {system} ({tree}) | {len(runs)} | {_range([r['requests'] for r in runs])} | "
                              f"{_range([r['sustained_requests_per_s'] for r in runs])} | "
                              f"{_range([r['cpu_s_per_1000_requests'] for r in runs])} | "
                              f"{_range([r['wall_s'] for r in runs])} | {_range([r['peak_tree_rss_mb'] for r in runs])} |")
