@@ -129,3 +129,19 @@ def test_a_chunk_too_big_for_the_target_context_is_rejected_not_fatal(tmp_path, 
     assert (record["accepted"], record["reject_reason"]) == (False, "chunk_exceeds_context")
     assert any("lower --chunk-tokens or raise --max-context" in n for n in record["extraction_notes"])
     assert list(read_jsonl(tmp_path / "instances.jsonl")) == [] and manifest["status"] == "complete"
+
+
+def test_factory_output_feeds_finetune_and_evaluation(tmp_path, generator_tokenizers):
+    """A real output folder (real pipeline, writer and finalize) read by finetune's long-data reader and by
+    evaluation's factory-qa task, each given the folder as a user would: the instance contract end to end."""
+    from evaluation.tasks import load_factory_qa
+    from finetune.sources import read_long
+
+    run_generation(marked_docs(1), config(), tmp_path, engine=ScriptedEngine(), progress=False,
+                   tokenizers=generator_tokenizers)  # doc-0: the accepted outcome
+    [written] = list(read_jsonl(tmp_path / "instances.jsonl"))
+    [long] = read_long([str(tmp_path)])
+    assert (long["id"], long["kind"], long["messages"]) == (written["id"], "long", written["messages"])
+    [example], _ = load_factory_qa(tmp_path)
+    assert example.question == written["question"] and example.answers == [written["answer"]]
+    assert example.context and example.context in written["messages"][0]["content"]
