@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help=f"where to write (default: ./{DEFAULT_OUTPUT}); resumed if it exists")
     parser.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS, metavar="N",
                         help=f"LoRA steps on the demo's own instances (default: {FINETUNE_STEPS}; 0 skips finetuning)")
+    parser.add_argument("--chunks-per-doc", type=int, default=DEMO_CONFIG.chunks_per_doc, metavar="N",
+                        help=f"chunks per book (default: {DEMO_CONFIG.chunks_per_doc}; 1 = a quick look)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
     parser.set_defaults(func=run_demo)
 
@@ -75,9 +77,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     inputs = demo_inputs()
     out = args.output
+    config = DEMO_CONFIG.model_copy(update={"chunks_per_doc": args.chunks_per_doc})
     print(f"longscale demo: {len(inputs)} books from the sample corpus -> {out}/ "
-          f"(embedded model, {DEMO_CONFIG.chunks_per_doc} chunks of {DEMO_CONFIG.chunk_tokens} tokens per book)")
-    code = generate([str(p) for p in inputs], DEMO_CONFIG, out, progress=not args.no_progress)
+          f"(embedded model, {config.chunks_per_doc} chunks of {config.chunk_tokens} tokens per book)")
+    code = generate([str(p) for p in inputs], config, out, progress=not args.no_progress)
     if code == 0 and args.finetune_steps > 0:
         code = _finetune_step(out, args.finetune_steps)
     print(f"""
