@@ -1,5 +1,5 @@
-"""Attention kernel choice, in one place for both trainers and the probes (finetune `--attn-implementation`,
-pretrain `--attn`; the probes take `auto`).
+"""Attention kernel choice, in one place for both trainers and the probes (`--attn-implementation` in both
+trainers; the probes take `auto`).
 
 | choice | causal rows (one sample, right padding at most) | rows with a mask (packed samples, padding) |
 |---|---|---|
