@@ -117,12 +117,13 @@ class StubSampler:
                 "requests_window_s": round(active[-1][0] - active[0][0], 2)}
 
 
-def measure(cmd: list[str], env: dict, sampler_url: str | None = None) -> dict:
+def measure(cmd: list[str], env: dict, cwd: Path = WORK) -> dict:
     """Run `cmd`; wall, rusage of the process tree (wait4), peak tree RSS sampled every 0.2 s."""
     import psutil
 
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # cwd matters: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak_tree, stop = [0], threading.Event()
 
     def sample_tree() -> None:
@@ -164,7 +165,7 @@ def generate_cmd(corpus_path: Path, out: Path, base_url: str, concurrency: int) 
 def run_longscale(tree: Path, corpus_path: Path, out: Path, server: FaultInjectingServer, concurrency: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "TOKENIZERS_PARALLELISM": "true"}
     with StubSampler(server.base_url) as stub:
-        result = measure(generate_cmd(corpus_path, out, server.base_url, concurrency), env)
+        result = measure(generate_cmd(corpus_path, out, server.base_url, concurrency), env, cwd=tree)
     result.update(stub.summary())
     manifest = json.loads((out / "manifest.json").read_text())
     result["generation_s"] = manifest["timings"].get("generation_s")
@@ -281,15 +282,16 @@ def cmd_peers(args: argparse.Namespace) -> None:
                            "--chunks-per-doc", "1", "--chunk-tokens", "1024", "--max-context", "2048",
                            "--min-doc-tokens", "0", "--concurrency", str(args.concurrency), "--max-retries", "0",
                            "--no-progress"]
-                    env = {**os.environ, "PYTHONPATH": str(REPO)}
+                    env, cwd = {**os.environ, "PYTHONPATH": str(REPO)}, REPO
                 else:
                     cmd = [str(PEER_VENV / "bin" / "python"), str(PEER_SCRIPTS), system, str(prompts), str(out),
                            server.base_url, str(args.concurrency)]
                     env = {**os.environ, "CURATOR_DISABLE_CACHE": "1", "HOME": str(WORK / "home"),
                            "OPENAI_API_KEY": "sk-stub"}
                     env.pop("PYTHONPATH", None)
+                    cwd = WORK
                 with StubSampler(server.base_url) as stub:
-                    result = measure(cmd, env)
+                    result = measure(cmd, env, cwd=cwd)
                 result.update(stub.summary())
                 result.update(system=system, repeat=repeat, delay_ms=args.delay_ms, concurrency=args.concurrency)
                 result["cpu_s_per_1000_requests"] = round(1000 * result["cpu_s"] / max(1, result["requests"]), 2)
