@@ -119,7 +119,7 @@ class OpenAIEngine:
             raise EngineError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
         engine = cls(config.base_url, config.model, api_key=config.api_key, concurrency=config.concurrency,
                      request_timeout=config.request_timeout, max_retries=config.max_retries, **kwargs)
-        if config.guided != "off":
+        if getattr(config, "guided", "off") != "off":  # a recipe setting: EngineSettings alone (eval) has none
             engine.require_structured_outputs()
         return engine
 

@@ -176,11 +176,10 @@ def test_vllm_engine_generates(embedded_model_dir):
 
 def test_eval_passes_the_engine_options_to_vllm(fake_vllm, model_dir, tmp_path):
     from evaluation.config import EvalConfig
-    from evaluation.runner import build_engine as eval_build_engine
 
     config = EvalConfig(engine="vllm", model=str(model_dir), task="factory-qa", data=str(tmp_path),
                         output=str(tmp_path / "out"), max_model_len=32768, gpu_memory_utilization=0.3,
                         enforce_eager=True)
-    eval_build_engine(config).close()
+    build_engine(config).close()  # what evaluation.runner builds its engine with
     assert fake_vllm.llm_kwargs["max_model_len"] == 32768 and fake_vllm.llm_kwargs["gpu_memory_utilization"] == 0.3
     assert fake_vllm.llm_kwargs["enforce_eager"] is True
