@@ -6,11 +6,12 @@ On a terminal a live rich bar; otherwise (a log file, CI, `nohup`) plain lines, 
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from longscale.common.progress import LineThrottle, is_terminal
 
 
 class GenerationProgress:
@@ -23,8 +24,8 @@ class GenerationProgress:
         self.rate = 0.0
         self._progress: Progress | None = None
         self._stream = stream or sys.stderr
-        self._plain = enabled and not Console(file=self._stream).is_terminal
-        self._last_line = float("-inf")
+        self._plain = enabled and not is_terminal(self._stream)
+        self._throttle = LineThrottle(interval)
         if enabled and not self._plain:
             self._progress = Progress(
                 TextColumn("[bold]documents"), BarColumn(), MofNCompleteColumn(),
@@ -46,9 +47,7 @@ class GenerationProgress:
             self._line(force=True)
 
     def _line(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_line >= self.interval:
-            self._last_line = now
+        if self._throttle.due(force):
             done = f"{self.documents}/{self.total}" if self.total else str(self.documents)
             print(f"generate: documents {done}, QA {self.accepted} accepted / "
                   f"{self.rejected} rejected, {self.requests} requests, {self.rate:.2f} req/s",

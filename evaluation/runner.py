@@ -22,6 +22,7 @@ from evaluation.prompts import Example, PromptTooLong, fit_prompt
 from evaluation.ruler import RulerBuilder, read_essays, read_hotpot, read_squad
 from evaluation.tasks import ACCENT_FOLDING_TASKS, FILE_LOADERS, TaskDataError, task_metric
 from longscale.common.models import model_label
+from longscale.common.progress import progress as progress_bar
 from longscale.common.tokenizers import load_tokenizer
 
 SHOT_CONTEXT_TOKENS = 200
@@ -114,8 +115,6 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
              ruler: RulerBuilder | None = None) -> dict[str, Any]:
     """Evaluate one model on one task at every length. `engine`, `tokenizer` and a RULER builder (whose built
     haystacks are cached) may be passed in to share them across calls; otherwise they are built from `config`."""
-    from tqdm import tqdm
-
     from datafactory.engines import build_engine, generate_sync, sampling_params_from_config
 
     out = Path(config.output)
@@ -141,7 +140,7 @@ def run_eval(config: EvalConfig, engine: Any = None, tokenizer: Any = None, prog
         for length in config.lengths:
             items, too_long = prompts_for_length(config, tokenizer, length, ruler, examples, shots)
             answers: list[Any] = [None] * len(items)
-            with tqdm(total=len(items), desc=f"{config.task} {label} @{length}", unit="q", disable=not progress) as bar:
+            with progress_bar(total=len(items), desc=f"{config.task} {label} @{length}", unit="q", disable=not progress) as bar:
                 for batch in equal_length_batches(items, config.batch_size):
                     for i, res in zip(batch, generate_sync(engine, [items[i][1] for i in batch], params), strict=True):
                         answers[i] = res

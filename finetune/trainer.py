@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from finetune.collate import RowCollator
 from finetune.config import FinetuneConfig
 from longscale.common.checkpoints import latest_checkpoint as find_latest
 from longscale.common.plotting import plot_curve
+from longscale.common.progress import is_terminal
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ def sft_args(config: FinetuneConfig, row_tokens: int):
         logging_steps=config.logging_steps, seed=config.seed, report_to="none", remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, length_column_name="length",
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        # off a terminal the Trainer's redrawing bar gives way to its PrinterCallback: one log line per logging step
+        disable_tqdm=not is_terminal(sys.stderr),
     )
     # the older name: TRL 1.16 reads `args.gradient_checkpointing`, and transformers 5.17 has only it; selective
     # checkpointing is set on the model itself (build_trainer), the Trainer would turn it on for every layer

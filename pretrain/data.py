@@ -142,7 +142,7 @@ class PackedStream:
 def build_stream(specs: list[str], tokenizer, *, seed: int = 0, long_doc_tokens: int = 32768,
                  long_upsample: float = 1.0, show_progress: bool = True) -> PackedStream:
     """Read and tokenize every source, and return the packer over them."""
-    from tqdm import tqdm
+    from longscale.common.progress import progress as progress_bar
 
     if not specs:
         raise DataSourceError("give at least one --source NAME=PATH:WEIGHT")
@@ -152,7 +152,7 @@ def build_stream(specs: list[str], tokenizer, *, seed: int = 0, long_doc_tokens:
     docs, weights = [], []
     for spec in map(SourceSpec.parse, specs):
         texts = read_documents(spec.path)
-        for text in tqdm(texts, desc=f"tokenizing {spec.name}", disable=not show_progress, unit="doc"):
+        for text in progress_bar(texts, desc=f"tokenizing {spec.name}", disable=not show_progress, unit="doc"):
             docs.append(tokenizer(text, add_special_tokens=False)["input_ids"])
             weights.append(spec.weight)
     return PackedStream(docs, weights, eos, seed=seed, long_doc_tokens=long_doc_tokens, long_upsample=long_upsample)

@@ -225,18 +225,18 @@ class Pretrainer:
                 fh.write(json.dumps(rec) + "\n")
 
     def run(self) -> dict:
-        from tqdm import tqdm
+        from longscale.common.progress import progress as progress_bar
 
         cfg = self.cfg
         last = min(self.total_steps, cfg.max_steps or self.total_steps)
-        bar = tqdm(total=last, initial=self.step, desc="pretrain", unit="step",
+        bar = progress_bar(total=last, initial=self.step, desc="pretrain", unit="step",
                    disable=not self.show_progress or self.rank != 0)
         try:
             while self.step < last:
                 rec = self.train_step()
-                bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", seq=rec["seq_len"], tok_s=f"{rec['tokens_per_s']:.0f}",
                                 lr=f"{rec['lr']:.2e}")
+                bar.update(1)
                 if cfg.checkpointing.save_steps and self.step % cfg.checkpointing.save_steps == 0 and self.step < last:
                     self.save()
                     self._write_metrics()

@@ -15,6 +15,7 @@ import sys
 
 from longscale import __version__
 from longscale.common.errors import LongscaleError
+from longscale.common.progress import library_bars_off_a_terminal
 
 LIBRARY_PACKAGES = {"datafactory", "worker", "api", "finetune", "pretrain", "evaluation"}
 # (module, extra needed) in help order
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with library_bars_off_a_terminal():
+            return int(args.func(args) or 0)
     except LongscaleError as exc:
         print(f"longscale: {exc}", file=sys.stderr)
         return 2

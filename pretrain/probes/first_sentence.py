@@ -90,7 +90,7 @@ def score(gold: str, answer: str) -> bool:
 def run_first_sentence(answerer: Answerer, tokenizer, texts: list[str], lengths: list[int], *, samples: int = 10,
                        seed: int = 0, mode: str = "plain", output: Path | None = None, label: str = "model",
                        progress: bool = True, batch_size: int = 8) -> dict:
-    from tqdm import tqdm
+    from longscale.common.progress import progress as progress_bar
 
     by_length, records = {}, []
     for length in lengths:
@@ -100,7 +100,7 @@ def run_first_sentence(answerer: Answerer, tokenizer, texts: list[str], lengths:
         max_new = max((len(tokenizer(ex["gold"], add_special_tokens=False)["input_ids"]) for ex in examples),
                       default=0) + 16
         answers = []
-        for s in tqdm(range(0, len(prompts), batch_size), desc=f"first-sentence {length}", disable=not progress,
+        for s in progress_bar(range(0, len(prompts), batch_size), desc=f"first-sentence {length}", disable=not progress,
                       leave=False):
             answers += answerer(prompts[s:s + batch_size], max_new)
         for ex, prompt, answer in zip(examples, prompts, answers):

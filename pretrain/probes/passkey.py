@@ -40,13 +40,13 @@ def score(key: int, answer: str) -> bool:
 def run_passkey(answerer: Answerer, tokenizer, lengths: list[int], *, samples: int = 5,
                 depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0,
                 output: Path | None = None, label: str = "model", progress: bool = True) -> dict:
-    from tqdm import tqdm
+    from longscale.common.progress import progress as progress_bar
 
     rng = random.Random(seed)
     accuracy, records = {}, []
     for length in lengths:
         hits = total = 0
-        for depth in tqdm(depths, desc=f"passkey {length}", disable=not progress, leave=False):
+        for depth in progress_bar(depths, desc=f"passkey {length}", disable=not progress, leave=False):
             for _ in range(samples):
                 key = rng.randint(10000, 99999)
                 answer = answerer([build_prompt(tokenizer, length, key, depth)], 8)[0]

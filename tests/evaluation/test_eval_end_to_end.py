@@ -67,6 +67,7 @@ def test_ruler_oracle_scores_one_and_wrong_scores_zero(tmp_path, tokenizer, mode
     out = tmp_path / "out"
     assert json.loads((out / "results.json").read_text())["by_length"]["2048"]["score"] == expected
     assert "| ruler-squad | substring_match |" in (out / "results.md").read_text()
+    assert "(fed" not in (out / "results.md").read_text()  # RULER fills the haystack to the asked length
     assert (out / "score_by_length.png").stat().st_size > 1000
     assert len((out / "records.jsonl").read_text().splitlines()) == 8
     assert all(len(tokenizer(p)["input_ids"]) < 2048 for p in engine.prompts)
@@ -111,7 +112,7 @@ def test_cli_reports_missing_file(tmp_path, capsys):
     assert isinstance(ConfigError("x"), ValueError)
 
 
-def test_plain_few_shot_prompts_and_factory_task(tmp_path, tokenizer):
+def test_plain_few_shot_prompts_and_factory_task(tmp_path, tokenizer, capsys):
     rows = [{"document": {"id": f"d{i}", "text": f"Chapter one. The hero of book {i} is Hero{i}."},
              "question": {"text": f"Who is the hero of book {i}?"}, "answers": [{"text": f"Hero{i}"}]} for i in range(4)]
     data = tmp_path / "nqa.jsonl"
@@ -131,10 +132,17 @@ def test_plain_few_shot_prompts_and_factory_task(tmp_path, tokenizer):
     (tmp_path / "gen").mkdir()
     (tmp_path / "gen" / "instances.jsonl").write_text(json.dumps(instance) + "\n")
     cfg = EvalConfig(task="factory-qa", data=str(tmp_path / "gen"), output=str(tmp_path / "f"), lengths=[1024])
+    capsys.readouterr()
     result = run_eval(cfg, engine=OracleEngine({"Who wrote the letter?": "Mr Darcy"}), tokenizer=tokenizer,
-                      progress=False)
+                      progress=True)
     assert result["metric"] == "f1" and result["by_length"]["1024"]["scores"] == {"f1": 1.0, "exact_match": 1.0,
                                                                                   "substring_match": 0.0}
+    # a one-line document cannot fill 1k tokens: the table says what the model was really fed
+    fed = result["by_length"]["1024"]["fed_tokens_max"]
+    assert fed < 200 and f"1.000 (fed ≤{fed} tokens)" in (tmp_path / "f" / "results.md").read_text()
+    # captured stderr is not a terminal: whole progress lines, no bar redrawn with carriage returns
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["factory-qa SmolLM2-135M-Instruct @1024: 1/1 q"] and "\r" not in err
 
 
 def test_equal_length_batches():

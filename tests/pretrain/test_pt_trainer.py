@@ -226,3 +226,18 @@ def test_output_is_protected_resume_checks_the_recipe_and_the_budget_holds(tiny_
     with pytest.raises(OutputFolderError, match="does not look like a pretraining run folder"):
         pretrain(PretrainConfig(**base | {"output": str(tmp_path / "notes")}, overwrite=True), show_progress=False)
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tiny_model, text_dir, tmp_path, capsys):
+    from longscale.commands.main import main
+
+    code = main(["pretrain", "--model", str(tiny_model), "--output", str(tmp_path / "log"), "--variant", "abf",
+                 "--source", str(text_dir), "--seq-len", "64", "--tokens-per-step", "128", "--total-tokens", "256",
+                 "--warmup-steps", "0", "--device", "cpu"])
+    err = capsys.readouterr().err  # captured: not a terminal, as a log file or CI
+    assert code == 0
+    assert "\r" not in err and "\x1b" not in err  # no bar redrawn in place, ours or transformers' "Loading weights"
+    steps = [line for line in err.splitlines() if line.startswith("pretrain: ")]
+    assert [s.split(",")[0] for s in steps] == ["pretrain: 1/2 step", "pretrain: 2/2 step"]  # the first, the last
+    assert all(", loss=" in s and ", tok_s=" in s for s in steps)
+    assert any(line.startswith("tokenizing ") and line.endswith("3/3 doc") for line in err.splitlines())
