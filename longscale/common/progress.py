@@ -3,7 +3,7 @@
 A bar that redraws in place (carriage returns, escapes) is noise in a log file, CI or `nohup`, so when the
 stream is not a terminal `progress()` returns `PlainProgress`, which prints one whole line at most every
 `interval` seconds and one at the end. `LineThrottle` is that timing, shared with generate's rich bar.
-The libraries' own bars (transformers' "Loading weights", hub downloads) are switched off there for the
+The libraries' own bars (transformers, huggingface_hub, datasets) are switched off there for the
 command's duration by `library_bars_off_a_terminal`.
 """
 from __future__ import annotations
@@ -97,21 +97,25 @@ def progress(iterable: Iterable | None = None, *, stream: TextIO | None = None, 
 
 @contextmanager
 def library_bars_off_a_terminal(stream: TextIO | None = None) -> Iterator[None]:
-    """Off a terminal, transformers' and huggingface_hub's tqdm bars are off while the block runs (then
-    restored): they redraw with carriage returns and have no plain mode."""
+    """Off a terminal, the tqdm bars of transformers ("Loading weights"), huggingface_hub (downloads) and
+    datasets ("Saving the dataset") are off while the block runs, then restored: they redraw with carriage
+    returns and have no plain mode."""
     if is_terminal(stream or sys.stderr):
         yield
         return
+    import datasets
     import huggingface_hub.utils as hub
     import transformers.utils.logging as hf_logging
 
-    hf_was_on, hub_was_on = hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
-    hf_logging.disable_progress_bar()
-    hub.disable_progress_bars()
+    switches = [(hf_logging.is_progress_bar_enabled, hf_logging.disable_progress_bar, hf_logging.enable_progress_bar),
+                (lambda: not hub.are_progress_bars_disabled(), hub.disable_progress_bars, hub.enable_progress_bars),
+                (datasets.is_progress_bar_enabled, datasets.disable_progress_bars, datasets.enable_progress_bars)]
+    were_on = [is_on() for is_on, _, _ in switches]
+    for _, off, _ in switches:
+        off()
     try:
         yield
     finally:
-        if hf_was_on:
-            hf_logging.enable_progress_bar()
-        if hub_was_on:
-            hub.enable_progress_bars()
+        for (_, _, on), was_on in zip(switches, were_on, strict=True):
+            if was_on:
+                on()

@@ -50,7 +50,8 @@ def test_pretrain_cli_with_repeated_sources(tiny, texts, tmp_path, capsys):
     assert "--tokens-per-step" in capsys.readouterr().err
 
 
-def test_probe_cli_writes_json_and_png(tiny, texts, tmp_path):
+def test_probe_cli_writes_json_and_png(tiny, texts, tmp_path, capsys):
+    capsys.readouterr()
     for probe, extra in (("first-sentence", ["--samples", "2"]), ("loss-by-position", ["--bin-size", "64"]),
                          ("context-scaling", ["--windows", "1"]), ("passkey", ["--samples", "1"])):
         lengths = "128,256,512" if probe == "context-scaling" else "256"
@@ -59,6 +60,9 @@ def test_probe_cli_writes_json_and_png(tiny, texts, tmp_path):
         name = probe.replace("-", "_")
         assert json.loads((tmp_path / probe / f"{name}.json").read_text())["probe"] == probe
         assert (tmp_path / probe / f"{name}.png").stat().st_size > 1000
+    err = capsys.readouterr().err  # captured stderr is not a terminal: whole progress lines, no redraws
+    assert "\r" not in err and "\x1b" not in err
+    assert {"first-sentence 256: 1/1 it", "passkey 256: 5/5 it"} <= set(err.splitlines())
     assert main(["probe", "rope-decay", "--model", str(tiny), "--lengths", "4k", "--output", str(tmp_path / "rd")]) == 0
     assert main(["probe", "first-sentence", "--model", str(tiny), "--lengths", "256", "--output",
                  str(tmp_path / "no-texts")]) == 2
