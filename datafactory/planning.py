@@ -10,6 +10,9 @@ document has `min_doc_tokens` (a region short of an edge holds more than that), 
 target tokenizer too when it differs -- the instance window (instances.fit_window). A book costs about
 2 * max_context tokens instead of all of them; a document shorter than that is tokenized whole, once.
 `chunks_per_doc="all"` tokenizes the whole document (every chunk is shown to the model anyway).
+Where a tokenizer's counts can be had exactly by words (word_tokens.py: byte-level BPE such as SmolLM2's),
+the whole document is counted that way instead, ~3x cheaper than encoding even a region of a 30 KB one,
+and the region logic below is not needed (token positions are then the document's own).
 
 The trade-offs: token positions are unknown (null in the records) when the region does not start at the
 document's start; the slot width is a fixed guess of characters per token, so a text far denser in tokens
@@ -37,6 +40,7 @@ from datafactory.chunking import (
     tokenize_region,
 )
 from datafactory.config import GenerationConfig
+from datafactory.word_tokens import WordCounter
 
 SLOT_CHARS_PER_TOKEN = 4.0   # English prose runs 4-4.5 characters per token; used for layout and sizing only
 REGION_CHARS_PER_TOKEN = 4.6  # first guess of a region's size: a little over prose's rate (few re-tokenizations)
@@ -114,16 +118,25 @@ def _reaches(region: TokenizedText, first_char: int, last_char: int, before: int
     return left, right
 
 
+def _encode(text: str, lo: int, hi: int, backend: Any, words: bool) -> TokenizedText:
+    """text[lo:hi] counted by words where that is exact (word_tokens.py), else encoded by the tokenizer."""
+    counter = WordCounter.for_backend(backend) if words else None
+    counted = counter.tokenize(text, lo, hi) if counter is not None else None
+    return counted if counted is not None else tokenize_region(text, lo, hi, backend)
+
+
 def plan_tokens(text: str, doc_id: str, generator: Any, target: Any, settings: PlanSettings,
-                whole: bool = False) -> DocPlan:
+                whole: bool = False, words: bool = True) -> DocPlan:
     """Chunks and the target encoding of one document; `generator`/`target` are `tokenizers.Tokenizer`s (the
     same object when the target tokenizer is the generator's). `whole` tokenizes the whole document: the
-    reference the windowed plan must equal."""
+    reference the windowed plan must equal. `words` counts tokens by words where that is exact (the whole
+    document then, as it costs less than a region's encoding); False always runs the tokenizer."""
     min_tokens = max(1, settings.min_doc_tokens)
+    whole = whole or (words and WordCounter.for_backend(generator) is not None)
     if settings.chunks_per_doc == "all":
-        full = tokenize_region(text, 0, len(text), generator)
+        full = _encode(text, 0, len(text), generator, words)
         chunks = choose_chunks(chunk_document(full, settings.chunk_tokens), "all", settings.seed, doc_id)
-        target_doc = full if target is generator else tokenize_region(text, 0, len(text), target)
+        target_doc = full if target is generator else _encode(text, 0, len(text), target, words)
         return DocPlan(chunks, full.n_tokens < min_tokens, full.n_tokens, target_doc,
                        len(text) * (1 if target is generator else 2))
     slots = chosen_slots(len(text), settings, doc_id)
@@ -135,7 +148,7 @@ def plan_tokens(text: str, doc_id: str, generator: Any, target: Any, settings: P
     while True:
         lo = 0 if whole else _line_start_at_or_before(text, starts[0] - left_chars)
         hi = len(text) if whole else _whitespace_at_or_after(text, starts[-1] + right_chars)
-        region = tokenize_region(text, lo, hi, generator)
+        region = _encode(text, lo, hi, generator, words)
         tokenized_chars += hi - lo
         ok_left, ok_right = _reaches(region, starts[0], starts[-1], need, settings.chunk_tokens + need)
         if ok_left and ok_right:
@@ -155,19 +168,19 @@ def plan_tokens(text: str, doc_id: str, generator: Any, target: Any, settings: P
             chunks.append(cut_chunk(region, token_start, room, slot))
     target_doc = region
     if target is not generator and chunks:
-        target_doc, chars = _target_region(text, region, chunks, target, need)
+        target_doc, chars = _target_region(text, region, chunks, target, need, words)
         tokenized_chars += chars
     return DocPlan(chunks, too_short, region.n_tokens if region.whole else None, target_doc, tokenized_chars)
 
 
 def _target_region(text: str, region: TokenizedText, chunks: list[Chunk], target: Any,
-                   need: int) -> tuple[TokenizedText, int]:
+                   need: int, words: bool) -> tuple[TokenizedText, int]:
     """The target tokenizer's encoding of the generator's region, grown until it reaches `need` target
     tokens on each side of the chunks (or the document's edges)."""
     lo, hi, chars = region.char_start, region.char_end, 0
     first, last = chunks[0].char_start, chunks[-1].char_end
     while True:
-        encoded = tokenize_region(text, lo, hi, target)
+        encoded = _encode(text, lo, hi, target, words)
         chars += hi - lo
         ok_left, ok_right = _reaches(encoded, first, last, need, need)
         if ok_left and ok_right:

@@ -1,0 +1,105 @@
+"""Word-level token counting (datafactory/word_tokens.py) against the real SmolLM2 tokenizer: exact counts on
+the sample books, slices of them and awkward synthetic text; plans whose decisions (too short, chunk budget,
+instance fit) are the ones a single real encoding gives."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from datafactory.chunking import backend_of
+from datafactory.config import GenerationConfig
+from datafactory.documents import sample_corpus_dir
+from datafactory.instances import build_instance, overhead_tokens
+from datafactory.pipeline import load_tokenizers
+from datafactory.planning import PlanSettings, plan_tokens
+from datafactory.word_tokens import WordCounter, WordTokenizedText
+
+
+@pytest.fixture(scope="module")
+def backend(embedded_model_dir):
+    return backend_of(load_tokenizers(GenerationConfig(model=str(embedded_model_dir))).generator)
+
+
+def _books() -> list[str]:
+    return [p.read_text() for p in sorted(sample_corpus_dir().glob("*.txt"))]
+
+
+def _awkward(rng: random.Random) -> str:
+    """Text that stresses the split: mixed whitespace (Unicode and ASCII separators), digits, contractions,
+    punctuation runs, accents, CJK, emoji."""
+    pieces = ["word", " word", "  ", "\n", "\n\n", "\t", "\u3000", "\x85", "\xa0", "\x1c", "'s", "'ll", "'S", "123",
+              " 4567", "...", "!?", "\u00e9t\u00e9", "\u4e2d\u6587", "\U0001F600", "--", " \"quoted\"", "\r\n", "x" * 40]
+    return "".join(rng.choice(pieces) for _ in range(rng.randint(1, 400)))
+
+
+def _exact(backend, text: str) -> int:
+    return len(backend.encode(text, add_special_tokens=False).ids)
+
+
+def test_word_counts_equal_a_real_encoding(backend):
+    counter = WordCounter.for_backend(backend)
+    assert counter is not None  # SmolLM2: byte-level BPE, the supported kind
+    rng = random.Random(0)
+    texts = _books() + [_awkward(rng) for _ in range(300)]
+    for book in _books():  # slices starting and ending anywhere
+        for _ in range(30):
+            a = rng.randrange(len(book))
+            texts.append(book[a:a + rng.randint(1, 40_000)])
+    for text in texts:
+        counted = counter.tokenize(text, 0, len(text))
+        assert isinstance(counted, WordTokenizedText)
+        assert counted.n_tokens == _exact(backend, text), text[:80]
+
+
+def test_text_with_an_added_token_is_left_to_the_tokenizer(backend):
+    counter = WordCounter.for_backend(backend)
+    text = "A document that quotes <|im_start|> literally."
+    assert counter.tokenize(text, 0, len(text)) is None
+    plan = plan_tokens(text * 2000, "d", backend, backend, PlanSettings(500, 1, 0, 16, 4096))
+    assert not isinstance(plan.target, WordTokenizedText) and plan.chunks
+
+
+def test_a_wrapped_tokenizer_is_not_counted_by_words(backend):
+    class Wrapper:
+        def encode_batch(self, texts, add_special_tokens=False):
+            return backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+
+    assert WordCounter.for_backend(Wrapper()) is None
+
+
+def test_word_plans_decide_as_a_real_encoding(backend):
+    """Documents cut around the min-doc-tokens threshold and around the instance's fit: the word-level plan
+    says too short exactly when one real encoding does, its chunks stay within budget, and every instance
+    (kept text re-encoded) fits max_context."""
+    books, rng = _books(), random.Random(1)
+    qa = {"id": "q", "doc_id": "d", "question": "Who wrote the letter?", "answer": "Captain Wentworth did."}
+    for i in range(60):
+        book = rng.choice(books)
+        start = rng.randrange(len(book) // 2)
+        max_context = rng.choice([2048, 4096, 16384])
+        min_doc = rng.choice([0, 1024, 4096])
+        # lengths near min_doc (too short or not), near max_context (fits or is cut), and long
+        target_tokens = rng.choice([min_doc - 3, min_doc + 3, max_context - 40, max_context + 40, 3 * max_context])
+        text = book[start:start + max(1, int(target_tokens * 4.1))]
+        settings = PlanSettings(chunk_tokens=rng.choice([300, 1500]), chunks_per_doc=rng.choice([1, 2]), seed=i,
+                                min_doc_tokens=min_doc, max_context=max_context)
+        plan = plan_tokens(text, f"d{i}", backend, backend, settings)
+        exact = _exact(backend, text)
+        assert plan.n_tokens == exact
+        assert plan.too_short == (exact < max(1, min_doc))
+        if plan.too_short:
+            continue
+        for chunk in plan.chunks:
+            assert chunk.n_tokens <= settings.chunk_tokens
+            assert chunk.token_span is not None  # positions are the document's own
+            assert abs(_exact(backend, chunk.text) - chunk.n_tokens) <= 2
+            for answer_type in ("normal", "short"):
+                instance = build_instance({**qa, "answer_type": answer_type}, chunk, plan.target, max_context, backend)
+                start_char, end_char = instance["kept_char_span"]
+                kept_tokens = _exact(backend, text[start_char:end_char])
+                assert instance["approx_tokens"] <= max_context
+                assert kept_tokens <= instance["kept_token_span"][1] - instance["kept_token_span"][0] + 2
+                budget = max_context - overhead_tokens(answer_type, qa["question"], qa["answer"], backend)
+                assert instance["truncated"] == (exact > budget)
+                assert start_char <= chunk.char_start and chunk.char_end <= end_char
