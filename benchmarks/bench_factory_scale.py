@@ -61,10 +61,18 @@ def corpus(n: int) -> Path:
     return path
 
 
+def snapshot(commit: str, tree: Path) -> Path:
+    """The files of `commit` in `tree` (git archive: no worktree registered, nothing edited under it)."""
+    if not (tree / "datafactory").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        (tree / ".commit").write_text(commit)
+    return tree
+
+
 def old_tree() -> Path:
-    if not (OLD_TREE / "datafactory").exists():
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(OLD_TREE), OLD_COMMIT], check=True)
-    return OLD_TREE
+    return snapshot(OLD_COMMIT, OLD_TREE)
 
 
 def tokenizer_dir() -> str:
@@ -174,6 +182,8 @@ def run_longscale(tree: Path, corpus_path: Path, out: Path, server: FaultInjecti
 
 
 def _head(tree: Path) -> str:
+    if (tree / ".commit").exists():
+        return (tree / ".commit").read_text().strip()
     found = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return found.stdout.strip() or str(tree)
 
