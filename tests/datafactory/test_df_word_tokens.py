@@ -28,7 +28,8 @@ def _books() -> list[str]:
 def _awkward(rng: random.Random) -> str:
     """Text that stresses the split: mixed whitespace (Unicode and ASCII separators), digits, contractions,
     punctuation runs, accents, CJK, emoji."""
-    pieces = ["word", " word", "  ", "\n", "\n\n", "\t", "\u3000", "\x85", "\xa0", "\x1c", "'s", "'ll", "'S", "123",
+    pieces = ["word", " word", "  ", "\n", "\n\n", "\t", "\u3000", "\x85", "\xa0", "\x1c", "\x1f", "\u2028",
+              "\u200b", "\u180e", "\u2007", "\u202f", "\ufeff", "\x0b", "'s", "'ll", "'S", "123",
               " 4567", "...", "!?", "\u00e9t\u00e9", "\u4e2d\u6587", "\U0001F600", "--", " \"quoted\"", "\r\n", "x" * 40]
     return "".join(rng.choice(pieces) for _ in range(rng.randint(1, 400)))
 
@@ -103,3 +104,15 @@ def test_word_plans_decide_as_a_real_encoding(backend):
                 budget = max_context - overhead_tokens(answer_type, qa["question"], qa["answer"], backend)
                 assert instance["truncated"] == (exact > budget)
                 assert start_char <= chunk.char_start and chunk.char_end <= end_char
+
+
+def test_a_full_cache_restarts_and_still_counts(backend, monkeypatch):
+    import datafactory.word_tokens as word_tokens
+
+    counter = word_tokens.WordCounter(backend, [])
+    monkeypatch.setattr(word_tokens, "CACHE_LIMIT", 50)
+    book = _books()[0]
+    for start in range(0, 20_000, 5_000):
+        text = book[start:start + 5_000]
+        assert counter.tokenize(text, 0, len(text)).n_tokens == _exact(backend, text)
+        assert len(counter.cache) <= max(50, len(set(word_tokens.WORDS.findall(text))))
