@@ -11,6 +11,8 @@ OUT/train_limits_<part>.json and .md after every run, so a killed call still ret
        pretraining (bf16 parameters) at 32k, full finetuning and continual pretraining at 16k, each with the least activation checkpointing
        that fits (tried in order; an out-of-memory run is recorded and the next setting tried), then the issue's
        plain reference (flash, full checkpointing, no compile) at 32k.
+  followup  (`followup()`): 7B full finetuning at 32k with every 3rd / 4th layer checkpointed, the ~1B pretrainer
+       and finetune steps at 32k beside hf_baseline's own 32k row, and `cudnn_gqa` beside `cudnn`.
 Every trainer run compiles each decoder layer and profiles one extra step (GPU time by kernel category).
 
     python3 benchmarks/bench_train_limits.py --part 1b --tokenizer TOK --out OUT --budget-s 330 \
@@ -51,10 +53,17 @@ def versions() -> dict:
     return env
 
 
-def run_baseline(path: str, timeout: float) -> list[dict]:
+def run_baseline_shape(path: str, seq: int, timeout: float) -> list[dict]:
+    """hf_baseline.py's own `bench(seq)` for one length only (its definitions, then one call instead of its loop over
+    4k/16k/32k + flex): the baseline row beside ours at a fraction of the whole script's device time."""
+    code = ("import sys; src = open(sys.argv[1]).read(); exec(src.split('\\nfor seq in')[0]); bench(int(sys.argv[2]))")
+    return run_baseline(path, timeout, argv=["-c", code, path, str(seq)])
+
+
+def run_baseline(path: str, timeout: float, argv: list[str] | None = None) -> list[dict]:
     """hf_baseline.py's JSON lines (its own process, so its memory is gone before ours starts)."""
     try:
-        done = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run([sys.executable, *(argv or [path])], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         return [{"error": f"hf_baseline.py ran past {timeout:.0f} s", "stdout": (exc.stdout or b"")[-500:].decode(errors="replace")}]
     rows = []
@@ -69,8 +78,9 @@ def run_baseline(path: str, timeout: float) -> list[dict]:
 
 
 def kernel_check(seqs=(16384, 32768)) -> list[dict]:
-    """Causal bf16 SDPA forward+backward, 16 query heads / 4 kv heads, head dim 128: flash vs cuDNN TFLOP/s
-    (causal FLOPs: 4 T^2 h d / 2 forward, x3 with backward) and the relative difference of output and gradients."""
+    """Causal bf16 SDPA forward+backward, 16 query heads / 4 kv heads, head dim 128: flash vs cuDNN (K/V repeated,
+    as `cudnn`) vs cuDNN given the 4 kv heads (enable_gqa, as `cudnn_gqa`) TFLOP/s (causal FLOPs: 4 T^2 h d / 2
+    forward, x3 with backward; the repeat's copy is timed too) and the relative differences of output and gradients."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from pretrain.attention import _repeat_heads
@@ -84,7 +94,8 @@ def kernel_check(seqs=(16384, 32768)) -> list[dict]:
         dout = torch.randn(1, 16, seq, 128, device="cuda", dtype=torch.bfloat16, generator=g)
         outs = {}
         for name, backend, repeat in (("flash", SDPBackend.FLASH_ATTENTION, False),
-                                      ("cudnn", SDPBackend.CUDNN_ATTENTION, True)):
+                                      ("cudnn", SDPBackend.CUDNN_ATTENTION, True),
+                                      ("cudnn_gqa", SDPBackend.CUDNN_ATTENTION, False)):
             def once():
                 q.grad = k.grad = v.grad = None
                 kk, vv = (_repeat_heads(k, 4), _repeat_heads(v, 4)) if repeat else (k, v)
@@ -104,19 +115,15 @@ def kernel_check(seqs=(16384, 32768)) -> list[dict]:
                 torch.cuda.synchronize()
                 ms = start.elapsed_time(end) / 5
                 flops = 3 * 4 * seq * seq * 16 * 128 / 2
+                assert q.grad is not None and k.grad is not None and v.grad is not None
                 outs[name] = (out.detach().float(), q.grad.float(), k.grad.float(), v.grad.float())
                 rows.append({"seq": seq, "kernel": name, "ms": round(ms, 2), "tflops": round(flops / ms / 1e9)})
             except Exception as exc:  # noqa: BLE001
                 rows.append({"seq": seq, "kernel": name, "error": repr(exc)[:300]})
-        if len(outs) == 2:
-            rel = [round(((a - b).norm() / b.norm()).item(), 5) for a, b in zip(outs["cudnn"], outs["flash"])]
-            rows.append({"seq": seq, "cudnn_vs_flash_rel_diff": dict(zip(("out", "dq", "dk", "dv"), rel))})
-        try:  # does cuDNN take GQA itself here (enable_gqa, no repeat)?
-            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            rows.append({"seq": seq, "cudnn_enable_gqa": "ran"})
-        except Exception as exc:  # noqa: BLE001
-            rows.append({"seq": seq, "cudnn_enable_gqa": repr(exc)[:160]})
+        for name in ("cudnn", "cudnn_gqa"):
+            if name in outs and "flash" in outs:
+                rel = [round(((a - b).norm() / b.norm()).item(), 5) for a, b in zip(outs[name], outs["flash"])]
+                rows.append({"seq": seq, f"{name}_vs_flash_rel_diff": dict(zip(("out", "dq", "dk", "dv"), rel))})
         del q, k, v, dout, outs
         torch.cuda.empty_cache()
     return rows
@@ -254,7 +261,7 @@ def write_report(out: Path, part: str, state: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("1b", "7b"), required=True)
+    ap.add_argument("--part", choices=("1b", "7b", "followup"), required=True)
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=330)
@@ -297,6 +304,8 @@ def main() -> int:
         pretrain_run("pretrain 853M", one_b, s32, ckpts=["none"], kernel="auto", estimate=35, **pcommon)
         pretrain_run("pretrain 853M", one_b, s16, ckpts=["none"], kernel="auto", estimate=30, **pcommon)
         finetune_run(label, one_b, s16, ckpts=["none"], rows=2, kernel="flash", estimate=45, **common)
+    elif args.part == "followup":
+        followup(args, budget, state, save, one_b, seven_b, s32, common)
     else:
         label = "llama2-7b-shape"
         finetune_run(label, seven_b, s32, ckpts=["every:2", "full"], kernel="auto", estimate=110, **common)
@@ -314,6 +323,30 @@ def main() -> int:
     save()
     print((out / f"train_limits_{args.part}.md").read_text())
     return 0
+
+
+def followup(args, budget: Budget, state: dict, save, one_b: str, seven_b: str, s32: int, common: dict) -> None:
+    """Session 4's call, in priority order (what the time budget cuts comes last): 7B full finetuning at 32k with
+    every 3rd / every 4th layer checkpointed (the 0.50 target; every 2nd gave 0.477 at 109 GiB), the pretrainer's
+    ~1B step (hf_baseline's 853M shape) beside the finetune trainer's at 32k, hf_baseline's own 32k row, then
+    cuDNN given the grouped kv heads (`cudnn_gqa`) beside repeated K/V (`cudnn`) in both trainers."""
+    cudnn, gqa = ("cudnn", "cudnn_gqa") if CUDA else ("flash", "flash")
+    if CUDA:
+        state["kernel_check"] = kernel_check()
+        save()
+    label = "llama2-7b-shape"
+    finetune_run(label, seven_b, s32, ckpts=["every:3"], kernel="auto", estimate=55, **common)
+    finetune_run(label, seven_b, s32, ckpts=["every:4"], kernel="auto", estimate=50, **common)
+    pcommon = dict(args=args, budget=budget, results=state["runs"], save=save, compile_layers=CUDA)
+    pretrain_run("pretrain 853M", one_b, s32, ckpts=["none"], kernel=cudnn, estimate=30, **pcommon)
+    finetune_run("random-0.9B", one_b, s32, ckpts=["none"], kernel=cudnn, estimate=50, **common)
+    if args.baseline and CUDA and budget.left() > 30:  # its 32k row: ~25 s (import, CPU init, 5 steps)
+        state["baseline"] = run_baseline_shape(args.baseline, s32, timeout=min(60, budget.left() - 3))
+        save()
+    if any(r.get("kernel") == "cudnn_gqa" and "error" in r for r in state.get("kernel_check", [])):
+        return  # cuDNN refused the grouped heads alone: the trainers would only repeat that error
+    pretrain_run("pretrain 853M", one_b, s32, ckpts=["none"], kernel=gqa, estimate=25, **pcommon)
+    finetune_run("random-0.9B", one_b, s32, ckpts=["none"], kernel=gqa, estimate=45, **common)
 
 
 def part_args(args) -> dict:

@@ -5,7 +5,7 @@
 #           typing_inspection (pip download --no-deps, see /work/.library/device/README.md)
 #   tok/    the embedded SmolLM2 tokenizer files (tokenizer.json, tokenizer_config.json, chat_template.jinja)
 #   hf_baseline.py  a copy of ../shared/tools/hf_baseline.py (part 1b runs it first, in the same call)
-# Usage: bash benchmarks/device_train_limits.sh 1b|7b [BUDGET_S]   (writes into $OUT)
+# Usage: bash benchmarks/device_train_limits.sh 1b|7b|followup [BUDGET_S]   (writes into $OUT)
 #        bash benchmarks/device_train_limits.sh stage DEST   (here: copy the worktree, wheels, tokenizer, baseline)
 set -uo pipefail
 PART=${1:?part: 1b, 7b or stage}
@@ -30,6 +30,6 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
-BASE=""; [ "$PART" = 1b ] && BASE="--baseline hf_baseline.py"
+BASE=""; [ "$PART" != 7b ] && BASE="--baseline hf_baseline.py"
 python3 benchmarks/bench_train_limits.py --part "$PART" --tokenizer tok --out "$OUTDIR" --budget-s "$BUDGET" $BASE 2>&1 \
   | grep --line-buffered -v -E "it/s\]|s/it\]|Warning|warnings.warn|USDT|^\s*$" | tee "$OUTDIR/log_$PART.txt"

@@ -3,7 +3,8 @@ trainers; the probes take `auto`).
 
 | choice | causal rows (one sample, right padding at most) | rows with a mask (packed samples, padding) |
 |---|---|---|
-| `cudnn` | SDPA, cuDNN backend only (fails loudly where cuDNN cannot run) | FlexAttention block mask |
+| `cudnn` | SDPA, cuDNN backend only (fails loudly where cuDNN cannot run); GQA: repeated K/V | FlexAttention block mask |
+| `cudnn_gqa` | as `cudnn`, GQA heads passed as they are (`enable_gqa`): no repeated K/V | FlexAttention block mask |
 | `flash` | SDPA, flash backend only (FlashAttention-2: ~0.55x cuDNN's speed on an H200) | FlexAttention block mask |
 | `flex` (or `flex_attention`) | FlexAttention | FlexAttention |
 | `sdpa` | SDPA, torch's own choice (cuDNN on an H200 with torch 2.11) | dense mask (SDPA's slow path) |
@@ -11,15 +12,16 @@ trainers; the probes take `auto`).
 | `flash_attention_2` | the flash-attn package (varlen for packed rows, batch of one row) | varlen |
 | `auto` | `cudnn` on CUDA with compute capability >= 9.0 and cuDNN >= 9; `flash` on other GPUs; else `sdpa` | |
 
-`cudnn` and `flash` (`longscale_cudnn`, `longscale_fa2`) are attention functions registered with transformers'
+`cudnn`, `cudnn_gqa` and `flash` (`longscale_cudnn`, `longscale_cudnn_gqa`, `longscale_fa2`) are attention functions registered with transformers'
 AttentionInterface (with a mask function that gives no mask for causal rows and a FlexAttention BlockMask
 otherwise), so the model config names them like any other implementation. The SDPA backend is chosen by `sdpa_kernel` *inside* the attention function:
 dynamo traces that context manager, so the choice lives in each compiled decoder layer's graph (issue 16 saw a
 context set around the training step lost once the layers were compiled), and FSDP, PEFT or the Trainer cannot
 undo it (seen on an H200: the compiled steps ran `aten::_scaled_dot_product_cudnn_attention` and its backward).
-Trade-off: cuDNN is given the key/value heads repeated for grouped-query attention (more activation memory:
-2 x (heads - kv heads) x head_dim x 2 bytes a token a layer) rather than relying on its GQA support, which this
-torch version does not document.
+Trade-off: `cudnn` (and so `auto`) gives cuDNN the key/value heads repeated for grouped-query attention (more
+activation memory: 2 x (heads - kv heads) x head_dim x 2 bytes a token a layer, plus the copy and the backward's
+sum) rather than relying on its own GQA support, which this torch version does not document; `cudnn_gqa` relies on
+it (benchmarks/bench_train_limits.py times both on the GPU; it ran there with torch 2.11 / cuDNN 9.19).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from pydantic import Field
 from longscale.common.config import ConfigModel
 from longscale.common.errors import ConfigError
 
-AttnKernel = Literal["auto", "cudnn", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2"]
+AttnKernel = Literal["auto", "cudnn", "cudnn_gqa", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2"]
 
 
 class AttentionConfig(ConfigModel):
@@ -41,13 +43,15 @@ class AttentionConfig(ConfigModel):
 
     attn_implementation: AttnKernel = Field(
         "auto", description="attention kernel (pretrain/attention.py): auto = cudnn on Hopper-class GPUs, flash on "
-        "other GPUs (packed rows: FlexAttention), sdpa on CPU; or cudnn, flash, flex, sdpa, eager, flash_attention_2")
+        "other GPUs (packed rows: FlexAttention), sdpa on CPU; or cudnn, cudnn_gqa (no repeated K/V), flash, flex, sdpa, "
+        "eager, flash_attention_2")
 
 
-KERNELS: tuple[str, ...] = ("auto", "cudnn", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2")
+KERNELS: tuple[str, ...] = ("auto", "cudnn", "cudnn_gqa", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2")
 # no "flash" in our names: transformers takes such names for the flash-attn package
-CUDNN_IMPL, FLASH_IMPL = "longscale_cudnn", "longscale_fa2"
-_IMPLEMENTATIONS = {"cudnn": CUDNN_IMPL, "flash": FLASH_IMPL, "flex": "flex_attention", "flex_attention": "flex_attention",
+CUDNN_IMPL, CUDNN_GQA_IMPL, FLASH_IMPL = "longscale_cudnn", "longscale_cudnn_gqa", "longscale_fa2"
+_OURS = (CUDNN_IMPL, CUDNN_GQA_IMPL, FLASH_IMPL)
+_IMPLEMENTATIONS = {"cudnn": CUDNN_IMPL, "cudnn_gqa": CUDNN_GQA_IMPL, "flash": FLASH_IMPL, "flex": "flex_attention", "flex_attention": "flex_attention",
                     "sdpa": "sdpa", "eager": "eager", "flash_attention_2": "flash_attention_2"}
 MIN_CUDNN = 90000  # cuDNN 9.0: the first with SDPA training kernels for Hopper
 
@@ -86,10 +90,10 @@ def choose_kernel(kernel: str, hardware: Hardware | None = None) -> str:
     hardware = hardware or Hardware.detect()
     if kernel == "auto":
         return "cudnn" if hardware.cudnn_attention else "flash" if hardware.cuda else "sdpa"
-    if kernel == "cudnn" and not hardware.cudnn_attention:
+    if kernel in ("cudnn", "cudnn_gqa") and not hardware.cudnn_attention:
         found = (f"CUDA capability {hardware.capability[0]}.{hardware.capability[1]}, cuDNN {hardware.cudnn_version}"
                  if hardware.cuda else "no CUDA device")
-        raise AttentionKernelError(f"attention kernel cudnn needs a CUDA GPU of compute capability >= 9.0 with "
+        raise AttentionKernelError(f"attention kernel {kernel} needs a CUDA GPU of compute capability >= 9.0 with "
                                    f"cuDNN >= 9 (found: {found}); use auto or flash")
     return kernel
 
@@ -103,7 +107,8 @@ def attn_implementation(kernel: str, hardware: Hardware | None = None) -> str:
 def _backends(impl: str):
     from torch.nn.attention import SDPBackend
 
-    return {CUDNN_IMPL: [SDPBackend.CUDNN_ATTENTION], FLASH_IMPL: [SDPBackend.FLASH_ATTENTION]}[impl]
+    cudnn = [SDPBackend.CUDNN_ATTENTION]
+    return {CUDNN_IMPL: cudnn, CUDNN_GQA_IMPL: cudnn, FLASH_IMPL: [SDPBackend.FLASH_ATTENTION]}[impl]
 
 
 def _any_backend():
@@ -131,14 +136,12 @@ def causal_or_flex_attention(module, query, key, value, attention_mask, dropout:
         return flex_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     causal = query.shape[2] > 1
-    extra = {}
-    if groups > 1 and impl == CUDNN_IMPL and causal:
+    repeat = groups > 1 and impl == CUDNN_IMPL and causal
+    if repeat:
         key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
-    elif groups > 1:
-        extra["enable_gqa"] = True
     with sdpa_kernel(_backends(impl) if causal else _any_backend()):
         out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, dropout_p=dropout, scale=scaling, is_causal=causal, **extra)
+            query, key, value, dropout_p=dropout, scale=scaling, is_causal=causal, enable_gqa=groups > 1 and not repeat)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -159,14 +162,14 @@ _registered = False
 
 
 def register() -> None:
-    """Register `longscale_cudnn` and `longscale_fa2` with transformers (attention and mask functions); idempotent."""
+    """Register `longscale_cudnn`, `longscale_cudnn_gqa` and `longscale_fa2` with transformers (attention and mask functions); idempotent."""
     global _registered
     if _registered:
         return
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-    for impl in (CUDNN_IMPL, FLASH_IMPL):
+    for impl in _OURS:
         fn = partial(causal_or_flex_attention, impl=impl)
         fn.__name__ = impl  # type: ignore[attr-defined]  # transformers logs the function's name
         AttentionInterface.register(impl, fn)

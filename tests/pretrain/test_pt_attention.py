@@ -10,8 +10,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import pretrain.attention as attention
 from finetune.collate import RowCollator
 from pretrain.attention import (
+    CUDNN_GQA_IMPL,
     CUDNN_IMPL,
     FLASH_IMPL,
     AttentionKernelError,
@@ -34,16 +36,19 @@ def test_auto_picks_cudnn_only_where_it_runs(hardware, expected):
 
 def test_explicit_choices_and_their_transformers_names():
     assert attn_implementation("cudnn", H100) == CUDNN_IMPL
+    assert attn_implementation("cudnn_gqa", H100) == CUDNN_GQA_IMPL
     assert attn_implementation("flash", CPU) == FLASH_IMPL
     assert attn_implementation("flex", CPU) == attn_implementation("flex_attention", CPU) == "flex_attention"
     assert [attn_implementation(k, CPU) for k in ("sdpa", "eager", "flash_attention_2")] == \
         ["sdpa", "eager", "flash_attention_2"]
-    assert not any("flash" in name for name in (CUDNN_IMPL, FLASH_IMPL))  # transformers reserves those for flash-attn
+    assert not any("flash" in name for name in (CUDNN_IMPL, CUDNN_GQA_IMPL, FLASH_IMPL))  # transformers reserves those for flash-attn
 
 
 def test_impossible_or_unknown_kernel_is_a_clear_error():
     with pytest.raises(AttentionKernelError, match="cudnn needs a CUDA GPU.*no CUDA device.*use auto or flash"):
         choose_kernel("cudnn", CPU)
+    with pytest.raises(AttentionKernelError, match="cudnn_gqa needs a CUDA GPU.*capability 8.0"):
+        choose_kernel("cudnn_gqa", A100)
     with pytest.raises(AttentionKernelError, match="capability 8.0"):
         choose_kernel("cudnn", A100)
     with pytest.raises(AttentionKernelError, match="unknown attention kernel 'fast'"):
@@ -73,6 +78,30 @@ def test_causal_rows_match_eager_in_logits_and_gradients():
         outs.append((logits.detach(), model.model.layers[0].self_attn.k_proj.weight.grad))
     torch.testing.assert_close(outs[1][0], outs[0][0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(outs[1][1], outs[0][1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", [CUDNN_IMPL, CUDNN_GQA_IMPL])
+def test_cudnn_functions_grouped_heads_repeated_or_native_match_eager(impl, monkeypatch):
+    """The cuDNN functions' own handling of grouped-query heads (`cudnn` repeats K/V, `cudnn_gqa` passes them with
+    enable_gqa), run here on SDPA's CPU flash backend in cuDNN's place: logits and K-projection gradients = eager."""
+    monkeypatch.setattr(attention, "_backends", lambda impl: [SDPBackend.FLASH_ATTENTION])
+    reference = tiny("eager")
+    attention.register()
+    ours = tiny(impl, reference)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: calls.append((k.shape[1], kw.get("enable_gqa", False))) or sdpa(q, k, v, **kw))
+    x = torch.randint(1, 128, (2, 40), generator=torch.Generator().manual_seed(4))
+    outs = []
+    for model in (reference, ours):
+        logits = model(input_ids=x, use_cache=False).logits
+        logits.float().square().mean().backward()
+        outs.append((logits.detach(), model.model.layers[0].self_attn.k_proj.weight.grad))
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outs[1][1], outs[0][1], atol=1e-6, rtol=1e-4)
+    # tiny(): 4 query heads, 2 kv heads; our function's calls are the ones with is_causal (eager calls no SDPA)
+    assert set(calls) == ({(4, False)} if impl == CUDNN_IMPL else {(2, True)})
 
 
 def test_packed_rows_take_the_block_mask_and_keep_samples_apart():
