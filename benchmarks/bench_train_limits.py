@@ -202,21 +202,24 @@ def pretrain_run(label, shape, seq, *, args, ckpts, kernel="auto", compile_layer
     return None
 
 
+KERNEL_PAIRS = (("flash", "cudnn"), ("cudnn", "cudnn_gqa"))  # (reference, new): loss curves compared on the same data
+
+
 def compare_losses(results: list) -> list[dict]:
-    """flash vs cuDNN runs of the same trainer, model and length (same data): per-step loss differences."""
+    """Runs of the same trainer, model and length (same data) on the kernels of a KERNEL_PAIRS pair: per-step loss
+    differences (flash vs cuDNN; cuDNN with repeated K/V vs given the grouped heads)."""
     out = []
     done = [r for r in results if "losses" in r]
-    for r in done:
-        if r.get("kernel") != "cudnn":
-            continue
-        for f in done:
-            same = all(f.get(k) == r.get(k) for k in ("trainer", "model", "name", "seq", "rows_per_step", "lora_r"))
-            if f.get("kernel") == "flash" and same:
-                n = min(len(f["losses"]), len(r["losses"]))
-                diffs = [abs(a - b) for a, b in zip(f["losses"][:n], r["losses"][:n])]
-                out.append({"trainer": r["trainer"], "model": r.get("model", r.get("name")), "seq": r["seq"], "steps": n,
-                            "flash": f["losses"][:n], "cudnn": r["losses"][:n], "max_abs_diff": round(max(diffs), 4),
-                            "within_bf16_tolerance": max(diffs) <= LOSS_TOLERANCE})
+    for old, new in KERNEL_PAIRS:
+        for r in (r for r in done if r.get("kernel") == new):
+            for f in done:
+                same = all(f.get(k) == r.get(k) for k in ("trainer", "model", "name", "seq", "rows_per_step", "lora_r"))
+                if f.get("kernel") == old and same:
+                    n = min(len(f["losses"]), len(r["losses"]))
+                    diffs = [abs(a - b) for a, b in zip(f["losses"][:n], r["losses"][:n])]
+                    out.append({"trainer": r["trainer"], "model": r.get("model", r.get("name")), "seq": r["seq"],
+                                "steps": n, "kernels": [old, new], old: f["losses"][:n], new: r["losses"][:n],
+                                "max_abs_diff": round(max(diffs), 4), "within_bf16_tolerance": max(diffs) <= LOSS_TOLERANCE})
     return out
 
 
@@ -238,7 +241,7 @@ def write_report(out: Path, part: str, state: dict) -> None:
         model = r.get("model", r.get("name"))
         if "skipped" in r or "error" in r:
             why = r.get("skipped") or ("OUT OF MEMORY: " if r.get("oom") else "error: ") + r.get("error", "")[:120]
-            lines.append(f"| {r['trainer']} | {model} | {r['seq']} | | {r.get('kernel')} | {r.get('ckpt')} | | {why} ||||")
+            lines.append(f"| {r['trainer']} | {model} | {r['seq']} | | {r.get('kernel') or r.get('attn')} | {r.get('ckpt')} | | {why} ||||")
             continue
         share = r.get("profile", {}).get("share", {})
         other = sum(v for k, v in share.items() if k not in ("attention", "matmul", "optimizer", "idle"))
@@ -252,10 +255,10 @@ def write_report(out: Path, part: str, state: dict) -> None:
         lines += ["", "## SDPA kernel check (causal, bf16, GQA 16/4, head dim 128, forward+backward)", ""]
         lines += [f"- {json.dumps(k)}" for k in state["kernel_check"]]
     if state["loss_comparison"]:
-        lines += ["", "## Loss curves, flash vs cuDNN (same data, same seed)", ""]
+        lines += ["", "## Loss curves, kernel vs kernel (same data, same seed)", ""]
         for c in state["loss_comparison"]:
             lines.append(f"- {c['trainer']} {c['model']} {c['seq']}: max |diff| {c['max_abs_diff']} over {c['steps']} steps "
-                         f"(within {LOSS_TOLERANCE}: {c['within_bf16_tolerance']}); flash {c['flash']}; cudnn {c['cudnn']}")
+                         f"(within {LOSS_TOLERANCE}: {c['within_bf16_tolerance']}); " + "; ".join(f"{k} {c[k]}" for k in c["kernels"]))
     (out / f"train_limits_{part}.md").write_text("\n".join(lines) + "\n")
 
 
