@@ -37,8 +37,7 @@ def expire_finished(store: JobStore, settings: ApiSettings, now: float | None = 
     cutoff = (now or time.time()) - settings.job_retention_seconds
     expired = store.finished_before(cutoff)
     for job_id in expired:
-        owner = store.redis.hget(f"longscale:job:{job_id}", "owner")
-        store.forget(job_id, owner)
+        store.forget(job_id, store.owner(job_id))
         folder = (settings.jobs_root / job_id).resolve()
         if folder.parent == settings.jobs_root.resolve():
             shutil.rmtree(folder, ignore_errors=True)

@@ -16,7 +16,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 class BoundedH11Protocol(H11Protocol):
     _head_deadline: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm_head_deadline()
 

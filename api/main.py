@@ -28,15 +28,16 @@ from worker.jobstore import JobStore
 log = logging.getLogger(__name__)
 
 
-async def _redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
+async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:  # registered for RedisError
     log.warning("Redis unavailable: %s", exc)  # the address is for the operator's log, not the client
     return JSONResponse({"detail": f"job store unavailable ({type(exc).__name__}); retry later"},
                         status_code=503, headers={"Retry-After": "5"})
 
 
-async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+async def _invalid_request(request: Request, exc: Exception) -> Response:
     """FastAPI's 422, rendered ASCII-escaped: the echoed input may hold a lone surrogate, which UTF-8 cannot
     encode (the default renderer would turn the 422 into a 500)."""
+    assert isinstance(exc, RequestValidationError)  # registered for it; Starlette types handlers by Exception
     body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
     return Response(body, status_code=422, media_type="application/json")
 

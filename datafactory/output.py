@@ -59,7 +59,9 @@ class _JsonlIndex:
     """
 
     def __init__(self, path: Path, id_key: str = "id"):
-        self.path, self.offset, self.ids, self.retry = path, 0, set(), set()
+        self.path, self.offset = path, 0
+        self.ids: set[str] = set()
+        self.retry: set[str] = set()
         self.id_key = id_key
         self._prefix = b'{"' + id_key.encode() + b'": "'
 
@@ -121,7 +123,7 @@ def latest_records(path: Path) -> list[dict[str, Any]]:
     """The records of a JSONL file, one per id (the last one written), in first-seen order."""
     latest: dict[str, dict[str, Any]] = {}
     for record in read_jsonl(path):
-        latest[record.get("id")] = record
+        latest[str(record.get("id"))] = record
     return list(latest.values())
 
 
@@ -182,7 +184,7 @@ class OutputWriter:
         self._qa, self._instances = _JsonlIndex(self.qa_path), _JsonlIndex(self.instances_path)
         self._documents = _JsonlIndex(self.dir / DOCUMENTS_FILE, id_key="doc_id")
         self._manifest_at_open = self._read_manifest()  # a "running" manifest will replace it
-        self.written = Counter()  # what this writer appended: qa, instances, skipped_duplicates
+        self.written: Counter[str] = Counter()  # what this writer appended: qa, instances, skipped_duplicates
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -218,6 +218,7 @@ def _instances_for(records: list[dict[str, Any]], chunks: dict[str, Chunk], targ
     instances = []
     for record in records:
         if record["accepted"]:
+            assert target_doc is not None  # the caller passes the target encoding whenever a record is accepted
             try:
                 instances.append(build_instance(record, chunks[record["id"]], target_doc, config.max_context,
                                                 tokenizers.target))
@@ -411,7 +412,7 @@ def run_generation(documents: Iterable[Document], config: GenerationConfig, outp
     skip_ids = writer.done_ids()
     writer.write_manifest({"status": "running", "config": config.public_dict(), "model": engine.model_name,
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    this_run = {"documents": 0, "processed": 0, "too_short": 0, "already_done": 0,
+    this_run: dict[str, Any] = {"documents": 0, "processed": 0, "too_short": 0, "already_done": 0,
                 "qa_new": 0, "accepted_new": 0, "engine_errors": 0, "first_engine_error": None, "requests": 0,
                 "resumed_from": len(skip_ids)}
     status = "failed"

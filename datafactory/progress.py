@@ -17,7 +17,7 @@ from longscale.common.progress import LineThrottle, is_terminal
 class GenerationProgress:
     """A progress bar on stderr; a no-op when disabled (tests, the Celery worker)."""
 
-    def __init__(self, total_documents: int, enabled: bool = True, stream: TextIO | None = None,
+    def __init__(self, total_documents: int | None, enabled: bool = True, stream: TextIO | None = None,
                  interval: float = 10.0):
         self.enabled, self.total, self.interval = enabled, total_documents, interval
         self.accepted = self.rejected = self.documents = self.requests = 0

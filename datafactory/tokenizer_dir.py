@@ -36,13 +36,14 @@ class DirectoryTokenizer:
         self.chat_template = template
         self.special_tokens = {name: _content(config.get(name)) for name in
                                ("bos_token", "eos_token", "unk_token", "pad_token")}
-        self._fallback = None
+        self._fallback: Any = None  # transformers' tokenizer, loaded only for a template jinja2 here cannot render
 
     @classmethod
     def usable(cls, directory: str | Path) -> bool:
         return (Path(directory) / "tokenizer.json").is_file()
 
     def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        assert self.chat_template is not None  # apply_chat_template checks it first
         from jinja2.ext import loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 

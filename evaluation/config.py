@@ -1,20 +1,21 @@
 """EvalConfig: the one settings model behind `longscale eval`, its YAML file and `run_eval()`."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
 from datafactory.config import EngineSettings
 from longscale.common.text import parse_lengths
 
-TASKS = ("ruler-squad", "ruler-hotpot", "factory-qa", "narrativeqa", "qasper", "quality", "qmsum", "zeroscrolls")
+TaskName = Literal["ruler-squad", "ruler-hotpot", "factory-qa", "narrativeqa", "qasper", "quality", "qmsum", "zeroscrolls"]
+TASKS: tuple[str, ...] = get_args(TaskName)
 
 
 class EvalConfig(EngineSettings):
     """`longscale eval`: the engine and sampling knobs are datafactory's (one spelling), greedy by default."""
 
-    task: Literal[TASKS] = Field(description="ruler-squad, ruler-hotpot, factory-qa, narrativeqa, qasper, quality, "
+    task: TaskName = Field(description="ruler-squad, ruler-hotpot, factory-qa, narrativeqa, qasper, quality, "
                                  "qmsum or zeroscrolls")
     data: str | None = Field(None, description="task file or folder (RULER: squad.json / hotpotqa.json; factory-qa: "
                              "a generation output folder)")

@@ -148,6 +148,6 @@ def score_prediction(metric: str, prediction: str, references: list[str], option
     scores = {"f1": token_f1(prediction, references, fold_accents),
               "exact_match": exact_match(prediction, references, fold_accents),
               "substring_match": substring_match(prediction, references)}
-    if choice:
+    if options is not None and gold_index is not None:
         scores["accuracy"] = choice_accuracy(prediction, options, gold_index)
     return scores

@@ -11,6 +11,7 @@ does not fit, the example is reported as not fitting rather than silently mangle
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,7 +44,7 @@ class PromptTooLong(ValueError):
     """The prompt does not fit the budget even with the whole context cut away."""
 
 
-def render(example: Example, context: str, style: PromptStyle, shots: list[Example] = ()) -> list[dict[str, str]]:
+def render(example: Example, context: str, style: PromptStyle, shots: Sequence[Example] = ()) -> list[dict[str, str]]:
     """The prompt as chat messages (one user turn) for `context` (the possibly truncated context)."""
     if style == "plain":
         parts = [f"{s.context} Q: {s.question_text()}, A: {s.answers[0]}" for s in shots]
@@ -63,7 +64,7 @@ def count_prompt_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> int:
 
 
 def fit_prompt(example: Example, tokenizer: Any, max_tokens: int, style: PromptStyle = "chat",
-               shots: list[Example] = ()) -> tuple[list[dict[str, str]], dict[str, int]]:
+               shots: Sequence[Example] = ()) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Messages of at most `max_tokens` tokens, the context cut from the left; raises PromptTooLong.
 
     Returns the messages and {"prompt_tokens", "context_tokens", "context_tokens_dropped"}.

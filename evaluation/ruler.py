@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -113,13 +114,13 @@ class RulerBuilder:
             self._doc_tokens[i] = n
         return [self._doc_tokens[i] for i in idx]
 
-    def question_order(self, exclude_ids: set[str] = frozenset()) -> list[int]:
+    def question_order(self, exclude_ids: AbstractSet[str] = frozenset()) -> list[int]:
         order = [i for i, q in enumerate(self.pool.questions) if q["id"] not in exclude_ids]
         random.Random(self.seed).shuffle(order)
         return order
 
     def build(self, length: int, num_samples: int, *, max_new_tokens: int = 32, depths: list[float] | None = None,
-              exclude_ids: set[str] = frozenset()) -> list[Example]:
+              exclude_ids: AbstractSet[str] = frozenset()) -> list[Example]:
         """`num_samples` examples at `length` tokens (prompt + new tokens), gold at the given/spread depths.
 
         The same seed gives the same questions at every length, so lengths differ only in the haystack.
@@ -131,7 +132,7 @@ class RulerBuilder:
         return list(self._built[key])
 
     def _build(self, length: int, num_samples: int, max_new_tokens: int, depths: list[float],
-               exclude_ids: set[str]) -> list[Example]:
+               exclude_ids: AbstractSet[str]) -> list[Example]:
         order = self.question_order(exclude_ids)
         if len(order) < num_samples:
             raise TaskDataError(f"{self.pool.name}: only {len(order)} questions for {num_samples} samples")
@@ -144,7 +145,8 @@ class RulerBuilder:
         if self.filler == "essays":
             if self._sentence_tokens is None:
                 self._sentence_tokens = self._tokens(self.essays)
-            start, pieces, used = rng.randrange(len(self.essays)), [], 0
+            start, used = rng.randrange(len(self.essays)), 0
+            pieces: list[str] = []
             ring = [(start + k) % len(self.essays) for k in range(len(self.essays))]
             for n, i in enumerate(ring):
                 if used + self._sentence_tokens[i] + 1 > budget:

@@ -97,12 +97,14 @@ def load_examples(config: EvalConfig, tokenizer, ruler: RulerBuilder | None = No
                   ) -> tuple[RulerBuilder | None, list[Example], list[Example], int]:
     if ruler is not None:
         return ruler, [], [], 0
+    data = config.data
+    assert data is not None  # EvalConfig requires --data
     if config.task.startswith("ruler"):
-        pool = read_squad(config.data) if config.task == "ruler-squad" else read_hotpot(config.data)
+        pool = read_squad(data) if config.task == "ruler-squad" else read_hotpot(data)
         essays = read_essays(config.essays) if config.essays else None
         return RulerBuilder(pool, tokenizer, filler=config.filler, essays=essays, style=config.prompt_style,
                             seed=config.seed), [], [], 0
-    examples, skipped = FILE_LOADERS[config.task](config.data)
+    examples, skipped = FILE_LOADERS[config.task](data)
     if not examples:
         raise TaskDataError(f"{config.data}: no {config.task} examples with gold answers ({skipped} without)")
     shots = _shots(examples, tokenizer, config.few_shot)

@@ -52,7 +52,7 @@ def _need(rec: Any, keys: tuple[str, ...], where: str, task: str) -> None:
 
 
 def load_narrativeqa(path: str | Path) -> tuple[list[Example], int]:
-    out = []
+    out: list[Example] = []
     for where, rec in read_records(path):
         _need(rec, ("document", "question", "answers"), where, "NarrativeQA")
         doc, q = rec["document"], rec["question"]
@@ -76,7 +76,8 @@ def _qasper_answer(answer: dict) -> str | None:
 
 
 def load_qasper(path: str | Path) -> tuple[list[Example], int]:
-    out, skipped = [], 0
+    out: list[Example] = []
+    skipped = 0
     for where, rec in read_records(path):
         papers = rec.items() if isinstance(rec, dict) and "qas" not in rec else [(rec.get("id", where), rec)]
         for paper_id, paper in papers:
@@ -95,7 +96,8 @@ def load_qasper(path: str | Path) -> tuple[list[Example], int]:
 
 
 def load_quality(path: str | Path) -> tuple[list[Example], int]:
-    out, skipped = [], 0
+    out: list[Example] = []
+    skipped = 0
     for where, rec in read_records(path):
         _need(rec, ("article", "questions"), where, "QuALITY")
         for q in rec["questions"]:
@@ -110,7 +112,7 @@ def load_quality(path: str | Path) -> tuple[list[Example], int]:
 
 
 def load_qmsum(path: str | Path) -> tuple[list[Example], int]:
-    out = []
+    out: list[Example] = []
     for where, rec in read_records(path):
         _need(rec, ("meeting_transcripts",), where, "QMSum")
         transcript = "\n".join(f"{t['speaker']}: {t['content']}" for t in rec["meeting_transcripts"])
@@ -154,7 +156,7 @@ def load_factory_qa(path: str | Path) -> tuple[list[Example], int]:
     path = Path(path)
     if path.is_dir():
         path = path / "instances.jsonl"
-    out = []
+    out: list[Example] = []
     for where, rec in read_records(path):
         _need(rec, ("id", "messages", "question", "answer"), where, "factory instance")
         user = next(m["content"] for m in rec["messages"] if m["role"] == "user")

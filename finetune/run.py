@@ -6,8 +6,9 @@ import os
 from typing import Any
 
 from finetune.assemble import assemble_rows, load_tokenizer, print_stats, save_prepared, to_dataset
-from finetune.config import FinetuneConfig
+from finetune.config import FinetuneConfig, FinetuneOptimizer
 from finetune.sources import DataError
+from longscale.common.config import CheckpointingConfig
 from longscale.common.models import check_model_path
 from longscale.common.outputs import check_output_folder, recipe_differences, refuse_changed_recipe
 
@@ -63,6 +64,7 @@ def demo_config(model: str, long_data: list[str], output: str, short_data: list[
     """
     return FinetuneConfig(model=model, output=output, long_data=long_data, short_data=short_data or [],
                           pack_length=1024, max_length=max_length, drop_overlong=True, batch_tokens=1024, max_steps=steps,
-                          lora_r=8, lora_alpha=16, learning_rate=1e-4, warmup_ratio=0.0,
-                          gradient_checkpointing=False, save_steps=10**6, logging_steps=1,
+                          lora_r=8, lora_alpha=16, optimizer=FinetuneOptimizer(learning_rate=1e-4, warmup_ratio=0.0),
+                          gradient_checkpointing=False, checkpointing=CheckpointingConfig(save_steps=10**6),
+                          logging_steps=1,
                           overwrite=True)  # the demo's few steps are redone when the demo runs again

@@ -37,16 +37,16 @@ class SourceSpec:
     def parse(cls, spec: str) -> "SourceSpec":
         """`NAME=PATH:WEIGHT` (NAME= and :WEIGHT optional)."""
         name, _, rest = spec.partition("=") if "=" in spec else ("", "", spec)
-        path, weight = rest, 1.0
+        location, weight = rest, 1.0
         head, sep, tail = rest.rpartition(":")
         if sep and head:
             try:
-                path, weight = head, float(tail)
+                location, weight = head, float(tail)
             except ValueError:
-                path = rest
+                location = rest
         if weight < 0 or not math.isfinite(weight):
             raise DataSourceError(f"source {spec!r}: weight must be a finite number >= 0")
-        path = Path(path).expanduser()
+        path = Path(location).expanduser()
         if not path.exists():
             raise DataSourceError(f"source {spec!r}: {path} does not exist")
         return cls(name or path.stem, path, weight)

@@ -84,7 +84,8 @@ def configure_checkpointing(model, mode: str, every: int) -> None:
 
 
 def build_optimizer(model, cfg: PretrainConfig, device: torch.device):
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
@@ -156,7 +157,7 @@ class Pretrainer:
         self.stream = build_stream(cfg.source, self.tokenizer, seed=cfg.seed, long_doc_tokens=cfg.long_doc_tokens,
                                    long_upsample=cfg.long_upsample, show_progress=show_progress and self.rank == 0)
         self.step, self.tokens, self.history = 0, 0, []
-        if resume_from:
+        if resume_from and state is not None:
             distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.world)
             self.scheduler.load_state_dict(state["scheduler"])
             self.stream.load_state_dict(state["data"])

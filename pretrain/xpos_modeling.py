@@ -85,13 +85,18 @@ class _XPosState:
 class XPosScaledLinear(nn.Linear):
     """A q or k projection whose output heads are multiplied by the xPos scale (k: its inverse)."""
 
+    _xpos_state: _XPosState
+    _xpos_head_dim: int
+    _xpos_inverse: bool
+
     def bind(self, state: _XPosState, head_dim: int, inverse: bool) -> None:
         object.__setattr__(self, "_xpos_state", state)  # plain attribute, not a submodule
         self._xpos_head_dim, self._xpos_inverse = head_dim, inverse
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
-        scale = getattr(self, "_xpos_state", None) and self._xpos_state.scale
+        state = getattr(self, "_xpos_state", None)
+        scale = state.scale if state is not None else None
         if scale is None:
             return out
         factor = (1.0 / scale) if self._xpos_inverse else scale  # (B, T, D), float32
@@ -101,6 +106,8 @@ class XPosScaledLinear(nn.Linear):
 
 class XPosRotaryEmbedding(LlamaRotaryEmbedding):
     """Llama's rotary embedding (with the config's base) that also publishes the xPos scale."""
+
+    _xpos_state: _XPosState
 
     def __init__(self, config: XPosLlamaConfig, state: _XPosState):
         super().__init__(config)
@@ -132,6 +139,7 @@ def _refuse_fp16_overflow(scale: torch.Tensor, position_ids: torch.Tensor, cente
 
 class XPosLlamaModel(LlamaModel):
     config_class = XPosLlamaConfig
+    _xpos_state: _XPosState
 
     def __init__(self, config: XPosLlamaConfig):
         super().__init__(config)

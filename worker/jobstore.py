@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.typing import EncodableT, FieldT
 
 PREFIX = "longscale"
 JOBS_INDEX = f"{PREFIX}:jobs"
@@ -108,6 +110,15 @@ def _job_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+def _text(value: bytes | str) -> str:
+    """A reply as str: the client decodes (decode_responses=True), redis-py's annotations say bytes | str."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _texts(values: Iterable[Any]) -> list[str]:  # Any: redis-py types zrevrange as if withscores
+    return [_text(v) for v in values]
+
+
 def all_settled(job: dict) -> bool:
     """Every document of a job that is not yet final has settled: time to finalize it."""
     settled = job["documents_done"] + job["documents_failed"] + job["documents_cancelled"]
@@ -136,18 +147,19 @@ class JobStore:
 
     def create(self, job_id: str, *, output_dir: str, config: dict, source: dict, extra: dict | None = None) -> None:
         now = time.time()
-        fields: dict[str, Any] = {"id": job_id, "status": "queued", "created_at": now, "updated_at": now,
+        fields: dict[FieldT, EncodableT] = {"id": job_id, "status": "queued", "created_at": now, "updated_at": now,
                                   "output_dir": output_dir, "config": json.dumps(config),
                                   "source": json.dumps(source), "cancel_requested": 0, "reason": ""}
         fields.update({name: 0 for name in COUNTERS + TIMINGS})
         fields.update(extra or {})
+        owner = str(fields.get("owner") or "")
         with self.redis.pipeline() as pipe:
             pipe.hset(_job_key(job_id), mapping=fields)
             pipe.zadd(JOBS_INDEX, {job_id: now})
             pipe.sadd(ACTIVE, job_id)
-            if fields.get("owner"):
-                pipe.zadd(owner_index(fields["owner"]), {job_id: now})
-                pipe.sadd(owner_index(fields["owner"]) + ":active", job_id)
+            if owner:
+                pipe.zadd(owner_index(owner), {job_id: now})
+                pipe.sadd(owner_index(owner) + ":active", job_id)
             pipe.setnx(EPOCH, now)
             pipe.execute()
 
@@ -171,7 +183,7 @@ class JobStore:
         self.update(job_id, **fields)
         if status in FINAL_STATES:
             key = _job_key(job_id)
-            owner = self.redis.hget(key, "owner")
+            owner = self.owner(job_id)
             with self.redis.pipeline() as pipe:
                 pipe.srem(ACTIVE, job_id)
                 if owner:
@@ -209,7 +221,15 @@ class JobStore:
         return list(self._live(keys=[f"{_job_key(job_id)}:leases"]))
 
     def settled_ids(self, job_id: str) -> set[str]:
-        return set(self.redis.smembers(f"{_job_key(job_id)}:settled"))
+        return set(_texts(self.redis.smembers(f"{_job_key(job_id)}:settled")))
+
+    def starts(self, job_id: str) -> dict[str, int]:
+        """How many times a task started for each document of the job."""
+        return {_text(d): int(n) for d, n in self.redis.hgetall(f"{_job_key(job_id)}:starts").items()}
+
+    def owner(self, job_id: str) -> str | None:
+        owner = self.redis.hget(_job_key(job_id), "owner")
+        return None if owner is None else _text(owner)
 
     def jobs_in_flight(self, owner: str) -> int:
         return int(self.redis.scard(owner_index(owner) + ":active"))
@@ -218,7 +238,7 @@ class JobStore:
         """One client's jobs, newest first."""
         index = owner_index(owner)
         total = self.redis.zcard(index)
-        ids = self.redis.zrevrange(index, offset, offset + limit - 1)
+        ids = _texts(self.redis.zrevrange(index, offset, offset + limit - 1))
         return total, [job for job in (self.get(i, with_errors=False) for i in ids) if job]
 
     def forget(self, job_id: str, owner: str | None) -> None:
@@ -233,10 +253,10 @@ class JobStore:
             pipe.execute()
 
     def finished_before(self, when: float) -> list[str]:
-        return list(self.redis.zrangebyscore(FINISHED, "-inf", when))
+        return _texts(self.redis.zrangebyscore(FINISHED, "-inf", when))
 
     def active_jobs(self) -> list[str]:
-        return sorted(self.redis.smembers(ACTIVE))
+        return sorted(_texts(self.redis.smembers(ACTIVE)))
 
     def epoch_missing(self) -> bool:
         """True when this Redis has never seen a job, or lost them all (restarted without persistence)."""
@@ -285,11 +305,18 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return self.redis.hget(_job_key(job_id), "cancel_requested") == "1"
 
+    def require(self, job_id: str) -> dict:
+        """The job, which the caller knows exists (it just wrote it); KeyError if it is gone meanwhile."""
+        job = self.get(job_id)
+        if job is None:
+            raise KeyError(f"job {job_id} is gone from the store")
+        return job
+
     def get(self, job_id: str, *, with_errors: bool = True) -> dict | None:
         raw = self.redis.hgetall(_job_key(job_id))
         if not raw:
             return None
-        job = self._parse(job_id, raw)
+        job = self._parse(job_id, {_text(k): _text(v) for k, v in raw.items()})
         if with_errors:
             job["errors"] = self.errors(job_id)
         return job
@@ -319,7 +346,7 @@ class JobStore:
     def list(self, offset: int = 0, limit: int = 50) -> tuple[int, list[dict]]:
         """Newest first."""
         total = self.redis.zcard(JOBS_INDEX)
-        ids = self.redis.zrevrange(JOBS_INDEX, offset, offset + limit - 1)
+        ids = _texts(self.redis.zrevrange(JOBS_INDEX, offset, offset + limit - 1))
         jobs = [job for job in (self.get(i, with_errors=False) for i in ids) if job]
         return total, jobs
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from datafactory.config import GenerationConfig
 from datafactory.documents import Document, iter_documents, load_documents  # noqa: F401  (re-exported for the tasks)
-from datafactory.engines import EngineError, build_engine
+from datafactory.engines import Engine, EngineError, build_engine
 from datafactory.output import QA_FILE, OutputWriter, read_jsonl
 from datafactory.pipeline import aprocess_document, load_tokenizers
 from worker import engine_policy
@@ -93,7 +93,7 @@ def _runtime(config: GenerationConfig) -> tuple[Any, Any]:
         if allowed.engine == "openai":  # the worker's OPENAI_API_KEY never goes out: only the policy's key
             from datafactory.engines.openai_engine import OpenAIEngine
 
-            engine = OpenAIEngine.from_config(allowed, read_env_key=False)
+            engine: Engine = OpenAIEngine.from_config(allowed, read_env_key=False)
         else:
             engine = build_engine(allowed)
     except EngineError as exc:

@@ -70,8 +70,7 @@ def reconcile_job(store: JobStore, job_id: str, send: Send, *, queue: str, stall
         return None
     output_dir = job["output_dir"]
     refs = spool_refs(output_dir)
-    key = f"longscale:job:{job_id}"
-    starts = {d: int(n) for d, n in store.redis.hgetall(f"{key}:starts").items()}
+    starts = store.starts(job_id)
     plan = plan_job(job, settled=store.settled_ids(job_id), journal=journal_for(output_dir).entries(),
                     live=set(store.live_leases(job_id)), starts=starts,
                     documents=None if refs is None else [r.id for r in refs], now=time.time(),

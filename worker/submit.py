@@ -116,7 +116,7 @@ def submit_generation(input_paths: Sequence[str | Path], config: GenerationConfi
     store = JobStore.from_url(url)
     job_id = start_job(store, url, input_paths, config, output_dir)
     if not wait:
-        return store.get(job_id)
+        return store.require(job_id)
     queue = get_worker_settings().queue
 
     def restore() -> dict | None:

@@ -72,7 +72,7 @@ def _submit(store: JobStore, settings: ApiSettings, request: Request, caller: Ca
     start_job(store, settings.redis_url, [input_path], config, output_dir, job_id=job_id, source=source,
               queue=settings.queue, extra={"owner": caller.name})
     request.app.state.metrics.jobs_submitted.inc()
-    return _job_view(store.get(job_id), request)
+    return _job_view(store.require(job_id), request)
 
 
 def _admit(body_config: GenerationConfig, engine_name: str | None, settings: ApiSettings, store: JobStore,
@@ -203,11 +203,11 @@ def cancel_job(request: Request, job_id: str = JobId, store: JobStore = Depends(
     store.request_cancel(job_id)
     if not store.live_leases(job_id):
         settings: ApiSettings = request.app.state.settings
-        job = store.get(job_id)
+        job = store.require(job_id)
         store.set_status(job_id, "cancelled", reason=f"cancelled by request after {job['documents_done']} of "
                          f"{job['documents_total']} documents", retention_seconds=settings.job_retention_seconds)
         sender(settings)("longscale.finalize_job", [job_id, job["config"] | {"api_key": None}])
-    return _job_view(store.get(job_id), request)
+    return _job_view(store.require(job_id), request)
 
 
 def _whole_lines(path: Path, chunk: int = 1 << 20):

@@ -5,6 +5,7 @@ the only path that touches vllm.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from datafactory.engines.base import ChatMessages, Engine, EngineResult, SamplingParams, generate_sync
@@ -23,10 +24,9 @@ class EngineError(LongscaleError, RuntimeError):
 
 def sampling_params_from_config(config: SamplingConfig, **overrides: Any) -> SamplingParams:
     """The sampling knobs of a config as SamplingParams (overrides win, e.g. max_new_tokens)."""
-    values = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                  seed=config.seed, repetition_penalty=config.repetition_penalty)
-    values.update(overrides)
-    return SamplingParams(**values)
+    params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                            seed=config.seed, repetition_penalty=config.repetition_penalty)
+    return dataclasses.replace(params, **overrides)
 
 
 def build_engine(config: EngineSettings) -> Engine:

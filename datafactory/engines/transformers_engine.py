@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from datafactory.engines import EngineError
 from datafactory.engines.base import ChatMessages, EngineResult, SamplingParams
@@ -72,8 +72,11 @@ class TransformersEngine:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-            self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch_dtype).to(self.device)
+            # Any: transformers' own annotations of from_pretrained/.to/decode are looser than their behaviour
+            self.tokenizer: Any = AutoTokenizer.from_pretrained(self.model_dir)
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch_dtype)
+            # transformers 5 annotates PreTrainedModel.to through a decorator that mypy reads as taking a model
+            self.model: Any = model.to(self.device)  # type: ignore[arg-type]
         except Exception as exc:
             raise EngineError(f"could not load the model from {self.model_dir}: {exc}") from exc
         if self.tokenizer.chat_template is None:
@@ -177,4 +180,4 @@ class TransformersEngine:
                             usage={"prompt_tokens": n_prompt, "completion_tokens": len(kept)})
 
     def close(self) -> None:
-        self.model = None  # type: ignore[assignment]
+        self.model = None

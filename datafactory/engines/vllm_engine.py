@@ -25,7 +25,7 @@ from datafactory.engines import EngineError
 from datafactory.engines.base import ChatMessages, EngineResult, SamplingParams
 
 if TYPE_CHECKING:
-    from datafactory.config import EngineSettings, VLLMOptions
+    from datafactory.config import EngineSettings
 
 COLLECT_S = 0.005  # after the first queued call, keep collecting until the queue was empty this long
 
@@ -48,7 +48,7 @@ def to_result(output: Any) -> EngineResult:
                                "completion_tokens": len(completion.token_ids)})
 
 
-def llm_kwargs_from_config(config: "VLLMOptions") -> dict[str, Any]:
+def llm_kwargs_from_config(config: EngineSettings) -> dict[str, Any]:
     """The engine options of a GenerationConfig / EvalConfig as vllm.LLM keyword arguments."""
     kwargs = {k: v for k, v in config.vllm_kwargs().items() if v is not None}  # no max_model_len: the model's
     return dict(seed=config.seed, structured_outputs_config={"backend": "xgrammar"}, **kwargs)

@@ -79,8 +79,8 @@ class _State:
         self.chat_requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
-        self.faults = Counter()
-        self.responses = Counter()
+        self.faults: Counter[str] = Counter()
+        self.responses: Counter[int] = Counter()  # by HTTP status
         self.bodies.clear()
         self.started = time.monotonic()
 
@@ -244,6 +244,7 @@ class FaultInjectingServer:
                "--spec-json", json.dumps(asdict(self.spec))]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        assert self.process.stdout is not None  # stdout=PIPE
         deadline = time.monotonic() + timeout
         line = ""
         while time.monotonic() < deadline:

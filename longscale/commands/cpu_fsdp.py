@@ -35,7 +35,7 @@ def allow_fsdp_on_cpu() -> None:
             self.fsdp_plugin = fsdp_plugin
             state.PartialState._shared_state["distributed_type"] = self.distributed_type
 
-    init._cpu_fsdp = True
+    setattr(init, "_cpu_fsdp", True)  # noqa: B010 (a marker on a function object; mypy refuses the attribute)
     state.AcceleratorState.__init__ = init
 
 

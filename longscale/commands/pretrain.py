@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from longscale.common.configcli import ConfigError, add_model_flags, resolve_config
 from longscale.common.models import check_model_path, model_label
@@ -75,7 +76,7 @@ def _run_probe(args) -> int:
     if name == "rope-decay":
         from pretrain.probes.rope_decay import rope_decay, rope_decay_for_model
 
-        kw = dict(abf_base=cfg.rope.rope_base, pi_factor=cfg.pi_factor, max_distance=max(cfg.lengths), output=out)
+        kw: dict[str, Any] = dict(abf_base=cfg.rope.rope_base, pi_factor=cfg.pi_factor, max_distance=max(cfg.lengths), output=out)
         result = rope_decay_for_model(cfg.model, **kw) if cfg.model else rope_decay(**kw)
         print(json.dumps(result["mean_abs_score_last_quarter"], indent=2))
         return 0

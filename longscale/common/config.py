@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import typing
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -87,6 +87,24 @@ class ConfigModel(BaseModel):
     @classmethod
     def _nest(cls, data: Any) -> Any:
         return nest_keys(cls, data) if isinstance(data, dict) else data
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """pydantic's copy (not re-validated), with `update` keys nested as the constructor nests them: a flat
+        `resume` reaches `checkpointing.resume` (pydantic alone would set a stray attribute and change nothing);
+        an unknown key raises ValueError."""
+        if not update:
+            return super().model_copy(deep=deep)
+        nested = nest_keys(type(self), dict(update))
+        unknown = sorted(k for k in nested if k not in type(self).model_fields)
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.model_copy: no such setting(s) {unknown}")
+        merged: dict[str, Any] = {}
+        for key, value in nested.items():
+            current = getattr(self, key)
+            if isinstance(value, dict) and isinstance(current, BaseModel):
+                value = current.model_copy(update=value)
+            merged[key] = value
+        return super().model_copy(update=merged, deep=deep)
 
 
 # ---- shared sub-models -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,7 +62,7 @@ def _field_flag(target, dest: str, option_strings: list[str], field: Any) -> Non
         target.add_argument(*option_strings, dest=dest, default=None, metavar=metavar, help=helptext)
 
 
-def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: set[str] = frozenset(),
+def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: AbstractSet[str] = frozenset(),
                     group_title: str | None = None) -> None:
     """Add one flag per knob of `model` (help from the field's description, default and Literal choices shown).
 

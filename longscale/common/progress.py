@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -44,7 +44,7 @@ class PlainProgress:
                  unit: str = "it", initial: int = 0, disable: bool = False, stream: TextIO | None = None,
                  interval: float = PLAIN_INTERVAL_S):
         self.iterable, self.desc, self.unit, self.n, self.disable = iterable, desc, unit, initial, disable
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.total = total if total is not None else (len(iterable) if isinstance(iterable, Sized) else None)
         self.postfix: dict[str, Any] = {}
         self._stream, self._throttle, self._closed = stream or sys.stderr, LineThrottle(interval), False
         self._printed: tuple | None = None

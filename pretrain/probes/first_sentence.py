@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 from longscale.common.plotting import new_figure, save_figure
 from longscale.common.text import normalize, split_sentences
@@ -57,7 +58,8 @@ def make_examples(texts: list[str], tokenizer, length: int, samples: int, seed: 
     for t, i in rng.sample(pool, min(samples * 3, len(pool))):
         sentences = split_cache.setdefault(t, split_sentences(texts[t]))
         words_needed = int(budget * 0.9) + 50
-        chunk, j = [], i
+        chunk: list[str] = []
+        j = i
         while j < len(sentences) and sum(len(c.split()) for c in chunk) < words_needed:
             chunk.append(sentences[j])
             j += 1
@@ -109,7 +111,7 @@ def run_first_sentence(answerer: Answerer, tokenizer, texts: list[str], lengths:
             records.append({"length": length, "prompt_tokens": len(prompt), "gold": ex["gold"], "answer": answer,
                             "correct": ok})
         by_length[length] = hits / len(examples) if examples else None
-    result = {"probe": "first-sentence", "model": label, "mode": mode, "samples": samples,
+    result: dict[str, Any] = {"probe": "first-sentence", "model": label, "mode": mode, "samples": samples,
               "accuracy": {str(k): v for k, v in by_length.items()}, "records": records}
     if output:
         write_result(output, "first_sentence", result)

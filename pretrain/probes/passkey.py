@@ -34,7 +34,7 @@ def build_prompt(tokenizer, length: int, key: int, depth: float) -> list[int]:
 
 def score(key: int, answer: str) -> bool:
     found = re.search(r"\d+", answer)
-    return bool(found) and int(found.group()) == key
+    return found is not None and int(found.group()) == key
 
 
 def run_passkey(answerer: Answerer, tokenizer, lengths: list[int], *, samples: int = 5,

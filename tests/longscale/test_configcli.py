@@ -137,3 +137,17 @@ def test_errors_name_the_flat_flag_and_help_shows_literal_choices(capsys):
     helptext = capsys.readouterr().out
     assert "--mode {fast,slow}" in helptext
     assert "--lr" not in helptext  # deprecated spellings are hidden
+
+
+def test_model_copy_nests_flat_knobs_and_refuses_unknown_ones():
+    """pydantic's own model_copy would set a stray `learning_rate` attribute and leave the optimizer unchanged."""
+    base = Trainer(optimizer=OptimizerConfig(learning_rate=0.5, weight_decay=0.1))
+    flat = base.model_copy(update={"learning_rate": 0.25, "mode": "fast"})
+    assert flat.optimizer.learning_rate == 0.25 and flat.optimizer.weight_decay == 0.1 and flat.mode == "fast"
+    assert base.optimizer.learning_rate == 0.5  # the original is untouched
+    nested = base.model_copy(update={"optimizer": {"weight_decay": 0.0}})
+    assert nested.optimizer.learning_rate == 0.5 and nested.optimizer.weight_decay == 0.0
+    with pytest.warns(FutureWarning):
+        assert base.model_copy(update={"lr": 0.125}).optimizer.learning_rate == 0.125
+    with pytest.raises(ValueError, match="no such setting"):
+        base.model_copy(update={"learning_rat": 1.0})
