@@ -8,15 +8,17 @@ from pydantic import Field, field_validator, model_validator
 from datafactory.config import EngineSettings
 from longscale.common.text import parse_lengths
 
-TaskName = Literal["ruler-squad", "ruler-hotpot", "factory-qa", "narrativeqa", "qasper", "quality", "qmsum", "zeroscrolls"]
+TaskName = Literal["ruler-squad", "ruler-hotpot", "ruler-squad-gold", "ruler-hotpot-gold", "factory-qa", "narrativeqa",
+                   "qasper", "quality", "qmsum", "zeroscrolls"]
 TASKS: tuple[str, ...] = get_args(TaskName)
 
 
 class EvalConfig(EngineSettings):
     """`longscale eval`: the engine and sampling knobs are datafactory's (one spelling), greedy by default."""
 
-    task: TaskName = Field(description="ruler-squad, ruler-hotpot, factory-qa, narrativeqa, qasper, quality, "
-                                 "qmsum or zeroscrolls")
+    task: TaskName = Field(description="ruler-squad, ruler-hotpot, ruler-squad-gold, ruler-hotpot-gold (the same "
+                           "questions with only their gold paragraph: the short-context check), factory-qa, "
+                           "narrativeqa, qasper, quality, qmsum or zeroscrolls")
     data: str | None = Field(None, description="task file or folder (RULER: squad.json / hotpotqa.json; factory-qa: "
                              "a generation output folder)")
     output: str = Field(description="folder for results.json, results.md, records.jsonl and score_by_length.png")

@@ -218,3 +218,22 @@ class RulerBuilder:
                        metric="substring_match",
                        meta={"depth": depth, "gold_char": gold_char, "gold_chars": sum(len(g) for g in golds),
                              "prompt_tokens": total, "filler_pieces": len(fill), "filler": self.filler})
+
+
+class GoldOnlyBuilder(RulerBuilder):
+    """The short-context check (the paper's section 3.2 question: does long training cost short-task quality?):
+    the questions a RulerBuilder with the same pool and seed asks, in the same order and prompt template, with only
+    their gold paragraph(s) as the context ("Document 1:", ...; no haystack). `length` only bounds the prompt: the
+    prompt is as long as the gold, so every asked length gives the same prompt (ask one, e.g. 4096)."""
+
+    def _example(self, q: dict, max_prompt: int, depth: float, rng: random.Random) -> Example:
+        golds = [self.pool.docs[i] for i in q["gold"]]
+        context, gold_char = self._assemble([], golds, 0.0)
+        example = Example(id=q["id"], context=context, question=q["query"], answers=q["answers"],
+                          metric="substring_match")
+        total = count_prompt_tokens(self.tokenizer, render(example, context, self.style))
+        if total > max_prompt:
+            raise TaskDataError(f"{q['id']}: question and gold paragraphs take {total} tokens, over {max_prompt}")
+        example.meta.update({"depth": None, "gold_char": gold_char, "gold_chars": sum(len(g) for g in golds),
+                             "prompt_tokens": total, "filler_pieces": 0, "filler": "none"})
+        return example

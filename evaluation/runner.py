@@ -19,7 +19,7 @@ from typing import Any
 from evaluation.config import EvalConfig
 from evaluation.metrics import aggregate, score_prediction, scoring_name
 from evaluation.prompts import Example, PromptTooLong, fit_prompt
-from evaluation.ruler import RulerBuilder, read_essays, read_hotpot, read_squad
+from evaluation.ruler import GoldOnlyBuilder, RulerBuilder, read_essays, read_hotpot, read_squad
 from evaluation.tasks import ACCENT_FOLDING_TASKS, FILE_LOADERS, TaskDataError, task_metric
 from longscale.common.models import model_label
 from longscale.common.progress import progress as progress_bar
@@ -100,10 +100,11 @@ def load_examples(config: EvalConfig, tokenizer, ruler: RulerBuilder | None = No
     data = config.data
     assert data is not None  # EvalConfig requires --data
     if config.task.startswith("ruler"):
-        pool = read_squad(data) if config.task == "ruler-squad" else read_hotpot(data)
+        pool = read_squad(data) if config.task.startswith("ruler-squad") else read_hotpot(data)
         essays = read_essays(config.essays) if config.essays else None
-        return RulerBuilder(pool, tokenizer, filler=config.filler, essays=essays, style=config.prompt_style,
-                            seed=config.seed), [], [], 0
+        builder = GoldOnlyBuilder if config.task.endswith("-gold") else RulerBuilder
+        return builder(pool, tokenizer, filler=config.filler, essays=essays, style=config.prompt_style,
+                       seed=config.seed), [], [], 0
     examples, skipped = FILE_LOADERS[config.task](data)
     if not examples:
         raise TaskDataError(f"{config.data}: no {config.task} examples with gold answers ({skipped} without)")

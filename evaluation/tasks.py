@@ -31,7 +31,8 @@ class TaskDataError(LongscaleError, ValueError):
 
 
 TASK_METRICS = {"narrativeqa": "f1", "qasper": "f1", "quality": "exact_match", "qmsum": "rouge_gm", "zeroscrolls": "f1",
-                "factory-qa": "f1", "ruler-squad": "substring_match", "ruler-hotpot": "substring_match"}
+                "factory-qa": "f1", "ruler-squad": "substring_match", "ruler-hotpot": "substring_match",
+                "ruler-squad-gold": "substring_match", "ruler-hotpot-gold": "substring_match"}
 ACCENT_FOLDING_TASKS = frozenset({"zeroscrolls"})  # ZeroSCROLLS' F1/EM run unidecode; SQuAD's and SCROLLS' do not
 
 

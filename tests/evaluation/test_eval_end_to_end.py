@@ -164,3 +164,22 @@ def test_answer_scope_whole_by_default_first_line_on_request():
     assert whole["f1"] == pytest.approx(2 * (1 / 4) / (1 / 4 + 1)) and whole["exact_match"] == 0.0
     first = score(ex, "f1", "Hero0\nand more words", answer_scope="first_line")
     assert first["f1"] == 1.0 and first["exact_match"] == 1.0 and first["substring_match"] == 1.0
+
+
+def test_gold_only_task_through_the_runner_pairs_with_ruler(tmp_path, tokenizer):
+    """ruler-squad-gold: the same question ids as ruler-squad, prompts holding only the gold paragraph."""
+    data = squad_file(tmp_path)
+    gold = squad_gold(data)
+    runs = {}
+    for task in ("ruler-squad", "ruler-squad-gold"):
+        engine = OracleEngine(gold)
+        cfg = EvalConfig(task=task, data=str(data), output=str(tmp_path / task), lengths="2k", num_samples=5)
+        runs[task] = (run_eval(cfg, engine=engine, tokenizer=tokenizer, progress=False), engine.prompts)
+    result, prompts = runs["ruler-squad-gold"]
+    assert result["metric"] == "substring_match" and result["by_length"]["2048"]["score"] == 1.0
+    records = [json.loads(line) for line in (tmp_path / "ruler-squad-gold" / "records.jsonl").read_text().splitlines()]
+    long_records = [json.loads(line) for line in (tmp_path / "ruler-squad" / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [r["id"] for r in long_records]
+    assert all(p.count("Document ") == 1 for p in prompts)  # the gold alone
+    assert all(r["prompt_tokens"] < 300 < lr["prompt_tokens"] for r, lr in zip(records, long_records))
+    assert "(fed ≤" in (tmp_path / "ruler-squad-gold" / "results.md").read_text()  # says the length was not filled

@@ -97,3 +97,38 @@ def test_bad_data_files(tmp_path, tokenizer):
         read_squad(tmp_path / "x.json")
     with pytest.raises(TaskDataError, match="essays"):
         RulerBuilder(read_squad(squad_file(tmp_path)), tokenizer, filler="essays")
+
+
+def test_gold_only_builder_asks_the_same_questions_with_only_the_gold(tmp_path, tokenizer):
+    from evaluation.ruler import GoldOnlyBuilder
+
+    pool = read_squad(squad_file(tmp_path))
+    long = RulerBuilder(pool, tokenizer, seed=2).build(2048, 6)
+    short = GoldOnlyBuilder(pool, tokenizer, seed=2).build(2048, 6)
+    assert [e.id for e in short] == [e.id for e in long]  # same questions, same order
+    by_id = {q["id"]: q for q in pool.questions}
+    for s, lng in zip(short, long):
+        gold = pool.docs[by_id[s.id]["gold"][0]]
+        assert s.context == f"Document 1:\n{gold}"  # the haystack's own document form, nothing else
+        assert gold in lng.context and len(lng.context) > 4 * len(s.context)
+        assert (s.question, s.answers, s.metric) == (lng.question, lng.answers, lng.metric)
+        # the same template: the long prompt with its haystack swapped for the gold document
+        long_prompt = render(lng, lng.context, "chat")[0]["content"]
+        assert long_prompt.replace(lng.context, s.context) == render(s, s.context, "chat")[0]["content"]
+        assert s.meta["prompt_tokens"] == count_prompt_tokens(tokenizer, render(s, s.context, "chat")) < 300
+        assert s.meta["filler"] == "none" and s.meta["gold_char"] == len("Document 1:\n")
+    with pytest.raises(TaskDataError, match="over 40"):
+        GoldOnlyBuilder(pool, tokenizer, seed=2).build(72, 1)
+
+
+def test_gold_only_hotpot_keeps_every_supporting_paragraph(tmp_path, tokenizer):
+    from evaluation.ruler import GoldOnlyBuilder
+
+    rows = [{"_id": f"h{i}", "question": f"Which of item {i}?", "answer": f"ans{i}", "supporting_facts": [[f"T{i}a", 0], [f"T{i}b", 0]],
+             "context": [[f"T{i}a", [f"Item {i} fact one."]], [f"T{i}b", [f"Item {i} fact two ans{i}."]],
+                         [f"T{i}c", ["Unrelated text. " * 10]]]} for i in range(10)]
+    path = tmp_path / "hotpot.json"
+    path.write_text(json.dumps(rows))
+    [ex] = GoldOnlyBuilder(read_hotpot(path), tokenizer).build(1024, 1)
+    i = ex.id[1:]
+    assert ex.context == f"Document 1:\nT{i}a\nItem {i} fact one.\n\nDocument 2:\nT{i}b\nItem {i} fact two ans{i}."
