@@ -4,9 +4,9 @@
   ROUGE); the trade-off: it collapses to a point when every question scored the same (0/20 gives [0, 0]) and runs
   slightly narrow for small n, so for 0/1 scores `wilson` (closed form, honest at 0 and 1) is the cross-check.
 - `paired_bootstrap`: two models on the SAME questions, resampling questions and keeping each question's pair
-  together, so the between-question spread (most of the variance) cancels. Two-sided p-value by the shifted
-  bootstrap (the bootstrap distribution of the difference moved to mean 0: how often it lands as far from 0 as the
-  observed difference). `mcnemar` is the exact test on 0/1 scores: a two-sided binomial (sign) test on the
+  together, so the between-question spread (most of the variance) cancels. Two-sided p-value from the same
+  resamples (twice the smaller share on either side of 0: the inverted percentile interval, so p < 0.05 exactly when
+  the 95% interval excludes 0; the trade-off: it inherits the percentile interval's slight narrowness at small n). `mcnemar` is the exact test on 0/1 scores: a two-sided binomial (sign) test on the
   questions where exactly one model was right.
 - Scores are paired by question id (`Mapping[id, score]`); differing id sets raise `MisalignedScores` naming the
   ids, never a silent intersection.
@@ -130,7 +130,8 @@ def wilson(successes: int, n: int, *, level: float = LEVEL) -> Interval:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n, level, "wilson")
+    # clamped so that low <= p <= high also under rounding (at 0/n the lower bound is 0 up to 1e-17)
+    return Interval(p, max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)), n, level, "wilson")
 
 
 def wilson_of(scores: Iterable[float], *, level: float = LEVEL) -> Interval:
@@ -183,16 +184,17 @@ def mcnemar(a_only: int, b_only: int) -> float:
 def paired_bootstrap(a: Mapping[str, float], b: Mapping[str, float], *, level: float = LEVEL,
                      resamples: int = RESAMPLES, seed: int = 0) -> PairedComparison:
     """b - a on the same questions: the mean difference, its percentile-bootstrap interval (questions resampled
-    with their pairs), a shifted-bootstrap two-sided p-value and, for 0/1 scores, the exact McNemar test."""
+    with their pairs), the matching two-sided bootstrap p-value and, for 0/1 scores, the exact McNemar test."""
     _check_level(level)
     _, xa, xb = align(a, b)
     d = xb - xa
     observed = float(d.mean())
     boot = _bootstrap_means(d, resamples, np.random.default_rng(seed))
     low, high = _percentiles(boot, level)
-    # H0 (no difference): the bootstrap distribution moved to mean 0; p = how often it is as far out as observed
-    extreme = int(np.sum(np.abs(boot - observed) >= abs(observed) - 1e-12))
-    p = min(1.0, (extreme + 1) / (resamples + 1))
+    # two-sided p by inverting the percentile interval: twice the smaller share of resampled differences on
+    # either side of 0, so p < 1 - level exactly when the interval excludes 0 (a skewed difference keeps them in step)
+    below, above = int(np.sum(boot <= 0)), int(np.sum(boot >= 0))
+    p = min(1.0, 2 * (min(below, above) + 1) / (resamples + 1))
     a_only = b_only = None
     p_exact = None
     if is_binary(xa) and is_binary(xb):

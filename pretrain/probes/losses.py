@@ -84,14 +84,16 @@ def fit_power_law(contexts, losses) -> dict:
 
 def context_scaling(token_losses: TokenLosses, texts: list[str], tokenizer, lengths: list[int], *,
                     windows: int = 4, seed: int = 0, output: Path | None = None, label: str = "model") -> dict:
-    points = {}
+    points, per_window = {}, {}
     for length in lengths:
         vals = [float(torch.nanmean(token_losses(w).double())) for w in
                 token_windows(texts, tokenizer, length, windows, seed)]
         points[str(length)] = sum(vals) / len(vals)
+        per_window[str(length)] = vals  # for an interval on the fit (resampling windows)
     xs = sorted(int(k) for k in points)
     fit = fit_power_law(xs, [points[str(x)] for x in xs]) if len(xs) >= 3 else None
-    result = {"probe": "context-scaling", "model": label, "windows": windows, "loss": points, "fit": fit}
+    result = {"probe": "context-scaling", "model": label, "windows": windows, "loss": points, "fit": fit,
+              "window_losses": per_window}
     if output:
         write_result(output, "context_scaling", result)
         fig, ax = new_figure("validation loss vs context length", "context length (tokens)", "loss")

@@ -118,6 +118,12 @@ def test_pairing_detects_a_difference_the_unpaired_comparison_misses():
     paired = paired_bootstrap(ids(a), ids(b), seed=1)
     assert paired.diff == pytest.approx(float(np.mean(b - a)))
     assert paired.low > 0 and paired.p_value < 0.001 and paired.excludes_zero()
+    # the p-value and the interval agree: p < 0.05 exactly when the 95% interval excludes 0
+    rng2 = np.random.default_rng(9)
+    for t in range(40):
+        x, y = rng2.random(25), rng2.random(25) + rng2.uniform(-0.2, 0.3)
+        res = paired_bootstrap(ids(x), ids(y), resamples=4000, seed=t)
+        assert (res.p_value < 0.05) == res.excludes_zero(), res
     # unpaired: the two means' own intervals overlap and a Welch interval of the difference spans 0
     unpaired_se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
     assert paired.diff - 1.96 * unpaired_se < 0

@@ -110,6 +110,7 @@ def test_context_scaling_recovers_a_known_power_law(tok, texts, tmp_path):
     assert fit["beta"] == pytest.approx(beta, rel=0.01) and fit["gamma"] == pytest.approx(gamma, abs=0.01)
     assert fit["alpha"] == pytest.approx(alpha, rel=0.05) and fit["rms"] < 1e-3
     assert (tmp_path / "context_scaling.png").exists()
+    assert res["window_losses"]["512"] == pytest.approx([(alpha / 512) ** beta + gamma] * 2)
     with pytest.raises(ValueError):
         fit_power_law([1, 2], [3, 4])
     assert len(token_windows(texts, tok, 256, 3, 0)) == 3
