@@ -44,6 +44,7 @@ from evaluation.stats import (  # noqa: E402
 ROWS = {"base": "base", "abf": "ABF", "abf+ft-short": "(a) ABF + FT-Short only",
         "abf+ft(no input loss)": "(b) + long, no input loss", "abf+ft(input loss)": "(c) + long, input loss"}
 A, B, C = "abf+ft-short", "abf+ft(no input loss)", "abf+ft(input loss)"
+JOB_KEYS = {"base": "base", "abf": "abf", A: "ft-short", B: "ft-noinput", C: "ft-input"}  # run.py's eval-<key> jobs
 PAIRS = [(A, B), (B, C), (A, C), ("base", "abf")]
 RULER = {"ruler-squad": "SQuAD", "ruler-hotpot": "HotpotQA"}
 GOLD = {"ruler-squad-gold": "SQuAD, gold only", "ruler-hotpot-gold": "HotpotQA, gold only"}
@@ -153,12 +154,15 @@ def lengths_of(report: Report, tasks: Iterable[str]) -> list[int]:
     return sorted({k[2] for k in report.cells if k[1] in tasks})
 
 
-def skipped(report: Report, model: str, task: str) -> bool:
-    return any(s.get("model") == model and s.get("task") == task for s in report.results.get("skipped", []))
-
-
 def missing(report: Report, model: str, task: str) -> str:
-    return "skipped (time)" if skipped(report, model, task) else "not run"
+    """Why a cell is empty: "skipped (time)" (run.py's `skipped`, per model and task or per eval job), the eval
+    job's own status when it did not finish (e.g. "cut (...)", "failed: ..."), else "not run"."""
+    job = f"eval-{JOB_KEYS.get(model, model)}"
+    for s in report.results.get("skipped", []):
+        if (s.get("model") == model and s.get("task") == task) or s.get("job") == job:
+            return "skipped (time)"
+    status = (report.results.get("jobs", {}).get(job) or {}).get("status")
+    return f"not run ({str(status)[:60]})" if status and status != "done" else "not run"
 
 
 def k_label(n: int) -> str:
@@ -334,6 +338,35 @@ def fit_lines(fitted: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def stage_lines(results: dict[str, Any]) -> list[str]:
+    """One line per training/generation stage from results.json `stages` (what each had to work with)."""
+    lines = []
+    for stage, st in (results.get("stages") or {}).items():
+        if not isinstance(st, dict):
+            continue
+        bits = []
+        counts = st.get("counts") or {}
+        if "qa" in counts:
+            rate = counts.get("acceptance_rate")
+            bits.append(f"{counts.get('accepted')} of {counts['qa']} pairs accepted"
+                        + (f" ({rate:.1%})" if isinstance(rate, (int, float)) else ""))
+        reasons = st.get("rejection_reasons")
+        if isinstance(reasons, dict) and reasons:
+            bits.append("rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
+        if "long_instances" in st:
+            bits.append(f"{st['long_instances']} long instances")
+        if "final_loss" in st:
+            bits.append(f"{st.get('steps')} steps, final loss {st['final_loss']:.4f}")
+        data = st.get("dataset") or {}
+        if "loss_tokens" in data:
+            bits.append(f"{st.get('steps')} steps, {data.get('rows')} rows, {data['loss_tokens']:,} loss tokens")
+        if "seconds" in st:
+            bits.append(f"{st['seconds']} s")
+        if bits:
+            lines.append(f"- `{stage}`: " + "; ".join(bits))
+    return lines or ["- (no stages recorded)"]
+
+
 def markdown(report: Report, fitted: dict[str, dict[str, Any]]) -> str:
     r = report.results
     s = r.get("settings", {})
@@ -370,6 +403,7 @@ def markdown(report: Report, fitted: dict[str, dict[str, Any]]) -> str:
         out += comparison_table(report, a, b) + [""]
     out += ["## Context scaling (Figure 1): L(c) = (alpha/c)^beta + gamma", ""]
     out += fit_lines(fitted)
+    out += ["", "## Stages (from results.json)", ""] + stage_lines(r)
     out += ["", "Figures: `ruler_qa.png`, `first_sentence.png`, `factory_qa.png`, `short_context.png`, "
             "`context_scaling.png` (error bars = the 95% intervals above)."]
     return "\n".join(out) + "\n"

@@ -89,6 +89,14 @@ def test_tables_hold_the_intervals_of_the_records(tmp_path, report):
     assert row(md, "| (c) + long, input loss |", "## RULER-style SQuAD, substring").endswith("| not run | not run |")
     assert "skipped (time)" in row(md, "| base |", "## RULER-style HotpotQA, substring")
     assert row(md, "| ABF |", "## RULER-style SQuAD, substring").endswith("| not run |")
+    # run.py's job-level records: a skipped eval job, a cut one
+    results = json.loads((tmp_path / "results.json").read_text())
+    results["skipped"] = [{"job": "eval-ft-input", "left_s": 20}]
+    results["jobs"] = {"eval-abf": {"status": "cut (signal 15)"}}
+    md2 = report.markdown(report.build(results, [json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()],
+                                       resamples=200), {})
+    assert row(md2, "| (c) + long, input loss |", "## RULER-style SQuAD, substring").endswith("| skipped (time) | skipped (time) |")
+    assert row(md2, "| ABF |", "## RULER-style SQuAD, substring").endswith("| not run (cut (signal 15)) |")
     assert "_held-out factory QA: not run for any model._" in md
     # FSR from old records (`correct`, no id): 4/8 for ABF
     assert row(md, "| ABF |", "## FIRST-SENTENCE").startswith("| ABF | 8 | 0.50 [")
@@ -155,4 +163,6 @@ def test_runs_on_the_committed_results(tmp_path, report):
     path = report.write(REPO / "experiments/recipe_e2e", tmp_path, resamples=500, fit_resamples=0)
     md = path.read_text()
     assert row(md, "| ABF |", "## RULER-style HotpotQA, substring").startswith("| ABF | 20 | 0.25 [")
+    assert "- `generate`: 25 of 200 pairs accepted (12.5%); 25 long instances" in md
+    assert "- `ft-noinput`: 60 steps, 41 rows, 3,797 loss tokens" in md
     assert row(md, "| (b) + long, no input loss |", "## FIRST-SENTENCE").endswith("| not run | not run | not run | not run |")
