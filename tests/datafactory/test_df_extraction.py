@@ -257,3 +257,26 @@ def test_served_replies_are_judged_like_the_table():
                 assert got.reason == reason, (reply, got)
         finally:
             engine.close()
+
+
+def test_decode_content_without_markup_or_entities_skips_the_parser_unchanged():
+    """The shortcut for plain fields gives what the lxml path gives (random plain strings)."""
+    import random
+
+    import datafactory.extraction as ex
+
+    def through_parser(raw: str) -> str:
+        cleaned = ex._SIMPLE_MARKUP.sub("", raw)
+        root = ex.etree.fromstring(f"<field>{cleaned}</field>".encode(), ex._PARSER)
+        return ex._tidy("".join(root.itertext()))
+
+    rng = random.Random(0)
+    alphabet = list("ab Z\"'\n\t\r*:;#\x7f\x85\u2028\ufffd\u00e9\u4e2d") + ["Question:", "**", "Answer: ", "\r\n", "<b>"]
+    checked = 0
+    for _ in range(3000):
+        raw = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        if ex._NEEDS_PARSER.search(ex._SIMPLE_MARKUP.sub("", raw)):
+            continue
+        checked += 1
+        assert ex.decode_content(raw) == through_parser(raw), repr(raw)
+    assert checked > 500
