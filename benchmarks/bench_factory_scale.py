@@ -203,8 +203,13 @@ def machine() -> dict:
 
 # ---- sweep and resume -------------------------------------------------------------------------------------
 
+def new_tree() -> Path:
+    """The code measured as "new": BENCH_NEW_TREE (a snapshot of one commit), else this checkout."""
+    return Path(os.environ.get("BENCH_NEW_TREE", REPO))
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
-    trees = {"new": Path(os.environ.get("BENCH_NEW_TREE", REPO)), "old": old_tree()}
+    trees = {"new": new_tree(), "old": old_tree()}
     with FaultInjectingServer(delay_ms=args.delay_ms) as server:
         for repeat in range(args.repeats):
             for n in args.sizes:
@@ -233,10 +238,11 @@ def cmd_resume(args: argparse.Namespace) -> None:
         out = Path(args.output) if args.output else WORK / f"out-resume-{args.docs}"
         if not (out / "manifest.json").exists():
             subprocess.run(["rm", "-rf", str(out)], check=True)
-            first = run_longscale(REPO, corpus(args.docs), out, server, args.concurrency)
+            first = run_longscale(new_tree(), corpus(args.docs), out, server, args.concurrency)
             print("first run", json.dumps({k: v for k, v in first.items() if k != "output_tail"}), flush=True)
         for repeat in range(args.repeats):
-            result = run_longscale(REPO, corpus(args.docs), out, server, args.concurrency)
+            result = run_longscale(new_tree(), corpus(args.docs), out, server, args.concurrency)
+            result["tree"] = _head(new_tree())
             manifest = json.loads((out / "manifest.json").read_text())
             result.update(documents=args.docs, repeat=repeat, already_done=manifest["this_run"]["already_done"],
                           new_requests=manifest["this_run"]["requests"])
@@ -292,7 +298,7 @@ def cmd_peers(args: argparse.Namespace) -> None:
                            "--chunks-per-doc", "1", "--chunk-tokens", "1024", "--max-context", "2048",
                            "--min-doc-tokens", "0", "--concurrency", str(args.concurrency), "--max-retries", "0",
                            "--no-progress"]
-                    env, cwd = {**os.environ, "PYTHONPATH": str(REPO)}, REPO
+                    env, cwd = {**os.environ, "PYTHONPATH": str(new_tree())}, new_tree()
                 else:
                     cmd = [str(PEER_VENV / "bin" / "python"), str(PEER_SCRIPTS), system, str(prompts), str(out),
                            server.base_url, str(args.concurrency)]
@@ -305,7 +311,7 @@ def cmd_peers(args: argparse.Namespace) -> None:
                 result.update(stub.summary())
                 result.update(system=system, repeat=repeat, delay_ms=args.delay_ms, concurrency=args.concurrency)
                 result["cpu_s_per_1000_requests"] = round(1000 * result["cpu_s"] / max(1, result["requests"]), 2)
-                result["tree"] = _head(REPO) if system == "longscale" else "peer venv"
+                result["tree"] = _head(new_tree()) if system == "longscale" else "peer venv"
                 print(json.dumps({k: v for k, v in result.items() if k != "output_tail"}), flush=True)
                 save("peers", [result], {**machine(), "args": vars(args) | {"func": None}})
 
