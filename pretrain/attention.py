@@ -27,13 +27,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from longscale.common.config import ConfigModel
 from longscale.common.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where it runs: the CLI builds its parser from this module's config
+    import torch
 
 AttnKernel = Literal["auto", "cudnn", "cudnn_gqa", "flash", "flex", "flex_attention", "sdpa", "eager", "flash_attention_2"]
 
@@ -74,6 +76,8 @@ class Hardware:
 
     @classmethod
     def detect(cls, device: torch.device | str | None = None) -> "Hardware":
+        import torch
+
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
@@ -128,6 +132,7 @@ def causal_or_flex_attention(module, query, key, value, attention_mask, dropout:
     """(B, H, T, D) q/k/v -> ((B, T, H, D) output, None). No mask: causal SDPA on the implementation's backend (one
     query token, i.e. decoding: plain SDPA over all keys, torch's backend); a mask (packed samples, padding):
     transformers' FlexAttention forward."""
+    import torch
     from torch.nn.attention import sdpa_kernel
 
     if attention_mask is not None:
@@ -150,6 +155,7 @@ def causal_or_block_mask(*, q_length: int, kv_length: int, attention_mask=None, 
     """No mask where SDPA needs none: a causal row (query and keys of one length) or one query token (decoding),
     without padding and without packed samples (transformers turns `allow_is_causal_skip` off when the position
     ids restart); otherwise a FlexAttention BlockMask."""
+    import torch
     from transformers.masking_utils import flex_attention_mask
 
     no_padding = attention_mask is None or (not torch.compiler.is_compiling() and bool(attention_mask.all()))
@@ -180,6 +186,7 @@ def register() -> None:
 def sdpa_ops_in(fn, *args) -> set[str]:
     """Names of the aten SDPA ops that `fn(*args)` runs (one forward + backward under the profiler): the proof
     of which backend a (compiled) model really uses, read by the benchmarks on the GPU."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])

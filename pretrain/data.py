@@ -14,11 +14,13 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from longscale.common.errors import LongscaleError
 from longscale.common.records import iter_records, record_files
+
+if TYPE_CHECKING:  # imported where it runs: the CLI's parser imports this module's curriculum parser
+    import torch
 
 TEXT_SUFFIXES = (".jsonl", ".parquet", ".txt")
 
@@ -120,9 +122,13 @@ class PackedStream:
             self.offset += len(take)
             if self.offset >= len(doc):
                 self.index, self.offset = self.index + 1, 0
+        import torch
+
         return torch.tensor(out, dtype=torch.long)
 
     def next_batch(self, batch: int, seq_len: int) -> torch.Tensor:
+        import torch
+
         return torch.stack([self.next_sequence(seq_len) for _ in range(batch)])
 
     def state_dict(self) -> dict:
