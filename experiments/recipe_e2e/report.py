@@ -275,8 +275,8 @@ def verdict(report: Report, tasks: Iterable[str], metric: str, what: str) -> lis
         outcome = "CONTRADICTED: " + "; ".join(worse) + " (interval below zero)"
     else:
         shown = [f"{name(y)} > {name(x)}" for (x, y, _, _), s in zip(found, signs) if s == 1]
-        outcome = ("NOT SHOWN: " + ("only " + "; ".join(shown) + " excludes zero, " if shown else "")
-                   + "the other interval includes zero (no difference detectable at this n)")
+        outcome = "NOT SHOWN: " + (f"only {shown[0]} (interval above zero); the other interval includes zero" if shown
+                                   else "both intervals include zero") + " (no difference detectable at this n)"
     return [f"- **{what}, {QA_METRICS.get(metric, metric)}: {outcome}.** " + "; ".join(parts) + "."]
 
 

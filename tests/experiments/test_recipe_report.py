@@ -146,7 +146,12 @@ def test_verdict_holds_when_c_beats_b_beats_a_everywhere(tmp_path, report):
     assert "CONTRADICTED" in row(md, "- **RULER QA, substring match")
     # no difference: not shown
     same = [{**r, "model": m} for m in (A, B, C) for r in qa("x", "ruler-squad", 1024, {1, 2}, n=30)]
-    assert "NOT SHOWN" in row(report.markdown(report.build({}, same, resamples=2000), {}), "- **RULER QA, F1")
+    assert "NOT SHOWN: both intervals include zero" in row(report.markdown(report.build({}, same, resamples=2000), {}),
+                                                           "- **RULER QA, F1")
+    # (b) > (a) shown, (c) = (b): only the first step
+    half = [r for r in records if r["model"] != C] + [{**r, "model": C} for r in records if r["model"] == B]
+    assert ("NOT SHOWN: only (b) + long, no input loss > (a) ABF + FT-Short only (interval above zero); the other "
+            "interval includes zero") in row(report.markdown(report.build({}, half, resamples=2000), {}), "- **RULER QA, F1")
 
 
 def test_bad_input_is_a_clear_error(tmp_path, report, capsys):
