@@ -163,7 +163,13 @@ def missing(report: Report, model: str, task: str) -> str:
         if (s.get("model") == model and s.get("task") == task) or s.get("job") == job:
             return "skipped (time)"
     status = (report.results.get("jobs", {}).get(job) or {}).get("status")
-    return f"not run ({str(status)[:60]})" if status and status != "done" else "not run"
+    return f"not run ({one_line(status)})" if status and status != "done" else "not run"
+
+
+def one_line(text: object, limit: int = 60) -> str:
+    """A status or error as one short table-safe line."""
+    flat = " ".join(str(text).split()).replace("|", "/")
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
 
 
 def k_label(n: int) -> str:
@@ -328,10 +334,13 @@ def fits(report: Report) -> dict[str, dict[str, Any]]:
     return {label: fit_with_interval(p, report.fit_resamples, report.seed) for label, p in probe_points(report.results).items()}
 
 
-def fit_lines(fitted: dict[str, dict[str, Any]]) -> list[str]:
-    if not fitted:
+def fit_lines(fitted: dict[str, dict[str, Any]], results: dict[str, Any] | None = None) -> list[str]:
+    failed = {label: p.get("status") for label, p in ((results or {}).get("probes") or {}).items()
+              if isinstance(p, dict) and not p.get("loss") and label not in fitted}
+    if not fitted and not failed:
         return ["_Context-scaling probe: not run (no `probes` in results.json)._"]
     lines = ["| model | lengths | alpha | beta | gamma | RMS |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name(label)} | not run ({one_line(status)}) | | | | |" for label, status in failed.items()]
     for label, f in fitted.items():
         if "error" in f:
             lines.append(f"| {name(label)} | {', '.join(map(k_label, f['lengths']))} | {f['error']} | | | |")
@@ -410,7 +419,7 @@ def markdown(report: Report, fitted: dict[str, dict[str, Any]]) -> str:
     for a, b in PAIRS:
         out += comparison_table(report, a, b) + [""]
     out += ["## Context scaling (Figure 1): L(c) = (alpha/c)^beta + gamma", ""]
-    out += fit_lines(fitted)
+    out += fit_lines(fitted, r)
     out += ["", "## Stages (from results.json)", ""] + stage_lines(r)
     out += ["", "Figures: `ruler_qa.png`, `first_sentence.png`, `factory_qa.png`, `short_context.png`, "
             "`context_scaling.png` (error bars = the 95% intervals above)."]

@@ -92,11 +92,15 @@ def test_tables_hold_the_intervals_of_the_records(tmp_path, report):
     # run.py's job-level records: a skipped eval job, a cut one
     results = json.loads((tmp_path / "results.json").read_text())
     results["skipped"] = [{"job": "eval-ft-input", "left_s": 20}]
-    results["jobs"] = {"eval-abf": {"status": "cut (signal 15)"}}
+    results["jobs"] = {"eval-abf": {"status": "failed: ValidationError: 1 validation error\n  Value | error"}}
+    results["probes"]["abf+ft-short"] = {"loss": None, "fit": None, "status": "failed: TypeError: x"}
     md2 = report.markdown(report.build(results, [json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()],
                                        resamples=200), {})
     assert row(md2, "| (c) + long, input loss |", "## RULER-style SQuAD, substring").endswith("| skipped (time) | skipped (time) |")
-    assert row(md2, "| ABF |", "## RULER-style SQuAD, substring").endswith("| not run (cut (signal 15)) |")
+    # a multi-line status stays on its table row
+    assert row(md2, "| ABF |", "## RULER-style SQuAD, substring").endswith(
+        "| not run (failed: ValidationError: 1 validation error Value / error) |")
+    assert "| (a) ABF + FT-Short only | not run (failed: TypeError: x) | | | | |" in md2
     assert "_held-out factory QA: not run for any model._" in md
     # FSR from old records (`correct`, no id): 4/8 for ABF
     assert row(md, "| ABF |", "## FIRST-SENTENCE").startswith("| ABF | 8 | 0.50 [")
