@@ -177,7 +177,9 @@ def k_label(n: int) -> str:
 
 
 def name(model: str) -> str:
-    return ROWS.get(model, model)
+    """A row's name; run.py's job names ("probe-abf", a failed job that never learnt its label) map too."""
+    label = {key: lab for lab, key in JOB_KEYS.items()}.get(model.removeprefix("probe-"), model)
+    return ROWS.get(label, label)
 
 
 def score_table(report: Report, task: str, metric: str, digits: int = 2) -> list[str]:
@@ -375,7 +377,7 @@ def stage_lines(results: dict[str, Any]) -> list[str]:
         data = st.get("dataset") or {}
         if "loss_tokens" in data:
             bits.append(f"{st.get('steps')} steps, {data.get('rows')} rows, {data['loss_tokens']:,} loss tokens")
-        if "seconds" in st:
+        if isinstance(st.get("seconds"), (int, float)):
             bits.append(f"{st['seconds']} s")
         if bits:
             lines.append(f"- `{stage}`: " + "; ".join(bits))

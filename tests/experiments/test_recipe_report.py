@@ -93,7 +93,7 @@ def test_tables_hold_the_intervals_of_the_records(tmp_path, report):
     results = json.loads((tmp_path / "results.json").read_text())
     results["skipped"] = [{"job": "eval-ft-input", "left_s": 20}]
     results["jobs"] = {"eval-abf": {"status": "failed: ValidationError: 1 validation error\n  Value | error"}}
-    results["probes"]["abf+ft-short"] = {"loss": None, "fit": None, "status": "failed: TypeError: x"}
+    results["probes"]["probe-ft-short"] = {"loss": None, "fit": None, "status": "failed: TypeError: x"}
     md2 = report.markdown(report.build(results, [json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()],
                                        resamples=200), {})
     assert row(md2, "| (c) + long, input loss |", "## RULER-style SQuAD, substring").endswith("| skipped (time) | skipped (time) |")
