@@ -330,6 +330,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     lines = ["# The factory at corpus scale (benchmarks/bench_factory_scale.py)", "",
              "Against FaultInjectingServer (a fake OpenAI-compatible stub, no model), on the shared 2-core dev VM;",
              "ranges over repeats (n = runs). `old` is commit d174c3c, run in the same invocation, interleaved.", ""]
+    for section in ("sweep", "resume", "peers"):
+        loads = [r["load_avg_at_start"][0] for r in data.get("runs", []) if r.get("section") == section
+                 and "load_avg_at_start" in r]
+        if loads:
+            lines.append(f"- {section}: {len(loads)} runs recorded on {os.cpu_count()} cores, "
+                         f"1-minute load average at their start {min(loads):g}-{max(loads):g}")
+    lines.append("")
     sweep = data.get("sweep", [])
     if sweep:
         lines += ["## Corpus-size sweep (20-40 KB documents, one chunk each, critique off)", "",
@@ -350,11 +357,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     resume = data.get("resume", [])
     if resume:
         lines += ["## Resume of a finished output (every document done)", "",
-                  "| documents | n | wall s (process, incl. start-up) | generation s (manifest) | new requests |",
-                  "|---:|---:|---:|---:|---:|"]
-        for n in sorted({e["documents"] for e in resume}):
-            runs = [e for e in resume if e["documents"] == n]
-            lines.append(f"| {n:,} | {len(runs)} | {_range([r['wall_s'] for r in runs])} | "
+                  "| tree | documents | n | wall s (process, incl. start-up) | generation s (manifest) | new requests |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for tree, n in sorted({(e.get("tree", "before 17a1b46"), e["documents"]) for e in resume}):
+            runs = [e for e in resume if (e.get("tree", "before 17a1b46"), e["documents"]) == (tree, n)]
+            lines.append(f"| {tree} | {n:,} | {len(runs)} | {_range([r['wall_s'] for r in runs])} | "
                          f"{_range([r['generation_s'] for r in runs])} | {_range([r['new_requests'] for r in runs])} |")
         lines.append("")
     peers = data.get("peers", [])
