@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from datafactory.chunking import PARAGRAPH_BREAK, SENTENCE_END, Chunk, TokenizedText, count_tokens, last_cut
+from longscale.common.instances import ChatTurn, LongQAInstance
 
 NORMAL_TEMPLATE = ('You are given a long text (delimited by triple quotes) and a question. Read the text and answer '
                    'the question in the end. """ {document} """\n\nQuestion: {question}')
@@ -148,7 +149,8 @@ def _snap_backward(text: str, lo: int, hi: int) -> int:
 
 def build_instance(qa_record: dict[str, Any], chunk: Chunk, document: TokenizedText, max_context: int,
                    target_tokenizer: Any, same_encoding: bool = False) -> dict[str, Any]:
-    """A long QA instance (chat messages + [INST] rendering) for one accepted pair.
+    """A long QA instance (chat messages + [INST] rendering) for one accepted pair, built and validated
+    through the shared contract (longscale.common.instances.LongQAInstance; docs/instances.md).
 
     `document` is the document tokenized with the TARGET tokenizer; `chunk` spans characters of the same text
     (`same_encoding`: the chunk was cut from this very encoding, so its token span is reused).
@@ -159,20 +161,21 @@ def build_instance(qa_record: dict[str, Any], chunk: Chunk, document: TokenizedT
                         chunk.token_span if same_encoding else None)
     kept = document.text[window.char_start:window.char_end]
     user = user_message(answer_type, kept, question)
-    return {
-        "id": qa_record["id"],
-        "doc_id": qa_record["doc_id"],
-        "chunk_index": chunk.index,
-        "answer_type": answer_type,
-        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
-        "text": llama2_rendering(answer_type, user, answer),
-        "question": question,
-        "answer": answer,
-        "truncated": window.truncated,
-        "document_tokens": window.document_tokens,
-        "kept_token_span": [window.token_start, window.token_end] if window.token_start is not None else None,
-        "kept_char_span": [window.char_start, window.char_end],
-        "chunk_char_span": list(chunk.char_span),
-        "approx_tokens": window.n_tokens + overhead,
-        "model": qa_record.get("model"),
-    }
+    return LongQAInstance(
+        id=qa_record["id"],
+        doc_id=qa_record["doc_id"],
+        chunk_index=chunk.index,
+        answer_type=answer_type,
+        messages=[ChatTurn(role="user", content=user), ChatTurn(role="assistant", content=answer)],
+        text=llama2_rendering(answer_type, user, answer),
+        question=question,
+        answer=answer,
+        truncated=window.truncated,
+        document_tokens=window.document_tokens,
+        kept_token_span=[window.token_start, window.token_end] if window.token_start is not None
+        and window.token_end is not None else None,
+        kept_char_span=[window.char_start, window.char_end],
+        chunk_char_span=list(chunk.char_span),
+        approx_tokens=window.n_tokens + overhead,
+        model=qa_record.get("model"),
+    ).to_record()

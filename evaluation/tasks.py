@@ -23,6 +23,7 @@ from typing import Any
 
 from evaluation.prompts import Example
 from longscale.common.errors import LongscaleError
+from longscale.common.instances import parse_instance
 from longscale.common.records import iter_records
 
 
@@ -153,19 +154,19 @@ def load_zeroscrolls(path: str | Path) -> tuple[list[Example], int]:
 
 
 def load_factory_qa(path: str | Path) -> tuple[list[Example], int]:
-    """Held-out long QA from a generation output: the kept document between the template's triple quotes."""
+    """Held-out long QA from a generation output (instances.jsonl or .parquet, validated against the shared
+    contract, docs/instances.md): the kept document between the template's triple quotes."""
     path = Path(path)
     if path.is_dir():
         path = path / "instances.jsonl"
     out: list[Example] = []
     for where, rec in read_records(path):
-        _need(rec, ("id", "messages", "question", "answer"), where, "factory instance")
-        user = next(m["content"] for m in rec["messages"] if m["role"] == "user")
-        parts = user.split('"""')
-        if len(parts) < 3:
+        instance = parse_instance(where, rec, error=TaskDataError)
+        context = instance.kept_document()
+        if context is None:
             raise TaskDataError(f"{where}: the user turn has no \"\"\"-delimited document (not a factory instance?)")
-        out.append(Example(id=rec["id"], context=parts[1].strip(), question=rec["question"], answers=[rec["answer"]],
-                           metric="f1", meta={"doc_id": rec.get("doc_id"), "answer_type": rec.get("answer_type")}))
+        out.append(Example(id=instance.id, context=context, question=instance.question, answers=[instance.answer],
+                           metric="f1", meta={"doc_id": instance.doc_id, "answer_type": instance.answer_type}))
     return out, 0
 
 

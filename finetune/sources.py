@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from longscale.common.errors import ConfigError
+from longscale.common.instances import parse_instance
 from longscale.common.records import iter_records
 
 
@@ -63,16 +64,16 @@ def read_short(paths: list[str]) -> list[dict[str, Any]]:
 
 
 def read_long(paths: list[str]) -> list[dict[str, Any]]:
-    """Long QA instances written by the data factory (`instances.jsonl`), by directory or file."""
+    """Long QA instances written by the data factory (`instances.jsonl`, or a file such as instances.parquet),
+    by directory or file; every record is validated against the shared contract (docs/instances.md)."""
     out = []
     for path in map(Path, paths):
         file = path / "instances.jsonl" if path.is_dir() else path
         if not file.is_file():
             raise DataError(f"long data: {file} not found (give a generation output dir holding instances.jsonl)")
         for where, row in iter_records(file, error=DataError):
-            if not isinstance(row, dict) or "id" not in row:
-                raise DataError(f"{where}: long instance needs an 'id'")
-            out.append({"id": str(row["id"]), "kind": "long", "messages": _check_messages(where, row.get("messages"))})
+            instance = parse_instance(where, row, error=DataError)
+            out.append({"id": instance.id, "kind": "long", "messages": instance.chat()})
     return out
 
 

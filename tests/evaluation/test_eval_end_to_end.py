@@ -12,6 +12,7 @@ from evaluation.runner import run_eval
 from longscale.commands.main import main as longscale_main
 from longscale.common.configcli import ConfigError
 from tests.evaluation.test_eval_ruler import squad_file
+from tests.instance_records import instance_record
 
 
 class OracleEngine:
@@ -126,9 +127,8 @@ def test_plain_few_shot_prompts_and_factory_task(tmp_path, tokenizer, capsys):
     assert all(p.startswith("Chapter one. The hero of book 0 is Hero0. Q: Who is the hero of book 0?, A: Hero0\n\n")
                and p.endswith(", A:") for p in engine.prompts)
 
-    instance = {"id": "f1", "doc_id": "b", "question": "Who wrote the letter?", "answer": "Mr. Darcy",
-                "messages": [{"role": "user", "content": 'Read. """ Darcy wrote a letter. """\n\nQuestion: Who wrote the letter?'},
-                             {"role": "assistant", "content": "Mr. Darcy"}]}
+    instance = instance_record("f1", "b", "Darcy wrote a letter.", "Who wrote the letter?", "Mr. Darcy",
+                               user='Read. """ Darcy wrote a letter. """\n\nQuestion: Who wrote the letter?')
     (tmp_path / "gen").mkdir()
     (tmp_path / "gen" / "instances.jsonl").write_text(json.dumps(instance) + "\n")
     cfg = EvalConfig(task="factory-qa", data=str(tmp_path / "gen"), output=str(tmp_path / "f"), lengths=[1024])

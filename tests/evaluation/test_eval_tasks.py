@@ -9,6 +9,7 @@ from evaluation.tasks import (
     load_factory_qa,
     zeroscrolls_metric,
 )
+from tests.instance_records import instance_record
 
 
 def write_jsonl(path, rows):
@@ -85,9 +86,8 @@ def test_zeroscrolls_indices_and_metric_by_subset(tmp_path):
 
 
 def test_factory_instances(tmp_path):
-    rec = {"id": "r1", "doc_id": "b1", "answer_type": "short", "question": "Who wrote it?", "answer": "Darcy",
-           "messages": [{"role": "user", "content": 'You are given a long text. """ The kept book text. """ Question: Who wrote it?'},
-                        {"role": "assistant", "content": "Darcy"}]}
+    rec = instance_record("r1", "b1", "The kept book text.", "Who wrote it?", "Darcy",
+                          user='You are given a long text. """ The kept book text. """ Question: Who wrote it?')
     write_jsonl(tmp_path / "instances.jsonl", [rec])
     [ex], _ = load_factory_qa(tmp_path)
     assert (ex.context, ex.question, ex.answers) == ("The kept book text.", "Who wrote it?", ["Darcy"])

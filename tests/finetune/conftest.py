@@ -1,7 +1,8 @@
 """Finetune test data: FT-Short files in all three formats and a data-factory-like long output directory.
 
 The long instances are built here from the sample books with the paper's Figure 10 template and made-up
-questions (finetune reads the factory's files, it never imports the factory).
+questions (finetune reads the factory's files, it never imports the factory); each record follows the shared
+instance contract (tests/instance_records.py).
 """
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.instance_records import instance_record
+
 REPO = Path(__file__).resolve().parents[2]
 BOOKS = sorted((REPO / "datafactory" / "sample_corpus").glob("*.txt"))
-TEMPLATE = ('You are given a long text (delimited by triple quotes) and a question. Read the text and answer the '
-            'question in the end. """ {doc} """\n\nQuestion: {question}')
 
 
 def write_short(path: Path, n: int = 12) -> Path:
@@ -40,9 +41,8 @@ def write_long_dir(path: Path, sizes_chars: list[int]) -> Path:
         text = book.read_text(encoding="utf-8")
         start = 5000 + 997 * i
         doc = text[start:start + size]
-        lines.append({"id": f"long-{i}", "doc_id": book.stem, "answer_type": "short",
-                      "messages": [{"role": "user", "content": TEMPLATE.format(doc=doc, question=f"Who speaks in part {i}?")},
-                                   {"role": "assistant", "content": f"The narrator of part {i}."}]})
+        lines.append(instance_record(f"long-{i}", book.stem, doc, f"Who speaks in part {i}?",
+                                     f"The narrator of part {i}.", answer_type="normal"))
     (path / "instances.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 

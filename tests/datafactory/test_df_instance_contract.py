@@ -1,0 +1,114 @@
+"""The instance file contract (longscale.common.instances): real factory output (JSONL and Parquet) validates
+and reads the same in finetune and evaluation; every malformed record is refused with its file, line and
+field; the fields the readers need cannot be dropped from the contract; docs/instances.md is the model's."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from datafactory.config import GenerationConfig
+from datafactory.pipeline import Tokenizers, load_tokenizers, run_generation
+from evaluation.tasks import TaskDataError, load_factory_qa
+from finetune.sources import DataError, read_long
+from longscale.common.instances import LongQAInstance, contract_table, parse_instance
+from longscale.common.records import iter_records
+from tests.datafactory.test_df_critique_and_targets import ScriptedEngine, config, marked_docs
+
+REPO = Path(__file__).resolve().parents[2]
+# what finetune's read_long and evaluation's factory-qa take from an instance
+READER_FIELDS = ("id", "doc_id", "answer_type", "messages", "question", "answer")
+
+
+@pytest.fixture(scope="module")
+def factory_output(embedded_model_dir, tmp_path_factory) -> Path:
+    """A real output folder: real pipeline, writer and finalize (a scripted engine, named as a fake, makes the
+    critique accept), two instances from two chunks of one document."""
+    out = tmp_path_factory.mktemp("factory")
+    tokenizers: Tokenizers = load_tokenizers(GenerationConfig(model=str(embedded_model_dir)))
+    manifest = run_generation(marked_docs(1, chars=4000), config(chunks_per_doc=2), out, engine=ScriptedEngine(),
+                              progress=False, tokenizers=tokenizers)
+    assert manifest["counts"]["instances"] == 2
+    return out
+
+
+def _lines(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "instances.jsonl").read_text().splitlines()]
+
+
+def test_real_output_validates_in_jsonl_and_parquet(factory_output):
+    jsonl = [parse_instance(where, rec) for where, rec in iter_records(factory_output / "instances.jsonl")]
+    parquet = [parse_instance(where, rec) for where, rec in iter_records(factory_output / "instances.parquet")]
+    assert len(jsonl) == 2 and parquet == jsonl
+    assert [i.to_record() for i in jsonl] == _lines(factory_output)  # the writer wrote exactly the contract
+    # both readers give the same from either file
+    assert read_long([str(factory_output / "instances.parquet")]) == read_long([str(factory_output)])
+    from_parquet, _ = load_factory_qa(factory_output / "instances.parquet")
+    assert from_parquet == load_factory_qa(factory_output)[0] and len(from_parquet) == 2
+    assert all(e.context and e.context in i.messages[0].content for e, i in zip(from_parquet, jsonl))
+
+
+def test_id_stays_the_first_field(factory_output):
+    """datafactory's output index reads an instance's id from the start of its line."""
+    assert next(iter(LongQAInstance.model_fields)) == "id"
+    assert all(line.startswith('{"id": "') for line in (factory_output / "instances.jsonl").read_text().splitlines())
+
+
+def _drop(name):
+    return lambda r: {k: v for k, v in r.items() if k != name}
+
+
+MALFORMED = [
+    (_drop("question"), "field 'question': Field required"),
+    (lambda r: {**r, "messages": [r["messages"][0], {"role": "assistant", "content": 5}]}, "field 'messages.1.content'"),
+    (lambda r: {**r, "messages": r["messages"][:1]}, "need a user and an assistant turn"),
+    (lambda r: {**r, "truncated": "yes"}, "field 'truncated': Input should be a valid boolean"),
+    (lambda r: {**r, "answer_type": "long"}, "field 'answer_type'"),
+    (lambda r: {**r, "kept_char_span": [9, 2]}, "kept_char_span"),
+    (lambda r: {**r, "kept_token_span": [1]}, "field 'kept_token_span'"),
+    (lambda r: {**r, "chunk_index": "3"}, "field 'chunk_index': Input should be a valid integer"),
+    (lambda r: {**r, "id": ""}, "field 'id'"),
+    (lambda r: [r["id"]], "expected an object, got list"),
+]
+
+
+@pytest.mark.parametrize("damage,message", MALFORMED)
+@pytest.mark.parametrize("reader,error", [(read_long, DataError), (load_factory_qa, TaskDataError)])
+def test_a_malformed_record_names_file_line_and_field(factory_output, tmp_path, damage, message, reader, error):
+    good, other = _lines(factory_output)
+    path = tmp_path / "instances.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(damage(other)) + "\n")
+    before = path.read_bytes()
+    arg = [str(tmp_path)] if reader is read_long else tmp_path
+    with pytest.raises(error, match=f"instances.jsonl:2: not a long QA instance: .*{message}"):
+        reader(arg)
+    assert path.read_bytes() == before  # refused, never repaired or skipped
+
+
+@pytest.mark.parametrize("field", READER_FIELDS)
+def test_the_fields_readers_need_stay_required(factory_output, tmp_path, field):
+    """Dropping a reader's field from the contract (or making it optional) fails here; a record without it is
+    refused by both readers, naming the field."""
+    assert LongQAInstance.model_fields[field].is_required()
+    (tmp_path / "instances.jsonl").write_text(json.dumps(_drop(field)(_lines(factory_output)[0])) + "\n")
+    with pytest.raises(DataError, match=f"field '{field}': Field required"):
+        read_long([str(tmp_path)])
+    with pytest.raises(TaskDataError, match=f"field '{field}': Field required"):
+        load_factory_qa(tmp_path)
+
+
+def test_parquet_rows_are_named_by_index(factory_output, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _lines(factory_output)
+    rows[1]["answer"] = ""
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "instances.parquet")
+    with pytest.raises(DataError, match=r"instances.parquet\[1\]: not a long QA instance: field 'answer'"):
+        read_long([str(tmp_path / "instances.parquet")])
+
+
+def test_docs_are_generated_from_the_model():
+    docs = (REPO / "docs" / "instances.md").read_text()
+    assert contract_table() in docs, "docs/instances.md is stale: paste `python3 -m longscale.common.instances`"
