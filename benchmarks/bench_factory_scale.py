@@ -389,21 +389,19 @@ def _plot(sweep: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for version, marker in (("new", "o"), ("old", "s")):
-        runs = [e for e in sweep if e["version"] == version]
-        if not runs:
-            continue
-        ax1.scatter([r["documents"] for r in runs], [r["documents_per_s"] for r in runs], marker=marker, label=version)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 6))
+    series = sorted({(e["version"], e.get("tree", "")) for e in sweep}, key=lambda k: (k[0] == "old", k[1]))
+    for version, tree in series:  # one series per commit: earlier sessions' "new" code is not this one
+        runs = [e for e in sweep if (e["version"], e.get("tree", "")) == (version, tree)]
+        marker, label = ("s" if version == "old" else "o"), f"{version} {tree[:24]}"
+        ax1.scatter([r["documents"] for r in runs], [r["documents_per_s"] for r in runs], marker=marker, label=label)
         ax2.scatter([r["documents"] for r in runs], [r["peak_tree_rss_mb"] for r in runs], marker=marker,
-                    label=f"{version} (tree)")
-        ax2.scatter([r["documents"] for r in runs], [r["peak_rss_mb"] for r in runs], marker=marker, alpha=0.4,
-                    label=f"{version} (largest process)")
+                    label=f"{label} (tree)")
     for ax, title in ((ax1, "documents/s (process wall)"), (ax2, "peak RSS (MB)")):
         ax.set_xscale("log")
         ax.set_xlabel("documents (20-40 KB)")
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.16), ncol=2)
     fig.suptitle("longscale generate vs a 5 ms OpenAI-compatible stub (shared 2-core VM)")
     fig.tight_layout()
     fig.savefig(RESULTS.with_suffix(".png"), dpi=110)
