@@ -1,8 +1,9 @@
 """Long documents in: directories of .txt/.md, JSONL, Parquet, or a `datasets` dataset saved on disk.
 
-Reading is lazy (`iter_documents`): JSONL line by line, Parquet by record batches of its row groups, saved
-datasets row by row from their memory-mapped Arrow files, folders file by file, so a corpus of any size
-costs the memory of the documents in flight. The price: the duplicate-id check keeps an 8-byte digest per
+Reading is lazy (`iter_documents`): record files go through the one records reader
+(longscale/common/records.py: JSONL line by line, Parquet by record batches, saved datasets row by row from their
+memory-mapped Arrow files), folders file by file, so a corpus of any size costs the memory of the documents in
+flight; this module keeps what is document-specific (.txt/.md files, text/id fields, the duplicate-id check). The price: the duplicate-id check keeps an 8-byte digest per
 id seen (~100 bytes a document in Python), and a `.json` array file is still parsed whole (JSON arrays do
 not stream; use JSONL for big corpora).
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from datafactory.config import GenerationConfig
 from longscale.common.errors import LongscaleError
+from longscale.common.records import RECORD_SUFFIXES, is_saved_dataset, iter_records
 
 TEXT_SUFFIXES = (".txt", ".md")
 
@@ -48,31 +50,29 @@ def sample_corpus_dir() -> Path:
 
 
 def documents_from_records(records: Iterable[dict[str, Any]], config: GenerationConfig, source: str = "records") -> list[Document]:
-    """Documents from dict records (inline JSON from the API, JSONL/Parquet rows).
+    """Documents from dict records (inline JSON from the API).
 
     `config` needs `text_field` and `id_field`; the other fields of a record become its `meta`.
     """
-    return list(iter_records(records, config, source))
+    return [to_document(f"{source}: record {number}", record, config, source)
+            for number, record in enumerate(records, 1)]
 
 
-def iter_records(records: Iterable[dict[str, Any]], config: GenerationConfig, source: str = "records",
-                 first_number: int = 1) -> Iterator[Document]:
-    """`documents_from_records`, lazily: one record read per document yielded."""
-    for number, record in enumerate(records, first_number):
-        if not isinstance(record, dict):
-            raise DocumentError(f"{source}: record {number} is a {type(record).__name__}, not an object")
-        if config.text_field not in record:
-            raise DocumentError(f"{source}: record {number} has no '{config.text_field}' field "
-                                f"(fields: {', '.join(sorted(map(str, record))) or 'none'}); set --text-field")
-        text = record[config.text_field]
-        if not isinstance(text, str):
-            raise DocumentError(f"{source}: record {number} field '{config.text_field}' is "
-                                f"{type(text).__name__}, not text")
-        raw_id = record.get(config.id_field)
-        doc_id = str(raw_id) if raw_id not in (None, "") else text_id(text)
-        meta = {k: v for k, v in record.items() if k not in (config.text_field, config.id_field)}
-        meta.setdefault("source", source)
-        yield Document(id=doc_id, text=text, meta=_jsonable(meta))
+def to_document(where: str, record: Any, config: GenerationConfig, source: str) -> Document:
+    """One record as a Document; `where` names it in errors (`file:LINE`, `file[ROW]`)."""
+    if not isinstance(record, dict):
+        raise DocumentError(f"{where}: a {type(record).__name__}, not an object")
+    if config.text_field not in record:
+        raise DocumentError(f"{where}: no '{config.text_field}' field "
+                            f"(fields: {', '.join(sorted(map(str, record))) or 'none'}); set --text-field")
+    text = record[config.text_field]
+    if not isinstance(text, str):
+        raise DocumentError(f"{where}: field '{config.text_field}' is {type(text).__name__}, not text")
+    raw_id = record.get(config.id_field)
+    doc_id = str(raw_id) if raw_id not in (None, "") else text_id(text)
+    meta = {k: v for k, v in record.items() if k not in (config.text_field, config.id_field)}
+    meta.setdefault("source", source)
+    return Document(id=doc_id, text=text, meta=_jsonable(meta))
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
@@ -93,84 +93,20 @@ def _read_text_file(path: Path, root: Path) -> Document:
     return Document(id=Path(rel).with_suffix("").as_posix(), text=text, meta={"source": str(path)})
 
 
-def _read_jsonl(path: Path, config: GenerationConfig) -> Iterator[Document]:
-    """JSON Lines (one object per line, read one line at a time), or for a .json file a JSON array of objects."""
-    if path.suffix.lower() == ".json":
-        with path.open(encoding="utf-8") as fh:
-            head = fh.read(64).lstrip()[:1]
-        if head == "[":
-            try:
-                records = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise DocumentError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
-            yield from iter_records(records, config, source=str(path))
-            return
-    yield from iter_records(_jsonl_records(path), config, source=str(path))
-
-
-def _jsonl_records(path: Path) -> Iterator[Any]:
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DocumentError(f"{path}:{line_no}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
-
-
-PARQUET_BATCH_ROWS = 64  # rows decoded at a time: a few MB of long documents, whatever the row-group size
-
-
-def _read_parquet(path: Path, config: GenerationConfig) -> Iterator[Document]:
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise DocumentError(f"{path}: cannot read as Parquet ({exc})") from exc
-    columns = parquet.schema_arrow.names
-    if config.text_field not in columns:
-        raise DocumentError(f"{path}: no column '{config.text_field}' (columns: {', '.join(columns)}); "
-                            "set --text-field")
-    number = 1
-    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        rows = batch.to_pylist()
-        yield from iter_records(rows, config, source=str(path), first_number=number)
-        number += len(rows)
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
-                              or (path / "state.json").exists())
-
-
-def _read_saved_dataset(path: Path, config: GenerationConfig) -> Iterator[Document]:
-    """Rows of a save_to_disk dataset (every split), read from its memory-mapped Arrow files."""
-    from datasets import Dataset, DatasetDict, load_from_disk
-
-    try:
-        data = load_from_disk(str(path))
-    except Exception as exc:
-        raise DocumentError(f"{path}: cannot load the saved dataset ({exc})") from exc
-    splits = list(data.values()) if isinstance(data, DatasetDict) else [data]
-    for split in splits:
-        assert isinstance(split, Dataset)
-        if config.text_field not in split.column_names:
-            raise DocumentError(f"{path}: no column '{config.text_field}' (columns: {', '.join(split.column_names)}); "
-                                "set --text-field")
-    for split in splits:
-        yield from iter_records(iter(split), config, source=str(path))
+def _read_records(path: Path, config: GenerationConfig) -> Iterator[Document]:
+    """A JSONL/JSON/Parquet file or a saved dataset (every split), lazily, through the one records reader."""
+    for where, record in iter_records(path, split=None, error=DocumentError):
+        yield to_document(where, record, config, source=str(path))
 
 
 def _iter_path(path: Path, config: GenerationConfig) -> Iterator[Document]:
     if not path.exists():
         raise DocumentError(f"input not found: {path}")
-    if _is_saved_dataset(path):
-        yield from _read_saved_dataset(path, config)
+    if is_saved_dataset(path):
+        yield from _read_records(path, config)
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*")
-                       if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + (".jsonl", ".json", ".parquet"))
+                       if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + RECORD_SUFFIXES)
         if not files:
             raise DocumentError(f"{path}: no .txt, .md, .jsonl, .json or .parquet files in this directory")
         for file in files:
@@ -180,10 +116,8 @@ def _iter_path(path: Path, config: GenerationConfig) -> Iterator[Document]:
                 yield from _iter_path(file, config)
     elif path.suffix.lower() in TEXT_SUFFIXES:
         yield _read_text_file(path, path)
-    elif path.suffix.lower() in (".jsonl", ".json"):
-        yield from _read_jsonl(path, config)
-    elif path.suffix.lower() == ".parquet":
-        yield from _read_parquet(path, config)
+    elif path.suffix.lower() in RECORD_SUFFIXES:
+        yield from _read_records(path, config)
     else:
         raise DocumentError(f"{path}: unsupported input (use .txt/.md files, a directory of them, .jsonl, "
                             ".parquet, or a directory written by datasets' save_to_disk)")

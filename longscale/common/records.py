@@ -1,11 +1,12 @@
 """One reader for record files: JSON Lines, JSON (an array or one object), Parquet, a saved `datasets` folder,
-or a folder of them. It yields `(where, record)`; `where` names the record in error messages: `file:LINE` for a
+or a folder of them, lazily: JSON Lines line by line, Parquet by record batches, saved datasets row by row
+from their memory-mapped Arrow files, folders file by file. It yields `(where, record)`; `where` names the record in error messages: `file:LINE` for a
 JSON Lines line (1-based, as editors count), `file[i]` for an array element, a Parquet row or a dataset row.
 
 Errors are raised as the caller's own type (`error=`), so each package keeps raising its own errors (finetune's
 DataError, evaluation's TaskDataError, ...) with one wording. A `.json` file that is not one JSON value is read
-as JSON Lines. Trade-off: a Parquet file is read one whole table at a time (simple, and fine for the QA and
-instance files it serves); corpus-sized inputs are datafactory's streaming reader's job.
+as JSON Lines. Trade-off: a `.json` file is parsed whole (JSON does not stream; use JSON Lines for big inputs).
+datafactory's document reader, finetune, evaluation and pretrain all read through this one module.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def record_files(path: Path, suffixes: tuple[str, ...] = RECORD_SUFFIXES, *,
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise error(f"{path}: no {', '.join(suffixes)} files in it")
+        names = ", ".join(suffixes[:-1]) + " or " + suffixes[-1] if len(suffixes) > 1 else suffixes[0]
+        raise error(f"{path}: no {names} files in it")
     return files
 
 
@@ -77,18 +79,24 @@ def _json(file: Path, error: type[Exception]) -> Iterator[tuple[str, Any]]:
         yield str(file), data
 
 
+PARQUET_BATCH_ROWS = 64  # rows decoded at a time: a few MB of long documents, whatever the row-group size
+
+
 def _parquet(file: Path, error: type[Exception]) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(file).to_pylist()
+        parquet = pq.ParquetFile(file)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise error(f"{file}: cannot read as Parquet ({exc})") from None
-    for i, row in enumerate(rows):
-        yield f"{file}[{i}]", row
+    row = 0
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for record in batch.to_pylist():
+            yield f"{file}[{row}]", record
+            row += 1
 
 
-def _saved_dataset(path: Path, split: str, error: type[Exception]) -> Iterator[tuple[str, Any]]:
+def _saved_dataset(path: Path, split: str | None, error: type[Exception]) -> Iterator[tuple[str, Any]]:
     import datasets
 
     try:
@@ -96,16 +104,21 @@ def _saved_dataset(path: Path, split: str, error: type[Exception]) -> Iterator[t
     except Exception as exc:  # datasets raises several types for "not a saved dataset"
         raise error(f"{path}: not a saved datasets directory ({exc})") from None
     if isinstance(table, datasets.DatasetDict):
-        if split not in table:
+        if split is not None and split not in table:
             raise error(f"{path}: DatasetDict without a {split!r} split (has {list(table)})")
-        table = table[split]
-    for i, row in enumerate(table):
-        yield f"{path}[{i}]", row
+        splits = [(name, table[name]) for name in ([split] if split is not None else list(table))]
+    else:
+        splits = [("", table)]
+    for name, rows in splits:  # rows come one at a time from the memory-mapped Arrow files
+        where = f"{path}/{name}" if name and split is None else str(path)
+        for i, row in enumerate(rows):
+            yield f"{where}[{i}]", row
 
 
-def iter_records(path: str | Path, *, suffixes: tuple[str, ...] = RECORD_SUFFIXES, split: str = "train",
+def iter_records(path: str | Path, *, suffixes: tuple[str, ...] = RECORD_SUFFIXES, split: str | None = "train",
                  error: type[Exception] = RecordsError) -> Iterator[tuple[str, Any]]:
-    """(where, record) for every record under `path`; a saved DatasetDict gives its `split`."""
+    """(where, record) for every record under `path`, lazily; a saved DatasetDict gives its `split` (None:
+    every split in order)."""
     path = Path(path)
     if is_saved_dataset(path):
         yield from _saved_dataset(path, split, error)

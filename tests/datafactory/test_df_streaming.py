@@ -35,11 +35,11 @@ def test_parquet_is_read_by_batches(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import datafactory.documents as documents
+    import longscale.common.records as records
 
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(200)], "text": ["x" * 50] * 200}),
                    tmp_path / "c.parquet", row_group_size=20)
-    monkeypatch.setattr(documents, "PARQUET_BATCH_ROWS", 10)
+    monkeypatch.setattr(records, "PARQUET_BATCH_ROWS", 10)  # the one reader (longscale/common/records.py)
     decoded = []
     real = pq.ParquetFile.iter_batches
 
