@@ -287,3 +287,37 @@ def test_cli_generate_with_broker_runs_on_the_workers(stack, stub, embedded_mode
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == ref_manifest["counts"] and manifest["job"]["status"] == "succeeded"
     assert (out / "qa.parquet").exists() and (out / "instances.parquet").exists()
+
+
+def test_parquet_upload_runs_to_the_end_and_a_bad_one_is_refused(stack, stub, embedded_model_dir, tmp_path):
+    """A Parquet corpus POSTed to /v1/jobs/upload over HTTP (real server, real workers) gives a record for every
+    document; a damaged Parquet file and one without the text column get a clear 422 and create no job."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in write_docs(tmp_path / "src.jsonl", 3, offset=95).read_text().splitlines()]
+    config = job_config(stub.base_url, embedded_model_dir)
+
+    def upload(name: str, data: bytes):
+        return stack.http.post("/v1/jobs/upload", files={"file": (name, data)}, data={"config": json.dumps(config)})
+
+    def parquet(table) -> bytes:
+        sink = io.BytesIO()
+        pq.write_table(table, sink, row_group_size=2)
+        return sink.getvalue()
+
+    total_before = stack.http.get("/v1/jobs").json()["total"]
+    damaged = upload("broken.parquet", b"PAR1 damaged bytes")
+    no_text = upload("notext.parquet", parquet(pa.table({"id": ["a"], "body": ["words"]})))
+    for reply, message in ((damaged, "not a parquet file"), (no_text, "notext.parquet[0]: no 'text' field")):
+        assert reply.status_code == 422, reply.text
+        assert message in json.dumps(reply.json()), reply.json()
+    assert stack.http.get("/v1/jobs").json()["total"] == total_before  # refused before any job exists
+
+    reply = upload("corpus.parquet", parquet(pa.Table.from_pylist(rows)))
+    assert reply.status_code == 202, reply.text
+    job = stack.wait(reply.json()["id"])
+    assert job["status"] == "succeeded" and job["documents_done"] == 3, job
+    assert {r["doc_id"] for r in stack.records(job["id"], "qa")} == {r["id"] for r in rows}  # nothing lost
