@@ -9,6 +9,7 @@ import importlib.util
 import json
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -109,22 +110,29 @@ def test_engine_options_from_the_config_reach_llm(fake_vllm, model_dir):
 
 def test_concurrent_calls_reach_vllm_as_one_batch_in_order(fake_vllm, model_dir):
     engine = build_engine(GenerationConfig(engine="vllm", model=str(model_dir)))
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     original_chat = engine.llm.chat
 
     def held_chat(*args, **kwargs):  # hold the first batch so that the other calls queue up behind it
-        gate.wait(timeout=30)
+        entered.set()
+        gate.wait(timeout=60)
         return original_chat(*args, **kwargs)
 
     engine.llm.chat = held_chat
 
+    async def until(happened, what: str) -> None:  # polling on events, a generous deadline: no timing guess
+        deadline = time.monotonic() + 60
+        while not happened():
+            assert time.monotonic() < deadline, f"{what} never happened"
+            await asyncio.sleep(0.01)
+
     async def many():
         first = asyncio.ensure_future(engine.agenerate([[{"role": "user", "content": "q0"}]], SamplingParams()))
-        await asyncio.sleep(0.05)  # the worker has taken q0 and waits on the gate
+        await until(entered.is_set, "the worker taking q0 to vLLM")
         rest = [engine.agenerate([[{"role": "user", "content": f"q{i}"}], [{"role": "user", "content": f"r{i}"}]],
                                  SamplingParams(seed=i)) for i in range(1, 6)]
         pending = asyncio.gather(*rest)
-        await asyncio.sleep(0.05)
+        await until(lambda: engine._queue.qsize() == 5, "the five calls queueing behind q0")
         gate.set()
         return await first, await pending
 
