@@ -95,7 +95,9 @@ def stack(service_tmp, redis_url, stub_engine, outage_engine, embedded_model_dir
     root = service_tmp / "e2e"
     data_root, jobs_root = root / "data", root / "jobs"
     data_root.mkdir(parents=True)
-    env = service_env(redis_url, LONGSCALE_API_KEY=API_KEY, LONGSCALE_DATA_ROOT=str(data_root),
+    # a Redis database of its own: other modules' jobs (queued where no worker listens, same API key) would count
+    # against this key's jobs-in-flight limit here
+    env = service_env(redis_url.rsplit("/", 1)[0] + "/3", LONGSCALE_API_KEY=API_KEY, LONGSCALE_DATA_ROOT=str(data_root),
                       LONGSCALE_JOBS_ROOT=str(jobs_root), LONGSCALE_ENGINE_URL=stub_engine.base_url,
                       LONGSCALE_QUEUE="e2e", LONGSCALE_MAX_CHUNKS_PER_DOC="1000", **policy_env(stub_engine.base_url, outage_engine.base_url,
                                                           model_roots=(embedded_model_dir.parent,)))
