@@ -13,11 +13,12 @@ comes from the per-question records through `evaluation.stats`:
 Trade-off: no correction for the many comparisons (about 1 in 20 null comparisons shows p < 0.05 by chance); the
 verdict rests on the pooled tests only, which are few and named in advance.
 
-    python3 experiments/recipe_e2e/report.py --results experiments/recipe_e2e [--out DIR]
+    python3 experiments/recipe_e2e/report.py --results experiments/recipe_e2e/results [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import sys
@@ -85,13 +86,17 @@ class Report:
 
 
 def load(results_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """results.json and records.jsonl (or records.jsonl.gz: how a committed run keeps its records small)."""
     rpath, qpath = results_dir / "results.json", results_dir / "records.jsonl"
+    if not qpath.is_file() and qpath.with_suffix(".jsonl.gz").is_file():
+        qpath = qpath.with_suffix(".jsonl.gz")
     for p in (rpath, qpath):
         if not p.is_file():
             raise ReportInputError(f"{p}: no such file (run.py writes results.json and records.jsonl into --out)")
     try:
         results = json.loads(rpath.read_text())
-        records = [json.loads(line) for line in qpath.read_text().splitlines() if line.strip()]
+        text = gzip.decompress(qpath.read_bytes()).decode() if qpath.suffix == ".gz" else qpath.read_text()
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as exc:
         raise ReportInputError(f"{results_dir}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     return results, records

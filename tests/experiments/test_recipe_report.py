@@ -168,10 +168,13 @@ def test_bad_input_is_a_clear_error(tmp_path, report, capsys):
 
 
 def test_runs_on_the_committed_results(tmp_path, report):
-    """The committed H200 run (20 questions per length, no (a), no FSR for the finetunes) renders."""
-    path = report.write(REPO / "experiments/recipe_e2e", tmp_path, resamples=500, fit_resamples=0)
+    """The committed H200 run (experiments/recipe_e2e/results: 200 questions per length, records gzipped, the
+    finetunes' FSR cut by the time budget) renders with its own numbers."""
+    path = report.write(REPO / "experiments/recipe_e2e/results", tmp_path, resamples=500, fit_resamples=0)
     md = path.read_text()
-    assert row(md, "| ABF |", "## RULER-style HotpotQA, substring").startswith("| ABF | 20 | 0.25 [")
-    assert "- `generate`: 25 of 200 pairs accepted (12.5%); 25 long instances" in md
-    assert "- `ft-noinput`: 60 steps, 41 rows, 3,797 loss tokens" in md
-    assert row(md, "| (b) + long, no input loss |", "## FIRST-SENTENCE").endswith("| not run | not run | not run | not run |")
+    assert row(md, "| ABF |", "## RULER-style HotpotQA, substring").startswith("| ABF | 200 | 0.12 [")
+    assert "- `gen-train`: 761 of 5184 pairs accepted (14.7%)" in md
+    assert "- `ft-noinput`: 160 steps, 884 rows, 48,454 loss tokens" in md
+    assert row(md, "| (b) + long, no input loss |", "## FIRST-SENTENCE").endswith(
+        "| not run (cut (time budget) after 592s) |")
+    assert "CONTRADICTED" in row(md, "- **RULER QA, substring match")
