@@ -5,7 +5,9 @@ append takes an exclusive `fcntl.flock` on `.lock`, reads the ids other writers 
 looked (it remembers its read offset, so this costs only the new bytes), and appends only unseen ids.
 A line cut off by a crash is dropped on the next append (and reported); whole lines are never lost.
 Records that failed on the engine (`engine_error`) are kept, and generated again by a later run; readers
-(`latest_records`, `finalize`) keep the last record per id.
+(`latest_records`, `iter_qa_pairs`, `finalize`) keep the last record per id. Every qa record is written
+through the QA pair contract (longscale.common.instances.QAPair, docs/instances.md): a record that does not
+fit it is refused before anything is appended; `iter_qa_pairs` reads them back validated.
 JSONL is the source of truth; `finalize` rebuilds the Parquet copies and the manifest from it, streaming
 (two passes over the files, a few thousand records in memory at a time), so its memory does not grow
 with the corpus.
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from longscale.common.errors import LongscaleError
+from longscale.common.instances import QAPair, parse_qa_pair, qa_pair_record
+from longscale.common.records import iter_records
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,11 @@ RECORD_SHAPING_FIELDS = ("model", "tokenizer", "target_tokenizer", "chunk_tokens
 
 class OutputDirError(LongscaleError, ValueError):
     """The output directory holds a run with different record-shaping settings."""
+
+
+class QARecordError(LongscaleError, ValueError):
+    """A QA pair record does not fit the contract (longscale.common.instances.QAPair); the message names the
+    record (file:line, file[row] or its id) and the field."""
 
 
 RETRYABLE_REASONS = frozenset({"engine_error"})
@@ -130,25 +139,54 @@ def latest_records(path: Path) -> list[dict[str, Any]]:
 def iter_latest_records(path: Path) -> Iterator[dict[str, Any]]:
     """`latest_records` streamed: a first pass finds each id's last line, a second yields those lines (in
     last-written order); memory holds the ids, not the records."""
+    for _line, record in _iter_latest(path):
+        yield record
+
+
+def _iter_latest(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of `iter_latest_records`."""
     last_line: dict[Any, int] = {}
     for number, record_id in enumerate(_line_ids(path)):
         last_line[record_id] = number
     keep = set(last_line.values())
     del last_line
-    for number, record in enumerate(read_jsonl(path)):
+    for number, (line, record) in enumerate(_numbered_jsonl(path)):
         if number in keep:
-            yield record
+            yield line, record
+
+
+def iter_qa_pairs(path: str | Path) -> Iterator[QAPair]:
+    """The QA pairs of an output folder, its qa.jsonl (the last record per id, streamed) or a qa.parquet, each
+    validated against the contract; one that does not fit raises QARecordError naming file:line (or
+    file[row]) and the field."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / QA_FILE
+    if path.suffix.lower() == ".parquet":
+        for where, record in iter_records(path, error=QARecordError):
+            yield parse_qa_pair(where, record, QARecordError)
+        return
+    if not path.is_file():
+        raise QARecordError(f"{path}: no such file")
+    for line, record in _iter_latest(path):
+        yield parse_qa_pair(f"{path}:{line}", record, QARecordError)
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Whole, readable lines of a JSONL file (a cut-off tail is ignored)."""
+    for _line, record in _numbered_jsonl(path):
+        yield record
+
+
+def _numbered_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of each whole, readable line of a JSONL file."""
     if not path.exists():
         return
     with path.open(encoding="utf-8") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             if line.endswith("\n"):
                 try:
-                    yield json.loads(line)
+                    yield number, json.loads(line)
                 except ValueError:
                     continue
 
@@ -214,8 +252,11 @@ class OutputWriter:
         Instances go first: a crash between the two files leaves an instance without its qa record, so the
         pair is regenerated and the instance (same id) is skipped, never duplicated. `finished_documents`
         ({"doc_id", "status", "records"} for documents none of whose records is retryable) go last.
+        Every qa record goes through the QA pair contract first: one that does not fit raises QARecordError
+        and nothing is appended.
         """
-        qa_records, instances = list(qa_records), list(instances)
+        qa_records = [qa_pair_record(record, error=QARecordError) for record in qa_records]
+        instances = list(instances)
         with self._locked():
             new_qa = self._append_new(self._qa, qa_records, dry_run=True)
             self._append_new(self._instances, [i for i in instances if i["id"] in {r["id"] for r in new_qa}])

@@ -27,8 +27,9 @@ from typing import Any
 from datafactory.config import GenerationConfig
 from datafactory.documents import Document, iter_documents, load_documents  # noqa: F401  (re-exported for the tasks)
 from datafactory.engines import Engine, EngineError, build_engine
-from datafactory.output import QA_FILE, OutputWriter, read_jsonl
+from datafactory.output import QA_FILE, OutputWriter, QARecordError, read_jsonl
 from datafactory.pipeline import aprocess_document, load_tokenizers
+from longscale.common.instances import parse_qa_pair
 from worker import engine_policy
 from worker.settings import get_worker_settings
 
@@ -169,8 +170,8 @@ def finalize_output(output_dir: str | Path, config: GenerationConfig, job: dict,
                     reason: str | None) -> dict:
     """Parquet copies and manifest.json, as `longscale generate` writes them, plus the job's record."""
     writer = writer_for(output_dir)
-    first = next(read_jsonl(Path(output_dir) / QA_FILE), None)
-    model = (first or {}).get("model") or config.model
+    first = next(read_jsonl(Path(output_dir) / QA_FILE), None)  # the model of the first pair (no full read)
+    model = (parse_qa_pair(QA_FILE, first, QARecordError).model if first else None) or config.model
     timings = {"generation_s": job["elapsed_seconds"], "engine_s": job["engine_seconds"],
                "task_s": job["task_seconds"]}
     this_run = {"documents": job["documents_total"], "processed": job["documents_done"],

@@ -332,9 +332,9 @@ def measured(server: Server, fn, *args, **kwargs) -> dict:
 
 
 def texts(out_dir: Path) -> dict[str, str]:
-    from datafactory.output import latest_records
+    from datafactory.output import iter_qa_pairs
 
-    return {rec["id"]: rec.get("raw") for rec in latest_records(out_dir / "qa.jsonl")}
+    return {pair.id: pair.raw or "" for pair in iter_qa_pairs(out_dir)}
 
 
 def compare_texts(a: dict[str, str], b: dict[str, str]) -> dict:

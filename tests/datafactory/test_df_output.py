@@ -9,13 +9,12 @@ import pytest
 
 from datafactory.config import GenerationConfig
 from datafactory.output import OutputDirError, OutputWriter, read_jsonl
+from tests.instance_records import qa_record
 
 
 def _qa(i: int, accepted: bool = True) -> dict:
-    return {"id": f"q{i}", "doc_id": f"d{i % 3}", "chunk_index": i, "chunk_token_span": [i, i + 10],
-            "answer_type": "short" if i % 2 else "normal", "question": f"Q{i}?", "answer": f"A{i}",
-            "critique": {"verdict": "yes", "reason": "ok", "raw": "<verdict>yes</verdict>"} if accepted else None,
-            "accepted": accepted, "reject_reason": None if accepted else "no_answer", "model": "m", "raw": "..."}
+    return qa_record(f"q{i}", f"d{i % 3}", accepted=accepted, chunk_index=i, chunk_token_span=[i, i + 10],
+                     answer_type="short" if i % 2 else "normal", question=f"Q{i}?", answer=f"A{i}", model="m")
 
 
 def _instance(i: int) -> dict:
@@ -108,7 +107,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
 
 
 def test_engine_errors_are_retried_on_resume(tmp_path):
-    failed = dict(_qa(7, accepted=False), reject_reason="engine_error", engine_error="http_503: injected")
+    failed = qa_record("q7", "d1", reject_reason="engine_error", engine_error="http_503: injected", raw=None)
     writer = OutputWriter(tmp_path)
     writer.append([failed, _qa(8)], [_instance(8)])
     assert OutputWriter(tmp_path).done_ids() == {"q8"}  # q7 is to be generated again
@@ -130,8 +129,8 @@ def test_output_loads_as_a_folder_and_parquet_of_two_runs_concatenate(tmp_path):
     from datafactory.output import OutputWriter
 
     def record(i, error):
-        return {"id": f"r{i}", "doc_id": "d", "accepted": error is None, "reject_reason": "engine_error" if error
-                else None, "engine_error": error, "critique": None, "extraction_notes": [], "question": None}
+        return qa_record(f"r{i}", "d", reject_reason="engine_error" if error else None, engine_error=error,
+                         critique=None)
 
     tables = []
     for run, error in (("ok", None), ("failing", "http_503: injected fault")):
