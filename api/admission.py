@@ -1,8 +1,10 @@
 """What a job must pass before it is queued: the operator's limits (429/413/422 naming the setting), inputs
 under the data root with no symlink anywhere on the way or inside, documents counted before they are read.
 
-Counting is cheap on purpose: a Parquet file's row count comes from its footer and a JSONL file's from its
-newlines, so a small file that expands into millions of documents is refused before it is loaded.
+Counting is cheap on purpose, and counts what the worker will read: `datafactory.documents.count_documents`
+(the records reader's `count_records`: a Parquet file's rows from its footer, a JSONL file's non-blank lines,
+a JSON array's elements one at a time, a saved dataset's rows, one per .txt/.md file), so a small file that
+expands into millions of documents is refused before it is loaded, in the memory of one record.
 """
 from __future__ import annotations
 
@@ -49,27 +51,6 @@ def check_document_bytes(texts, settings: ApiSettings) -> None:
         if size > settings.max_document_bytes:
             raise limit_error(413, f"document {number} has {size} bytes", settings.max_document_bytes,
                               "MAX_DOCUMENT_BYTES")
-
-
-def count_documents(path: Path) -> int:
-    """Documents in a file or folder without reading them: Parquet footers, JSONL newlines, one per text file."""
-    files = [path] if path.is_file() else [p for p in sorted(path.rglob("*")) if p.is_file()]
-    total = 0
-    for file in files:
-        if file.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            total += pq.ParquetFile(file).metadata.num_rows
-        elif file.suffix in (".jsonl", ".json"):
-            last = b"\n"
-            with file.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    total += chunk.count(b"\n")
-                    last = chunk[-1:]
-            total += last != b"\n"  # a last line without its newline
-        else:
-            total += 1
-    return total
 
 
 def resolve_under_root(root: Path, relative: str) -> Path:

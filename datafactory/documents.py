@@ -23,7 +23,7 @@ from typing import Any
 
 from datafactory.config import GenerationConfig
 from longscale.common.errors import LongscaleError
-from longscale.common.records import RECORD_SUFFIXES, is_saved_dataset, iter_records
+from longscale.common.records import RECORD_SUFFIXES, count_records, is_saved_dataset, iter_records
 
 TEXT_SUFFIXES = (".txt", ".md")
 
@@ -99,28 +99,59 @@ def _read_records(path: Path, config: GenerationConfig) -> Iterator[Document]:
         yield to_document(where, record, config, source=str(path))
 
 
-def _iter_path(path: Path, config: GenerationConfig) -> Iterator[Document]:
+def _kind(path: Path) -> str:
+    """How an input path is read: "records" (a record file, a saved dataset), "text" (one .txt/.md file) or
+    "folder"; a missing or unsupported path raises."""
     if not path.exists():
         raise DocumentError(f"input not found: {path}")
     if is_saved_dataset(path):
+        return "records"
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        return "text"
+    if path.suffix.lower() in RECORD_SUFFIXES:
+        return "records"
+    raise DocumentError(f"{path}: unsupported input (use .txt/.md files, a directory of them, .jsonl, "
+                        ".parquet, or a directory written by datasets' save_to_disk)")
+
+
+def _folder_files(path: Path) -> list[Path]:
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + RECORD_SUFFIXES)
+    if not files:
+        raise DocumentError(f"{path}: no .txt, .md, .jsonl, .json or .parquet files in this directory")
+    return files
+
+
+def _iter_path(path: Path, config: GenerationConfig) -> Iterator[Document]:
+    kind = _kind(path)
+    if kind == "records":
         yield from _read_records(path, config)
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*")
-                       if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + RECORD_SUFFIXES)
-        if not files:
-            raise DocumentError(f"{path}: no .txt, .md, .jsonl, .json or .parquet files in this directory")
-        for file in files:
+    elif kind == "text":
+        yield _read_text_file(path, path)
+    else:
+        for file in _folder_files(path):
             if file.suffix.lower() in TEXT_SUFFIXES:
                 yield _read_text_file(file, path)
             else:
                 yield from _iter_path(file, config)
-    elif path.suffix.lower() in TEXT_SUFFIXES:
-        yield _read_text_file(path, path)
-    elif path.suffix.lower() in RECORD_SUFFIXES:
-        yield from _read_records(path, config)
-    else:
-        raise DocumentError(f"{path}: unsupported input (use .txt/.md files, a directory of them, .jsonl, "
-                            ".parquet, or a directory written by datasets' save_to_disk)")
+
+
+def _count_path(path: Path) -> int:
+    kind = _kind(path)
+    if kind == "records":
+        return count_records(path, split=None, error=DocumentError)
+    if kind == "text":
+        return 1
+    return sum(1 if file.suffix.lower() in TEXT_SUFFIXES else _count_path(file) for file in _folder_files(path))
+
+
+def count_documents(paths: Iterable[str | Path]) -> int:
+    """The documents `iter_documents(paths, ...)` reads (before duplicates are dropped), counted without
+    reading them: one per .txt/.md file, the records of each record file or saved dataset counted by the
+    records reader (`count_records`: Parquet footers, JSON Lines lines, JSON arrays element by element), so
+    an input that expands into millions of documents is refused before it is read. Same errors as reading."""
+    return sum(_count_path(Path(raw).expanduser()) for raw in paths)
 
 
 def iter_documents(paths: Iterable[str | Path], config: GenerationConfig) -> Iterator[Document]:

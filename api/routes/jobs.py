@@ -19,7 +19,6 @@ from api.admission import (
     check_document_bytes,
     check_document_count,
     check_jobs_in_flight,
-    count_documents,
     resolve_under_root,
 )
 from api.deps import Caller, get_settings, get_store, require_api_key
@@ -27,7 +26,7 @@ from api.metrics import API_PREFIX
 from api.schemas import JOB_ID_PATTERN, Job, JobCreate, JobPage
 from api.settings import ApiSettings
 from datafactory.config import GenerationConfig
-from datafactory.documents import DocumentError, iter_documents
+from datafactory.documents import DocumentError, count_documents, iter_documents
 from datafactory.output import INSTANCES_FILE, QA_FILE
 from worker.engine_policy import EngineNotAllowed, allowed_config
 from worker.jobstore import FINAL_STATES, JobStore, new_job_id
@@ -90,7 +89,13 @@ def create_job(body: JobCreate, request: Request, settings: ApiSettings = Depend
     config = _admit(body.config, body.engine_name, settings, store, caller)
     if body.path is not None:
         path = resolve_under_root(settings.data_root, body.path)
-        check_document_count(count_documents(path), settings)
+        try:
+            count = count_documents([path])
+        except (DocumentError, OSError) as exc:  # an unsupported or unreadable input: the worker would fail on it
+            message = public_text(str(exc).replace(str(path), body.path)) or type(exc).__name__
+            raise RequestValidationError([{"type": "value_error", "loc": ("body", "path"), "msg": message,
+                                           "input": body.path}]) from None
+        check_document_count(count, settings)
         return _submit(store, settings, request, caller, job_id, path, config, {"kind": "path", "path": body.path})
     documents = body.documents or []
     check_document_count(len(documents), settings)
@@ -117,7 +122,7 @@ def create_job(body: JobCreate, request: Request, settings: ApiSettings = Depend
 def _load_upload(path: Path, filename: str, cfg: GenerationConfig, settings: ApiSettings) -> int:
     """Count (cheaply, first) and read the uploaded documents; a bad file is a 422 or 413."""
     try:
-        check_document_count(count_documents(path), settings)
+        check_document_count(count_documents([path]), settings)
         count = 0
         for doc in iter_documents([path], cfg):  # streamed: an upload may be a corpus
             check_document_bytes([doc.text], settings)

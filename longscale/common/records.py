@@ -7,10 +7,18 @@ Errors are raised as the caller's own type (`error=`), so each package keeps rai
 DataError, evaluation's TaskDataError, ...) with one wording. A `.json` file that is not one JSON value is read
 as JSON Lines. Trade-off: a `.json` file is parsed whole (JSON does not stream; use JSON Lines for big inputs).
 datafactory's document reader, finetune, evaluation and pretrain all read through this one module.
+
+`count_records` says how many records `iter_records` would yield without holding them (the API's admission
+counts uploads and data-root paths with it before anything is read): a Parquet file's footer, JSON Lines'
+non-blank lines scanned in 1 MiB blocks, a JSON array's elements parsed one at a time, a saved dataset's
+memory-mapped row counts. Its memory is one block and the largest record, never the file. Trade-offs: a JSON
+Lines line is counted, not parsed (a bad one raises when it is read); a JSON array is still parsed, one
+element at a time (~the time of reading it, not its memory).
 """
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,3 +141,144 @@ def iter_records(path: str | Path, *, suffixes: tuple[str, ...] = RECORD_SUFFIXE
             yield from _parquet(file, error)
         else:
             raise error(f"{file}: unsupported file type (use {', '.join(suffixes)} or a saved datasets dir)")
+
+
+# ---- counting -----------------------------------------------------------------------------------------------
+
+COUNT_BLOCK = 1 << 20  # bytes (or characters) read at a time when counting
+_LINE_BREAK = re.compile(rb"[\r\n]")  # text mode's universal newlines: what `_jsonl` takes for a line end
+# (split by a regex only in a block holding a \r: bytes.split is ~10x faster)
+_NOT_JSON_SPACE = re.compile(r"[^ \t\n\r]")
+_DECODER = json.JSONDecoder()
+
+
+def _count_lines(file: Path) -> int:
+    """Non-blank lines, as `_jsonl` reads them, in blocks (a line of any length costs one block)."""
+    count, open_line = 0, False  # open_line: the line the last block ended in has content
+    with file.open("rb") as handle:
+        while block := handle.read(COUNT_BLOCK):
+            *complete, last = _LINE_BREAK.split(block) if b"\r" in block else block.split(b"\n")
+            for part in complete:
+                count += open_line or (bool(part) and not part.isspace())
+                open_line = False
+            open_line = open_line or (bool(last) and not last.isspace())
+    return count + open_line
+
+
+class _JsonText:
+    """A JSON text read in blocks, for stepping over one value at a time (memory: a block and a value)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.text, self.pos, self.eof = handle, "", 0, False
+
+    def _more(self, at_least: int = 0) -> bool:
+        chunk = "" if self.eof else self.handle.read(max(COUNT_BLOCK, at_least))
+        self.eof = not chunk
+        self.text, self.pos = self.text[self.pos:] + chunk, 0
+        return bool(chunk)
+
+    def peek(self) -> str:
+        """The next character that is not JSON whitespace ('' at the end); the position moves onto it."""
+        while not (found := _NOT_JSON_SPACE.search(self.text, self.pos)):
+            self.pos = len(self.text)
+            if not self._more():
+                return ""
+        self.pos = found.start()
+        return self.text[self.pos]
+
+    def skip_value(self) -> bool:
+        """Step over one JSON value; False when it is not valid JSON. A value cut by the block's end is read
+        again with twice the text (so a value is parsed a bounded number of times)."""
+        if not self.peek():
+            return False
+        while True:
+            try:
+                _, end = _DECODER.raw_decode(self.text, self.pos)
+                if end < len(self.text) or self.eof:  # a number at the very end may go on in the next block
+                    self.pos = end
+                    return True
+            except json.JSONDecodeError as exc:
+                cut = exc.pos >= len(self.text) - 6 or exc.msg.startswith("Unterminated")
+                if self.eof or not cut:
+                    return False
+            self._more(2 * (len(self.text) - self.pos))
+
+
+def _count_json_array(text: _JsonText) -> int | None:
+    """Elements of the array the text is (positioned on its '['), or None when it is not one JSON array."""
+    text.pos += 1
+    count = 0
+    if text.peek() == "]":
+        text.pos += 1
+    else:
+        while True:
+            if not text.skip_value():
+                return None
+            count += 1
+            step = text.peek()
+            text.pos += 1
+            if step == "]":
+                break
+            if step != ",":
+                return None
+    return count if text.peek() == "" else None
+
+
+def _count_json(file: Path, error: type[Exception]) -> int:
+    """Records `_json` yields: an array's elements, 1 for another single value, else JSON Lines' lines."""
+    try:
+        with file.open(encoding="utf-8") as handle:
+            text = _JsonText(handle)
+            first = text.peek()
+            if first == "[":
+                count = _count_json_array(text)
+                if count is not None:
+                    return count
+            elif first and text.skip_value() and text.peek() == "":
+                return 1
+    except UnicodeDecodeError:
+        raise _not_text(file, error) from None
+    return _count_lines(file)  # not one JSON value: read as JSON Lines
+
+
+def _count_parquet(file: Path, error: type[Exception]) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(file).metadata.num_rows
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise error(f"{file}: cannot read as Parquet ({exc})") from None
+
+
+def _count_saved_dataset(path: Path, split: str | None, error: type[Exception]) -> int:
+    import datasets
+
+    try:
+        table = datasets.load_from_disk(str(path))  # memory-mapped: the row counts cost no rows
+    except Exception as exc:  # datasets raises several types for "not a saved dataset"
+        raise error(f"{path}: not a saved datasets directory ({exc})") from None
+    if not isinstance(table, datasets.DatasetDict):
+        return table.num_rows
+    if split is not None and split not in table:
+        raise error(f"{path}: DatasetDict without a {split!r} split (has {list(table)})")
+    return sum(table[name].num_rows for name in ([split] if split is not None else list(table)))
+
+
+def count_records(path: str | Path, *, suffixes: tuple[str, ...] = RECORD_SUFFIXES, split: str | None = "train",
+                  error: type[Exception] = RecordsError) -> int:
+    """How many records `iter_records(path, ...)` (same arguments) yields, without holding them."""
+    path = Path(path)
+    if is_saved_dataset(path):
+        return _count_saved_dataset(path, split, error)
+    total = 0
+    for file in record_files(path, suffixes, error=error):
+        suffix = file.suffix.lower()
+        if suffix == ".jsonl":
+            total += _count_lines(file)
+        elif suffix == ".json":
+            total += _count_json(file, error)
+        elif suffix == ".parquet":
+            total += _count_parquet(file, error)
+        else:
+            raise error(f"{file}: unsupported file type (use {', '.join(suffixes)} or a saved datasets dir)")
+    return total

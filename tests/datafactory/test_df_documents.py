@@ -6,7 +6,14 @@ import json
 import pytest
 
 from datafactory.config import GenerationConfig
-from datafactory.documents import DocumentError, documents_from_records, load_documents, sample_corpus_dir, text_id
+from datafactory.documents import (
+    DocumentError,
+    count_documents,
+    documents_from_records,
+    load_documents,
+    sample_corpus_dir,
+    text_id,
+)
 
 CONFIG = GenerationConfig()
 
@@ -84,3 +91,30 @@ def test_same_id_different_text_is_an_error(tmp_path):
     (tmp_path / "b" / "book.txt").write_text("two")
     with pytest.raises(DocumentError, match="share the id 'book'"):
         load_documents([tmp_path / "a", tmp_path / "b"], CONFIG)
+
+
+def test_count_documents_counts_what_is_read(tmp_path):
+    """What the API admits by: every kind of input counted as the reader reads it (the API's old count took a
+    JSON array on one line for one document and a saved dataset for its files)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "a.txt").write_text("Alpha text.")
+    (corpus / "sub" / "b.md").write_text("Beta text.")
+    (corpus / "ignored.csv").write_text("text\nnot read\n")
+    (corpus / "docs.jsonl").write_text('{"text": "one"}\n\n{"text": "two"}\r\n{"text": "three"}')
+    (corpus / "array.json").write_text(json.dumps([{"text": f"json {i}"} for i in range(4)]))
+    pq.write_table(pa.table({"text": [f"parquet {i}" for i in range(3)]}), corpus / "t.parquet")
+    assert count_documents([corpus]) == len(load_documents([corpus], CONFIG)) == 12
+    Dataset.from_dict({"text": [f"row {i}" for i in range(6)]}).save_to_disk(tmp_path / "saved")
+    assert count_documents([tmp_path / "saved"]) == 6
+    assert count_documents([corpus / "array.json", tmp_path / "saved"]) == 10
+    (tmp_path / "only_csv").mkdir()
+    (tmp_path / "only_csv" / "x.csv").write_text("a\n")
+    with pytest.raises(DocumentError, match="no .txt, .md, .jsonl, .json or .parquet files"):
+        count_documents([tmp_path / "only_csv"])
+    with pytest.raises(DocumentError, match="input not found"):
+        count_documents([tmp_path / "missing.jsonl"])

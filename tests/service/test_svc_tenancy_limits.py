@@ -33,6 +33,14 @@ def api(service_tmp, redis_url):
     os.symlink(outside / "secret.txt", data_root / "books" / "link.txt")  # a symlink inside a real folder
     (data_root / "clean").mkdir()
     (data_root / "clean" / "b.txt").write_text("Another document. " * 50)
+    counted = data_root / "counted"  # inputs a shortcut miscounts (see the admission test below)
+    (counted / "only_csv").mkdir(parents=True)
+    (counted / "only_csv" / "x.csv").write_text("text\nnot an input\n")
+    (counted / "one_line.json").write_text(json.dumps([{"text": f"doc {i} " * 20} for i in range(6)]))
+    (counted / "pretty.json").write_text(json.dumps([{"text": f"doc {i} " * 20} for i in range(3)], indent=2))
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": [f"row {i} " * 20 for i in range(6)]}).save_to_disk(counted / "saved")
     keys_file = root / "keys.json"
     keys_file.write_text(json.dumps({"carol": {"sha256": key_digest(KEYS["carol"])}}))
     clients = {name: {"sha256": key_digest(KEYS[name])} for name in ("alice", "bob", "dave")}
@@ -220,3 +228,17 @@ def test_a_job_whose_workers_are_all_gone_ends_failed_saying_so(redis_url, tmp_p
     assert abandon_stalled(store, abandon_after=60, retention_seconds=60, now=time.time() + 120) == [job_id]
     job = store.get(job_id)
     assert job["status"] == "failed" and "no worker has been alive" in job["reason"]
+
+
+@pytest.mark.parametrize("path,status,names", [
+    ("counted/one_line.json", 413, "\"6 documents in one job"),  # six on one line: once counted as 1 and admitted
+    ("counted/saved", 413, "\"6 documents in one job"),  # a saved dataset: once counted by its files' lines (26)
+    ("counted/pretty.json", 202, ""),  # three documents on 11 lines: once refused as 11
+    ("counted/only_csv", 422, "counted/only_csv: no .txt, .md, .jsonl, .json or .parquet files"),  # once admitted
+])
+def test_data_root_inputs_are_counted_as_the_worker_reads_them(api, path, status, names):
+    """A data-root path is never read by the API: its count (datafactory.documents.count_documents, the
+    records reader's count) is all that stands between it and MAX_DOCUMENTS_PER_JOB."""
+    reply = as_(api, "alice").post("/v1/jobs", json={"path": path, "config": {"concurrency": 1}})
+    assert reply.status_code == status and names in reply.text, reply.text
+    assert str(api[1].parent) not in reply.text  # no server path in the message
