@@ -30,11 +30,17 @@ LIBRARY_LAYERS = [layer for layer in ALLOWED if layer != "longscale.commands"]
 
 
 def layer_of(module: str) -> str | None:
-    """The layer a dotted module name belongs to (the longest matching prefix), or None if not ours."""
+    """The layer a dotted module name belongs to (the longest matching prefix), or None if not ours. A module
+    beside the root package's __init__ (longscale/cli.py, the console-script shim that re-exports
+    longscale.commands.main) is on the commands side: a library importing it imports every command."""
     for layer in sorted(ALLOWED, key=len, reverse=True):
         if module == layer or module.startswith(layer + "."):
             return layer
-    return "longscale" if module == "longscale" or module.startswith("longscale.") else None
+    if module.startswith("longscale."):
+        head = module.split(".")[1]
+        is_module = (REPO / "longscale" / f"{head}.py").exists() or (REPO / "longscale" / head).is_dir()
+        return "longscale.commands" if is_module else "longscale"  # else an attribute: longscale.__version__
+    return "longscale" if module == "longscale" else None
 
 
 def module_name(path: Path) -> str:
@@ -107,8 +113,10 @@ def test_every_package_is_covered() -> None:
 def test_the_check_catches_lazy_and_relative_wrong_way_imports(tmp_path: Path) -> None:
     """The checker itself, on a probe module named as if it lived in datafactory/engines/."""
     probe = tmp_path / "probe.py"
-    probe.write_text("from ..output import OutputWriter\nfrom longscale.common import errors\n\n"
-                     "def f():\n    from longscale.commands.generate import generate\n    import worker.tasks\n")
+    probe.write_text("from ..output import OutputWriter\nfrom longscale.common import errors\n"
+                     "from longscale import __version__\n\n"
+                     "def f():\n    from longscale.commands.generate import generate\n    import worker.tasks\n"
+                     "    from longscale.cli import main\n")
     bad = violations(probe, "datafactory.engines.probe")
     assert [b.split(": ")[1].split(" (")[0] for b in bad] == [
-        "datafactory -> longscale.commands.generate", "datafactory -> worker.tasks"], bad
+        "datafactory -> longscale.commands.generate", "datafactory -> worker.tasks", "datafactory -> longscale.cli"], bad
