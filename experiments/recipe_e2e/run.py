@@ -613,7 +613,8 @@ def plot_training(results: dict[str, Any], path: Path) -> None:
     fig, ax = new_figure("training loss (ABF continual pretraining, then the three finetunes)", "step", "loss")
     for name, hist in results["training_curves"].items():
         ax.plot(range(1, len(hist) + 1), hist, label=f"{name} ({len(hist)} steps)", lw=1)
-    ax.legend(fontsize=8)
+    if results["training_curves"]:
+        ax.legend(fontsize=8)
     save_figure(fig, path)
 
 
