@@ -35,6 +35,9 @@ class VLLMOptions(BoundedModel):
         "auto", description="vllm engine: weight and activation dtype (auto: the checkpoint's, fp32 -> bf16)")
     enforce_eager: bool = Field(False, description="vllm engine: no CUDA graphs or torch.compile (starts in "
                                 "seconds; decoding of small models is slower)")
+    kv_cache_memory_bytes: int | None = Field(None, ge=2**20, le=2**44, description="vllm engine: KV cache size in "
+                                              "bytes, instead of sizing it from the memory free while vLLM profiles "
+                                              "(an engine sharing its GPU with other processes can see almost none)")
 
     def vllm_kwargs(self) -> dict:
         return {name: getattr(self, name) for name in VLLMOptions.model_fields}

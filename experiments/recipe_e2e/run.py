@@ -59,7 +59,10 @@ FT_RUNS = {"ft-short": (False, False), "ft-noinput": (True, False), "ft-input": 
 RULER = ("ruler-squad", "ruler-hotpot")
 GOLD = ("ruler-squad-gold", "ruler-hotpot-gold")
 HAY = ("hay-squad", "hay-hotpot")
-MAX_TRIES = 3  # a vLLM start can fail when another job frees GPU memory while it profiles: try again
+MAX_TRIES = 3  # a job can fail for a reason of the moment (a vLLM start racing another job's memory): try again
+# each vLLM engine gets a fixed KV cache (~11 sequences of 32k for this 135M model): sized from the memory free while
+# it profiles, an engine that started while another job freed memory once saw 0.2 GiB and refused 32k (2026-12-03)
+KV_CACHE_BYTES = 8 << 30
 GPU_FREE = {"hay-squad", "hay-hotpot", "ft-data"}  # CPU jobs: not counted against --parallel
 # name -> dependencies, in priority order: training first, then the evaluations that decide Table 8
 JOBS: dict[str, tuple[str, ...]] = {
@@ -208,7 +211,8 @@ def gen_config(ctx: Ctx, **extra: Any):
         chunk_tokens=s["chunk_tokens"], chunks_per_doc=s["chunks_per_doc"], critique="filter",
         max_context=s["max_context"], max_new_tokens=s["gen_new_tokens"], temperature=0.7, top_p=0.9, seed=0,
         min_doc_tokens=1024, batch_size=s["eval_batch"], concurrency=256, max_model_len=4096 if gpu else None,
-        gpu_memory_utilization=s["gpu_mem"], enforce_eager=True, **extra)
+        gpu_memory_utilization=s["gpu_mem"], enforce_eager=True, kv_cache_memory_bytes=(4 << 30) if gpu else None,
+        **extra)
 
 
 def job_gen(ctx: Ctx, name: str) -> dict[str, Any]:
@@ -278,7 +282,7 @@ def eval_engine(ctx: Ctx, model_dir: Path):
     return build_engine(EngineSettings(
         engine=ctx.args.engine, model=str(model_dir), max_new_tokens=32, temperature=0.0, batch_size=ctx.s["eval_batch"],
         max_model_len=max(ctx.s["lengths"]) if gpu else None, gpu_memory_utilization=ctx.s["gpu_mem"],
-        enforce_eager=True))
+        enforce_eager=True, kv_cache_memory_bytes=KV_CACHE_BYTES if gpu else None))
 
 
 def job_eval(ctx: Ctx, key: str) -> dict[str, Any]:
@@ -410,7 +414,7 @@ def job_check17(ctx: Ctx) -> dict[str, Any]:
         del hf
         free_gpu()
         llm = vllm.LLM(model=str(model_dir), max_model_len=32768, gpu_memory_utilization=ctx.s["gpu_mem"],
-                       enforce_eager=True, dtype="bfloat16")
+                       enforce_eager=True, dtype="bfloat16", kv_cache_memory_bytes=KV_CACHE_BYTES)
         got = [list(o.outputs[0].token_ids) for o in llm.generate(
             [{"prompt_token_ids": p} for p in prompts], vllm.SamplingParams(max_tokens=32, temperature=0.0),
             use_tqdm=False)]

@@ -97,14 +97,16 @@ def test_every_sampling_parameter_is_mapped(fake_vllm):
 def test_engine_options_from_the_config_reach_llm(fake_vllm, model_dir):
     config = GenerationConfig(engine="vllm", model=str(model_dir), seed=3, max_model_len=32768,
                               gpu_memory_utilization=0.4, tensor_parallel_size=2, dtype="bfloat16",
-                              enforce_eager=True, guided="xml")
+                              enforce_eager=True, kv_cache_memory_bytes=6 << 30, guided="xml")
     engine = build_engine(config)
     assert fake_vllm.llm_kwargs == {"model": str(model_dir), "seed": 3, "max_model_len": 32768,
                                     "gpu_memory_utilization": 0.4, "tensor_parallel_size": 2, "dtype": "bfloat16",
-                                    "enforce_eager": True, "structured_outputs_config": {"backend": "xgrammar"}}
+                                    "enforce_eager": True, "kv_cache_memory_bytes": 6 << 30,
+                                    "structured_outputs_config": {"backend": "xgrammar"}}
     engine.close()
     build_engine(GenerationConfig(engine="vllm", model=str(model_dir))).close()
     assert "max_model_len" not in fake_vllm.llm_kwargs  # unset: the model's own length
+    assert "kv_cache_memory_bytes" not in fake_vllm.llm_kwargs  # unset: sized from gpu_memory_utilization
     assert fake_vllm.llm_kwargs["dtype"] == "auto" and fake_vllm.llm_kwargs["gpu_memory_utilization"] == 0.9
 
 
