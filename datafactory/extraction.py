@@ -1,4 +1,5 @@
-"""Pull <question>/<answer> (and the critique's <verdict>/<reason>) out of free model text. Never raises.
+"""Pull <question>/<answer> out of free model text (critique.py reads <verdict>/<reason> with the same scanner).
+Never raises.
 
 Model output is not XML: prose around the tags, markdown fences, several pairs, bare `&` and `<`, HTML
 entities, CDATA, unclosed, duplicated or mismatched tags (`<question>...</answer>`), cut-off ends. So the
@@ -50,23 +51,11 @@ class Extraction:
         return self.reason is None
 
 
-@dataclass(frozen=True)
-class CritiqueVerdict:
-    verdict: str | None        # "yes" | "no" | None when unparseable
-    reason: str | None
-    notes: tuple[str, ...] = ()
-
-    @property
-    def parsed(self) -> bool:
-        return self.verdict is not None
-
-
 def _tag_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(r"<\s*(/?)\s*(" + "|".join(names) + r")\b[^<>]{0,80}?>", re.IGNORECASE)
 
 
 _QA_TAGS = _tag_pattern(("question", "answer"))
-_CRITIQUE_TAGS = _tag_pattern(("verdict", "reason"))
 
 
 def _prepare(text: str, notes: list[str]) -> str:
@@ -319,37 +308,3 @@ def _restates(question: str, answer: str) -> bool:
             return False
         return not all(_factual(w, answer, first_word_counts=True) for w in _content_words(answer))
     return not new or (len(new) == 1 and not _factual(next(iter(new)), answer))
-
-
-_YES = {"yes", "y", "true", "correct", "supported", "valid", "pass"}
-_NO = {"no", "n", "false", "incorrect", "unsupported", "wrong", "invalid", "fail"}
-
-
-def _word_verdict(text: str) -> str | None:
-    words = re.findall(r"[a-z]+", text.lower())
-    if not words:
-        return None
-    return "yes" if words[0] in _YES else "no" if words[0] in _NO else None
-
-
-def parse_critique(text: str | None, finish_reason: str | None = None) -> CritiqueVerdict:
-    """The verdict (yes|no) and reason of a self-critique reply; verdict None when it cannot be read."""
-    notes: list[str] = []
-    try:
-        if not text or not text.strip():
-            return CritiqueVerdict(None, None, ("empty_output",))
-        segments = scan_segments(_prepare(text, notes), _CRITIQUE_TAGS, notes)
-        verdicts = [decode_content(s.raw) for s in segments if s.name == "verdict"]
-        reasons = [decode_content(s.raw) for s in segments if s.name == "reason"]
-        reason = next((r for r in reasons if r), None)
-        for candidate in verdicts:
-            verdict = _word_verdict(candidate)
-            if verdict:
-                return CritiqueVerdict(verdict, reason, tuple(notes))
-        if not verdicts:  # no tag at all: accept a reply that starts with a bare yes/no
-            verdict = _word_verdict(text[:40])
-            if verdict:
-                return CritiqueVerdict(verdict, reason or decode_content(text)[:300], tuple(notes) + ("untagged",))
-        return CritiqueVerdict(None, reason, tuple(notes) + (("truncated",) if finish_reason == "length" else ()))
-    except Exception as exc:
-        return CritiqueVerdict(None, None, tuple(notes) + (f"error:{type(exc).__name__}",))

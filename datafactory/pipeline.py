@@ -30,14 +30,15 @@ from typing import Any
 
 from datafactory.chunking import Chunk, TokenizedText, backend_of, choose_answer_type
 from datafactory.config import GenerationConfig
+from datafactory.critique import critique_round
 from datafactory.documents import Document
 from datafactory.engines import sampling_params_from_config
 from datafactory.engines.base import ChatMessages, Engine, EngineResult, SamplingParams
-from datafactory.extraction import check_pair, extract_qa, parse_critique
+from datafactory.extraction import check_pair, extract_qa
 from datafactory.instances import ChunkDoesNotFit, build_instance
 from datafactory.output import OutputWriter, is_retryable
 from datafactory.planning import DocPlan, PlanSettings, plan_tokens
-from datafactory.prompts import GUIDED_REGEXES, critique_messages, qa_messages, uses_demonstration
+from datafactory.prompts import QA_REGEX, qa_messages, uses_demonstration
 from datafactory.tokenizer_dir import DirectoryTokenizer
 from datafactory.tokenpool import ProcessPlanner, ThreadPlanner
 from longscale.common.errors import LongscaleError
@@ -45,7 +46,6 @@ from longscale.common.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-CRITIQUE_MAX_NEW_TOKENS = 128
 
 
 class TokenizerError(LongscaleError, ValueError):
@@ -184,31 +184,12 @@ async def _generate_records(items: list[WorkItem], config: GenerationConfig, eng
     if not items:
         return []
     prompt_mode = "demonstration" if demonstration else "zero-shot"
-    qa_regex, critique_regex = GUIDED_REGEXES[config.guided]
-    params = sampling_params_from_config(config, guided_regex=qa_regex)
+    params = sampling_params_from_config(config, guided_regex=QA_REGEX if config.guided == "xml" else None)
     results = await counter.call(engine, [item.messages for item in items], params)
     records = [_qa_record(item, engine.model_name, prompt_mode, res) for item, res in zip(items, results)]
-    if config.critique == "off":
-        return records
-    pending = [(item, rec) for item, rec in zip(items, records) if rec["accepted"]]
-    if not pending:
-        return records
-    critique_params = sampling_params_from_config(
-        config, max_new_tokens=min(CRITIQUE_MAX_NEW_TOKENS, config.max_new_tokens), temperature=0.0, top_p=1.0,
-        guided_regex=critique_regex)
-    conversations = [critique_messages(item.chunk.text, rec["question"], rec["answer"], demonstration)
-                     for item, rec in pending]
-    verdicts = await counter.call(engine, conversations, critique_params)
-    for (_item, rec), res in zip(pending, verdicts):
-        if not res.ok:
-            rec.update(accepted=False, reject_reason="engine_error", engine_error=f"critique: {res.error}",
-                       critique={"verdict": None, "reason": None, "raw": None})
-            continue
-        verdict = parse_critique(res.text, res.finish_reason)
-        rec["critique"] = {"verdict": verdict.verdict, "reason": verdict.reason, "raw": res.text}
-        if verdict.verdict != "yes":
-            rec.update(accepted=False,
-                       reject_reason="critique_rejected" if verdict.verdict == "no" else "critique_unparseable")
+    if config.critique == "filter":
+        await critique_round([(item.chunk.text, rec) for item, rec in zip(items, records) if rec["accepted"]],
+                             config, engine, demonstration, counter)
     return records
 
 

@@ -5,8 +5,7 @@
   passage and an assistant turn with the tagged pair). Small models (the embedded 135M one) produce no tags
   zero-shot but follow one example; the price is that they sometimes copy it, which extraction rejects
   (`copied_demonstration`). Real chat models (Llama 2 Chat) get the paper's zero-shot prompts.
-- Self-critique: the paper only says Llama 2 Chat verifies its answers; this prompt asks whether the
-  answer is correct *and supported by the chunk*, with the verdict in <verdict> tags and a <reason>.
+- The self-critique prompt lives with the rest of the critique in datafactory/critique.py.
 """
 from __future__ import annotations
 
@@ -31,20 +30,11 @@ SHORT_PROMPT = (
 )
 QA_PROMPTS = {"normal": NORMAL_PROMPT, "short": SHORT_PROMPT}
 
-CRITIQUE_PROMPT = (
-    "You are given a text chunk (delimited by triple quotes), a question about it and a proposed answer. "
-    "Check whether the answer is correct and fully supported by the text chunk. Give your verdict in XML tags: "
-    "<verdict>yes</verdict> if the answer is correct and supported by the text, <verdict>no</verdict> "
-    "otherwise. Then give a one-sentence justification wrapped in <reason> and </reason>."
-)
-
-# Guided decoding (--guided xml): the shapes of the replies as regular expressions, which vLLM's structured
-# outputs (xgrammar) enforce token by token. Field text may hold anything but angle brackets, so no tag can be
+# Guided decoding (--guided xml): the shape of the reply as a regular expression, which vLLM's structured
+# outputs (xgrammar) enforce token by token (the critique's: critique.CRITIQUE_REGEX). Field text may hold anything but angle brackets, so no tag can be
 # opened inside a field; the reply ends where the pattern ends. A cut-off reply (max_new_tokens) is still
 # possible and extraction rejects it as `truncated`.
 QA_REGEX = r"<question>[^<>]+</question>\n<answer>[^<>]+</answer>"
-CRITIQUE_REGEX = r"<verdict>(yes|no)</verdict>\n<reason>[^<>]+</reason>"
-GUIDED_REGEXES = {"off": (None, None), "xml": (QA_REGEX, CRITIQUE_REGEX)}
 
 # The worked example of demonstration mode: an invented passage (so that a copy is easy to spot).
 DEMO_CHUNK = (
@@ -82,28 +72,6 @@ def qa_messages(chunk_text: str, answer_type: str, demonstration: bool) -> ChatM
         messages += [{"role": "user", "content": qa_user_message(DEMO_CHUNK, answer_type)},
                      {"role": "assistant", "content": tagged_pair(*DEMO_PAIRS[answer_type])}]
     messages.append({"role": "user", "content": qa_user_message(chunk_text, answer_type)})
-    return messages
-
-
-def critique_user_message(chunk_text: str, question: str, answer: str) -> str:
-    return f"{CRITIQUE_PROMPT}\n\n{_quoted(chunk_text)}\n\nQuestion: {question}\nAnswer: {answer}"
-
-
-def critique_messages(chunk_text: str, question: str, answer: str, demonstration: bool) -> ChatMessages:
-    """The conversation that asks the model to verify its own pair (two worked verdicts in demonstration mode)."""
-    messages: ChatMessages = []
-    if demonstration:
-        wrong_q, wrong_a = DEMO_WRONG_ANSWER
-        right_q, right_a = DEMO_PAIRS["normal"]
-        messages += [
-            {"role": "user", "content": critique_user_message(DEMO_CHUNK, wrong_q, wrong_a)},
-            {"role": "assistant", "content": "<verdict>no</verdict>\n<reason>The council refused to pay a keeper."
-                                             "</reason>"},
-            {"role": "user", "content": critique_user_message(DEMO_CHUNK, right_q, right_a)},
-            {"role": "assistant", "content": "<verdict>yes</verdict>\n<reason>The text says she feared the reef "
-                                             "would claim more boats.</reason>"},
-        ]
-    messages.append({"role": "user", "content": critique_user_message(chunk_text, question, answer)})
     return messages
 
 

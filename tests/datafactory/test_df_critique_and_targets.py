@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 
 from datafactory.config import GenerationConfig
+from datafactory.critique import CRITIQUE_PROMPT
 from datafactory.documents import Document, sample_corpus_dir
 from datafactory.engines.base import EngineResult
 from datafactory.output import read_jsonl
 from datafactory.pipeline import Tokenizers, load_tokenizers, run_generation
-from datafactory.prompts import CRITIQUE_PROMPT
 
 # what the critique of the pair about document k says: k=0 yes, 1 no, 2 nothing readable, 3 the request fails
 CRITIQUES = ["<verdict>yes</verdict><reason>The text names her.</reason>",

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datafactory.extraction import check_pair, extract_qa, parse_critique
+from datafactory.critique import parse_critique
+from datafactory.extraction import check_pair, extract_qa
 from datafactory.prompts import DEMO_CHUNK, DEMO_PAIRS
 
 Q, A = "Who visited Kellynch Hall?", "Admiral Croft"

@@ -195,11 +195,11 @@ def _reason_strings(node: ast.AST) -> set[str]:
 
 
 def test_every_reject_reason_the_code_sets_is_in_the_contract():
-    """The reasons extraction.py and pipeline.py can set (read off their source: `reason = "..."`, an
+    """The reasons extraction.py, critique.py and pipeline.py can set (read off their source: `reason = "..."`, an
     Extraction's third argument, `reject_reason="..."`, `record["reject_reason"] = "..."`) are exactly the
     contract's: a new reason without its contract entry fails here, not at a user's write."""
     found: set[str] = set()
-    for module in ("extraction.py", "pipeline.py"):
+    for module in ("extraction.py", "critique.py", "pipeline.py"):
         for node in ast.walk(ast.parse((REPO / "datafactory" / module).read_text())):
             if isinstance(node, ast.keyword) and node.arg == "reject_reason":
                 found |= _reason_strings(node.value)

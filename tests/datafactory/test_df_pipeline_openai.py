@@ -65,7 +65,8 @@ def test_outage_then_resume_retries_only_the_failures(server, docs, tmp_path):
 def test_guided_xml_sends_each_reply_shape_to_vllm(server, docs, tmp_path):
     """--guided xml: the QA requests carry the tag regex and the critique requests the verdict regex, in the
     `structured_outputs` field vLLM documents (the stub reports owned_by "vllm", as vllm serve does)."""
-    from datafactory.prompts import CRITIQUE_REGEX, QA_REGEX
+    from datafactory.critique import CRITIQUE_REGEX
+    from datafactory.prompts import QA_REGEX
 
     server.configure(mode="ok", delay_ms=0, owned_by="vllm")
     config = _config(server, guided="xml")
