@@ -217,6 +217,7 @@ class RequestCounter:
 
     def __init__(self, slice_size: int = 8, on_progress=None) -> None:
         self.requests = 0
+        self.output_tokens = 0  # the engines' usage.completion_tokens (OpenAI-compatible servers report it)
         self.slice_size = max(1, slice_size)
         self.on_progress = on_progress
         self.started = time.perf_counter()
@@ -226,6 +227,7 @@ class RequestCounter:
             part = conversations[start:start + self.slice_size]
             results = await engine.agenerate(part, params)
             self.requests += len(part)
+            self.output_tokens += sum(r.usage.get("completion_tokens", 0) for r in results)
             if self.on_progress:
                 self.on_progress(self.requests, self.rate)
             return results
@@ -441,6 +443,9 @@ def run_generation(documents: Iterable[Document], config: GenerationConfig, outp
             timings["generation_s"] = round(time.perf_counter() - t1, 3)
             this_run["requests"] = counter.requests
             this_run["requests_per_s"] = round(counter.rate, 3)
+            this_run["output_tokens"] = counter.output_tokens
+            this_run["output_tokens_per_s"] = round(counter.output_tokens / max(1e-9, time.perf_counter()
+                                                                                 - counter.started), 1)
             if own_engine:
                 engine.close()
             manifest = writer.finalize(config.public_dict(), engine.model_name, timings,

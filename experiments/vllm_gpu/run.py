@@ -272,6 +272,9 @@ def generate(args, out_dir: Path, inputs: list[Path], timeout: float, **flags) -
             "setup_s": manifest.get("timings", {}).get("setup_s"),
             "generation_s": manifest.get("timings", {}).get("generation_s"), "requests": run.get("requests"),
             "requests_per_s": run.get("requests_per_s"), "qa": manifest["counts"]["qa"],
+            # the servers' own usage.completion_tokens summed by the factory: also for transformers serve, which
+            # has no /metrics
+            "usage_output_tokens": run.get("output_tokens"), "usage_output_tokens_per_s": run.get("output_tokens_per_s"),
             "accepted": manifest["counts"]["accepted"], "acceptance_rate": manifest["counts"]["acceptance_rate"],
             "rejection_reasons": manifest.get("rejection_reasons"), "engine_errors": run.get("engine_errors"),
             "first_engine_error": run.get("first_engine_error"),

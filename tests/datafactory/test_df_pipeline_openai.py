@@ -45,6 +45,11 @@ def test_requests_of_many_documents_are_in_flight_together(server, docs, tmp_pat
     assert stats["max_in_flight"] >= 16  # one document at a time would never exceed 1
     records = list(read_jsonl(tmp_path / "qa.jsonl"))
     assert all(r["prompt_mode"] == "zero-shot" and r["critique"]["verdict"] == "yes" for r in records)
+    # output tokens are the server's usage.completion_tokens, summed: the stub reports len(text) // 4 per reply
+    from datafactory.testing.fault_server import CANNED_QA, CANNED_VERDICT
+
+    assert manifest["this_run"]["output_tokens"] == 40 * (len(CANNED_QA) // 4 + len(CANNED_VERDICT) // 4)
+    assert manifest["this_run"]["output_tokens_per_s"] > 0
 
 
 def test_outage_then_resume_retries_only_the_failures(server, docs, tmp_path):
