@@ -28,6 +28,7 @@ from datafactory.config import GenerationConfig
 from worker import engine_policy, reconciler
 from worker import pipeline_bridge as bridge
 from worker.celery_app import app
+from worker.decisions import final_status, give_up_lost, lost_deliveries, outage_retry_delay, start_decision
 from worker.jobstore import JobStore, all_settled
 from worker.journal import journal_for
 from worker.lease import LeaseKeeper
@@ -180,18 +181,15 @@ def generate_document(self: Task, job_id: str, ref: dict, config: dict) -> dict:
     jobs = store()
     task_id = self.request.id or ""
     job, settled, starts, busy = jobs.begin_document(job_id, doc_ref.id, settings.lease_seconds, task_id)
+    decision = start_decision(job, settled, busy)
     if job is None:
         log.warning("job %s is gone from Redis; dropping document %s", job_id, doc_ref.id)
-        return {"outcome": "orphaned"}
-    if settled:  # redelivered after it finished (the worker died before the ack)
-        if all_settled(job):
-            _send_finalize(job_id, config)
-        return {"outcome": "already-settled"}
-    if busy:  # another live worker runs it (a reconciler's copy, a redelivery): nothing to do here
-        return {"outcome": "running-elsewhere"}
-    if job["cancel_requested"]:
+    elif decision == "already-settled" and all_settled(job):
+        _send_finalize(job_id, config)  # the settling task may have died before sending it
+    elif decision == "cancelled":
         settle(jobs, job_id, job["output_dir"], doc_ref.id, config, {"documents_cancelled": 1})
-        return {"outcome": "cancelled"}
+    if job is None or decision != "run":
+        return {"outcome": decision}
     leases().hold(job_id, doc_ref.id, task_id)
     try:
         return _generate(self, jobs, job, doc_ref, config, starts)
@@ -206,17 +204,17 @@ def _generate(self: Task, jobs: JobStore, job: dict, doc_ref: DocumentRef, confi
     limit = settings.document_time_limit
     started = time.perf_counter()
 
-    lost = starts - 1 - self.request.retries  # starts that never finished
-    if lost >= settings.max_lost_deliveries:
+    if give_up_lost(starts, self.request.retries, settings.max_lost_deliveries):
+        lost = lost_deliveries(starts, self.request.retries)
         return _fail(jobs, job_id, output_dir, doc_ref.id, config, f"its worker died {lost} times while running it (out of "
                      "memory? a crash?); not redelivered again (LONGSCALE_MAX_LOST_DELIVERIES)", started)
-    last_attempt = self.request.retries >= settings.task_retries
+    delay = outage_retry_delay(self.request.retries, settings.task_retries, settings.retry_backoff,
+                               settings.retry_backoff_max)
     try:
         document = read_document(doc_ref)
-        outcome = bridge.run_document(document, cfg, output_dir, last_attempt=last_attempt, time_limit=limit)
+        outcome = bridge.run_document(document, cfg, output_dir, last_attempt=delay is None, time_limit=limit)
     except bridge.EngineUnavailable as exc:
-        if not last_attempt:
-            delay = min(settings.retry_backoff * 2 ** self.request.retries, settings.retry_backoff_max)
+        if delay is not None:
             log.warning("job %s doc %s: engine unavailable (%s); retry %d/%d in %.0fs", job_id, doc_ref.id,
                         exc, self.request.retries + 1, settings.task_retries, delay)
             # the retry (same task id) keeps the lease through its back-off; copies stay out
@@ -247,21 +245,6 @@ def _fail(jobs: JobStore, job_id: str, output_dir: str, document_id: str, config
     settle(jobs, job_id, output_dir, document_id, config,
            {"documents_failed": 1, "task_seconds": time.perf_counter() - started}, error)
     return {"outcome": "failed", "document": document_id, "error": error}
-
-
-def final_status(job: dict) -> tuple[str, str | None]:
-    """succeeded | partial | failed | cancelled, and why (None when everything succeeded)."""
-    done, failed, cancelled = job["documents_done"], job["documents_failed"], job["documents_cancelled"]
-    total = job["documents_total"]
-    errors = job.get("errors") or []
-    first = f"; first error: {errors[0]['error']}" if errors else ""
-    if job["cancel_requested"]:
-        return "cancelled", f"cancelled by request after {done} of {total} documents ({cancelled} not started)"
-    if failed == 0:
-        return "succeeded", None
-    if done > 0:
-        return "partial", f"{failed} of {total} documents failed{first}"
-    return "failed", f"all {total} documents failed{first}"
 
 
 @app.task(name="longscale.finalize_job", bind=True, acks_late=True, reject_on_worker_lost=True)

@@ -103,22 +103,6 @@ def test_a_hard_time_limit_settles_the_document_as_failed(store, tmp_path, monke
     assert job["documents_failed"] == 1 and "TimeLimitExceeded" in job["errors"][0]["error"]
 
 
-@pytest.mark.parametrize("counts,status,reason", [
-    ({"documents_done": 3}, "succeeded", None),
-    ({"documents_done": 2, "documents_failed": 1}, "partial", "1 of 3 documents failed; first error: boom"),
-    ({"documents_failed": 3}, "failed", "all 3 documents failed; first error: boom"),
-    ({"documents_done": 1, "documents_cancelled": 2, "cancel_requested": True}, "cancelled",
-     "cancelled by request after 1 of 3 documents (2 not started)"),
-])
-def test_final_status(counts, status, reason):
-    from worker.tasks import final_status
-
-    job = {"documents_total": 3, "documents_done": 0, "documents_failed": 0, "documents_cancelled": 0,
-           "cancel_requested": False, "errors": [{"document": "d", "error": "boom", "at": 0}]}
-    job.update(counts)
-    assert final_status(job) == (status, reason)
-
-
 def test_spool_round_trip_and_a_rewritten_spool_is_detected(tmp_path):
     docs = [Document("a", "first text é", {"source": "x"}), Document("b", "second")]
     refs = write_spool(docs, tmp_path)
