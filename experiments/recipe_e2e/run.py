@@ -552,7 +552,7 @@ def merge(ctx: Ctx, graph: Graph, ended: str, final: bool = False) -> dict[str, 
     s = ctx.s
     results: dict[str, Any] = {
         "scale": ctx.args.scale, "engine": ctx.args.engine, "ended": ended,
-        "settings": {**s, "samples": s["samples"], "fsr_samples": s["fsr_samples"]},
+        "settings": s,
         "train_books": [b.name for b in ctx.train_books], "heldout_books": [b.name for b in ctx.heldout_books],
         "jobs": {n: {"status": graph.status.get(n, "not started"), "seconds": graph.seconds.get(n),
                      "tries": graph.tries.get(n, 0)} for n in graph.names},
