@@ -44,7 +44,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "samples": 200, "gold_length": 4 * K, "fsr_samples": 100, "factory_lengths": [4 * K, 8 * K, 16 * K],
             "factory_samples": 200, "chunk_tokens": 256, "chunks_per_doc": "all", "gen_new_tokens": 128,
             "max_context": 16 * K, "n_short": 4000, "ft_steps": 160, "ft_batch_tokens": 32 * K, "pack": 8 * K,
-            "probe_lengths": [256, 512, K, 2 * K, 4 * K, 8 * K, 16 * K, 32 * K], "probe_windows": 8,
+            "probe_lengths": [256, 512, K, 2 * K, 4 * K, 8 * K, 16 * K, 32 * K], "probe_windows": 32,
             "check_lengths": [8 * K, 16 * K, 31 * K], "eval_batch": 256, "gpu_mem": 0.1, "device": "cuda",
             "parallel": 5},
     "tiny": {"pt_seq": 512, "pt_steps": 2, "pt_warmup": 0, "lengths": [512, 1024], "samples": 4, "gold_length": 1024,
