@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -349,11 +349,18 @@ class OutputWriter:
                 self.write_manifest(manifest)
                 return manifest
             _write_dataset_card(self.dir)
-            qa_stats = _RecordStats()
-            _write_parquet(qa_stats.observe_qa(iter_latest_records(self.qa_path)), self.dir / "qa.parquet")
-            instance_stats = _RecordStats()
-            _write_parquet(instance_stats.observe_instances(iter_latest_records(self.instances_path)),
-                           self.dir / "instances.parquet")
+            qa_stats, instance_stats = _RecordStats(), _RecordStats()
+
+            def qa_records() -> Iterator[dict[str, Any]]:
+                qa_stats.reset()  # a second pass (_write_parquet's fallback) counts again
+                return qa_stats.observe_qa(iter_latest_records(self.qa_path))
+
+            def instance_records() -> Iterator[dict[str, Any]]:
+                instance_stats.reset()
+                return instance_stats.observe_instances(iter_latest_records(self.instances_path))
+
+            _write_parquet(qa_records, self.dir / "qa.parquet")
+            _write_parquet(instance_records, self.dir / "instances.parquet")
             accepted, total = qa_stats.accepted, qa_stats.records
             engine_errors = qa_stats.engine_errors
             if status == "complete" and engine_errors:
@@ -393,6 +400,9 @@ class _RecordStats:
     """Manifest counts gathered while the records stream past on their way to Parquet."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.records = self.accepted = self.truncated = self.engine_errors = 0
         self.doc_ids: set[Any] = set()
         self.reasons: Counter = Counter()
@@ -422,6 +432,14 @@ PARQUET_BATCH_CHARS = 8_000_000  # ...and about this much text (an instance hold
 
 
 def _text_size(value: Any) -> int:
+    """Characters of text in a record (strings in dicts and lists; anything else counts 8)."""
+    kind = type(value)
+    if kind is str:
+        return len(value)
+    if kind is dict:
+        return sum([len(v) if type(v) is str else _text_size(v) for v in value.values()])
+    if kind is list:
+        return sum([len(v) if type(v) is str else _text_size(v) for v in value])
     if isinstance(value, str):
         return len(value)
     if isinstance(value, dict):
@@ -444,10 +462,51 @@ def _batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict
         yield batch
 
 
-def _write_parquet(records: Iterable[dict[str, Any]], path: Path) -> None:
-    """Records to Parquet a batch at a time. Each batch's inferred schema is unified with the ones before (a
-    field null in every record so far gets its type later); batches are spilled to an Arrow IPC file and
-    cast to the final schema when the Parquet file is written, so memory stays at one batch."""
+def _write_parquet(records: Callable[[], Iterable[dict[str, Any]]], path: Path) -> None:
+    """Records (`records()` makes a fresh iterator of them) to Parquet a batch at a time, memory at one batch.
+
+    The final schema is every batch's inferred schema unified (a field null in every record so far gets its
+    type later), made stable (`_stable_schema`). Usually the first batch's stable schema already is it: the
+    batches are written straight to Parquet with that schema, and as long as each later batch leaves the stable
+    unified schema unchanged the file is the one the general path would write. A batch that changes it (a new
+    field, a type that only shows later) stops that attempt, and `_write_parquet_spilled` writes the file
+    from a second pass over the records."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_suffix(".parquet.tmp")
+    schema, stable, writer = None, None, None
+    try:
+        for batch in _batches(records(), PARQUET_BATCH):
+            table = pa.Table.from_pylist(batch)
+            if schema is None:
+                schema, stable = table.schema, _stable_schema(table.schema)
+                writer = pq.ParquetWriter(tmp, stable)
+            else:
+                schema = pa.unify_schemas([schema, table.schema], promote_options="permissive")
+                if not _stable_schema(schema).equals(stable):
+                    break
+            assert writer is not None and stable is not None  # opened with the first batch
+            writer.write_table(_conform(table, stable))
+        else:
+            if writer is None:
+                pq.write_table(pa.table({"id": pa.array([], pa.string())}), tmp)
+            else:
+                writer.close()
+                writer = None
+            os.replace(tmp, path)
+            return
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    _write_parquet_spilled(records(), path)
+
+
+def _write_parquet_spilled(records: Iterable[dict[str, Any]], path: Path) -> None:
+    """Records to Parquet a batch at a time, whatever their schemas. Each batch's inferred schema is unified
+    with the ones before; batches are spilled to an Arrow IPC file and cast to the final schema when the
+    Parquet file is written, so memory stays at one batch."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
