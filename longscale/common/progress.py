@@ -8,6 +8,7 @@ command's duration by `library_bars_off_a_terminal`.
 """
 from __future__ import annotations
 
+import importlib.abc
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sized
@@ -95,27 +96,85 @@ def progress(iterable: Iterable | None = None, *, stream: TextIO | None = None, 
     return PlainProgress(iterable, stream=stream, **kwargs)
 
 
+def _switches() -> dict[str, Any]:
+    """Per library: the module that holds its progress-bar switch, and (is_on, off, on) given that module."""
+    return {
+        "transformers.utils.logging": lambda m: (m.is_progress_bar_enabled, m.disable_progress_bar,
+                                                 m.enable_progress_bar),
+        "huggingface_hub.utils": lambda m: (lambda: not m.are_progress_bars_disabled(), m.disable_progress_bars,
+                                            m.enable_progress_bars),
+        "datasets": lambda m: (m.is_progress_bar_enabled, m.disable_progress_bars, m.enable_progress_bars),
+    }
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls `hooks[name](module)` right after module `name` is first imported (its code has run)."""
+
+    def __init__(self, hooks: dict[str, Any]) -> None:
+        self.hooks = hooks
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        hook: Any = self.hooks.get(name)
+        if hook is None:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader: Any = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, spec: Any) -> Any:
+                return loader.create_module(spec)
+
+            def exec_module(self, module: Any) -> None:
+                loader.exec_module(module)
+                hook(module)
+
+        spec.loader = Loader()
+        return spec
+
+
 @contextmanager
 def library_bars_off_a_terminal(stream: TextIO | None = None) -> Iterator[None]:
     """Off a terminal, the tqdm bars of transformers ("Loading weights"), huggingface_hub (downloads) and
     datasets ("Saving the dataset") are off while the block runs, then restored: they redraw with carriage
-    returns and have no plain mode."""
+    returns and have no plain mode. A library not imported yet is not imported for this (datasets and
+    transformers cost ~1 CPU-s to import, which `longscale generate` against a server never needs): its bars
+    are switched off when the block imports it."""
     if is_terminal(stream or sys.stderr):
         yield
         return
-    import datasets
-    import huggingface_hub.utils as hub
-    import transformers.utils.logging as hf_logging
+    restore: list[Any] = []
+    switched: set[str] = set()
 
-    switches = [(hf_logging.is_progress_bar_enabled, hf_logging.disable_progress_bar, hf_logging.enable_progress_bar),
-                (lambda: not hub.are_progress_bars_disabled(), hub.disable_progress_bars, hub.enable_progress_bars),
-                (datasets.is_progress_bar_enabled, datasets.disable_progress_bars, datasets.enable_progress_bars)]
-    were_on = [is_on() for is_on, _, _ in switches]
-    for _, off, _ in switches:
+    def switch_off(name: str, module: Any) -> None:
+        is_on, off, on = _switches()[name](module)
+        # transformers takes its first state from huggingface_hub's, which this block may have switched off
+        if is_on() or (name == "transformers.utils.logging" and "huggingface_hub.utils" in switched):
+            restore.append(on)
+            switched.add(name)
         off()
+
+    pending: dict[str, Any] = {}
+    for name in _switches():
+        if name in sys.modules:
+            switch_off(name, sys.modules[name])
+        else:
+            pending[name] = lambda module, name=name: switch_off(name, module)
+    finder = _AfterImport(pending)
+    sys.meta_path.insert(0, finder)
     try:
         yield
     finally:
-        for (_, _, on), was_on in zip(switches, were_on, strict=True):
-            if was_on:
-                on()
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+        for on in reversed(restore):
+            on()
