@@ -40,7 +40,7 @@ from datafactory.output import OutputWriter, is_retryable
 from datafactory.planning import DocPlan, PlanSettings, plan_tokens
 from datafactory.prompts import QA_REGEX, qa_messages, uses_demonstration
 from datafactory.tokenizer_dir import DirectoryTokenizer
-from datafactory.tokenpool import ProcessPlanner, ThreadPlanner
+from datafactory.tokenpool import PLAN_BATCH, ProcessPlanner, ThreadPlanner
 from longscale.common.errors import LongscaleError
 from longscale.common.tokenizers import load_tokenizer
 
@@ -250,7 +250,9 @@ async def _process_group(docs: list[Document], config: GenerationConfig, engine:
     slice that completes it (documents with nothing to generate: first). The results carry every record."""
     demonstration = uses_demonstration(config.prompt_mode, engine.model_name)
     settings = PlanSettings.from_config(config)
-    plans: list[DocPlan] = await asyncio.gather(*(planner.plan(d.text, d.id, settings) for d in docs))
+    batches = await asyncio.gather(*(planner.plan_batch([(d.text, d.id) for d in docs[k:k + PLAN_BATCH]], settings)
+                                     for k in range(0, len(docs), PLAN_BATCH)))
+    plans: list[DocPlan] = [plan for batch in batches for plan in batch]
     results, all_items, remaining = [], [], {}
     for doc, plan in zip(docs, plans):
         result = DocumentResult(doc.id, n_tokens=plan.n_tokens)

@@ -73,6 +73,14 @@ class WordCounter:
                 else [self.backend.encode(w, add_special_tokens=False) for w in missing]
             cache.update(zip(missing, map(len, encoded)))
 
+    def count(self, text: str) -> int | None:
+        """The text's token count, or None when it holds an added token's text."""
+        if any(special in text for special in self.specials):
+            return None
+        words = WORDS.findall(text)
+        self.learn(words)
+        return sum(map(self.cache.__getitem__, words))
+
     def tokenize(self, text: str, char_start: int, char_end: int) -> "WordTokenizedText | None":
         """text[char_start:char_end] at word level, or None when it holds an added token's text."""
         part = text[char_start:char_end]

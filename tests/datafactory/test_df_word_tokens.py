@@ -10,7 +10,7 @@ import pytest
 from datafactory.chunking import backend_of
 from datafactory.config import GenerationConfig
 from datafactory.documents import sample_corpus_dir
-from datafactory.instances import build_instance, overhead_tokens
+from datafactory.instances import SAFETY_TOKENS, _template_tokens, build_instance, overhead_tokens
 from datafactory.pipeline import load_tokenizers
 from datafactory.planning import PlanSettings, plan_tokens
 from datafactory.word_tokens import WordCounter, WordTokenizedText
@@ -116,3 +116,21 @@ def test_a_full_cache_restarts_and_still_counts(backend, monkeypatch):
         text = book[start:start + 5_000]
         assert counter.tokenize(text, 0, len(text)).n_tokens == _exact(backend, text)
         assert len(counter.cache) <= max(50, len(set(word_tokens.WORDS.findall(text))))
+
+
+def test_word_count_of_short_texts_equals_a_real_encoding(backend):
+    """WordCounter.count (an instance's question and answer) is the real encoding's length, and None for a
+    text holding an added token (overhead_tokens then encodes it)."""
+    counter = WordCounter.for_backend(backend)
+    rng = random.Random(1)
+    texts = ["", " ", "What is the name of the ship?", " Captain Ahab's leg.", "\n\nA\tB"] + \
+        [_awkward(rng)[:rng.randint(0, 200)] for _ in range(300)]
+    for text in texts:
+        assert counter.count(text) == _exact(backend, text), repr(text[:80])
+    assert counter.count("Why <|im_start|>?") is None
+    for question, answer in [("Why <|im_start|>?", "Because."), ("Who?", "\u4e2d\u6587 \U0001F600 ok")]:
+        for kind in ("normal", "short"):
+            # the same total as encoding both with the tokenizer (as overhead_tokens did before)
+            expected = _template_tokens(kind, backend) + _exact(backend, question) + _exact(backend, answer) \
+                + SAFETY_TOKENS
+            assert overhead_tokens(kind, question, answer, backend) == expected
