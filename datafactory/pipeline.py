@@ -36,7 +36,7 @@ from datafactory.engines import sampling_params_from_config
 from datafactory.engines.base import ChatMessages, Engine, EngineResult, SamplingParams
 from datafactory.extraction import check_pair, extract_qa
 from datafactory.instances import ChunkDoesNotFit, build_instance
-from datafactory.output import OutputWriter, is_retryable
+from datafactory.output import OutputWriter, is_retryable, preload_parquet_writer
 from datafactory.planning import DocPlan, PlanSettings, plan_tokens
 from datafactory.prompts import QA_REGEX, qa_messages, uses_demonstration
 from datafactory.tokenizer_dir import DirectoryTokenizer
@@ -433,6 +433,7 @@ def run_generation(documents: Iterable[Document], config: GenerationConfig, outp
             if first is not None:  # a resume with nothing left to do never loads a tokenizer
                 tokenizers = tokenizers or load_tokenizers(config)
                 planner = ProcessPlanner(tokenizers, processes) if processes != 0 else tokenizers.thread_planner()
+                preload_parquet_writer()  # finalize's imports, while the requests are on the wire
                 asyncio.run(_run_groups(chain([first], pending), config, engine, tokenizers, writer, skip_ids,
                                         counter, on_result, planner))
             status = "complete"

@@ -83,3 +83,16 @@ def test_text_size_counts_nested_strings():
     # 3 + (2 + 8) + 1 + 8 + 8 + 2 + 8
     assert _text_size(record) == 40
     assert _text_size([Name("abcd"), {"x": Name("yz")}]) == 6
+
+
+def test_preload_imports_the_parquet_writer():
+    """In a fresh interpreter (pyarrow not imported yet), the preload thread imports pyarrow.parquet."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom datafactory.output import preload_parquet_writer\n"
+            "assert 'pyarrow.parquet' not in sys.modules\npreload_parquet_writer().join()\n"
+            "print('pyarrow.parquet' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True"
