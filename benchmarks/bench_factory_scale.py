@@ -354,6 +354,15 @@ def cmd_report(args: argparse.Namespace) -> None:
                          f"{_range([r['peak_rss_mb'] for r in runs])} | {_range([r['peak_tree_rss_mb'] for r in runs])} | "
                          f"{_range([r.get('mean_in_flight', 0) for r in runs])} | {_range([r['cpu_s'] for r in runs])} |")
         lines.append("")
+        pairs = _pairs(sweep)
+        if pairs:
+            lines += ["### Paired runs (new and old back to back in one invocation: the ratio to read)", "",
+                      "| new tree | documents | new documents/s | old documents/s | new / old |",
+                      "|---|---:|---:|---:|---:|"]
+            for new, old in pairs:
+                lines.append(f"| {new['tree']} | {new['documents']:,} | {new['documents_per_s']:g} | "
+                             f"{old['documents_per_s']:g} | {new['documents_per_s'] / old['documents_per_s']:.2f}x |")
+            lines.append("")
     resume = data.get("resume", [])
     if resume:
         lines += ["## Resume of a finished output (every document done)", "",
@@ -381,6 +390,20 @@ def cmd_report(args: argparse.Namespace) -> None:
     print("\n".join(lines))
     if sweep:
         _plot(sweep)
+
+
+def _pairs(sweep: list[dict]) -> list[tuple[dict, dict]]:
+    """(new, old) runs recorded one after the other (same size, repeat and stub delay): cmd_sweep's pairs."""
+    pairs, i = [], 0
+    while i + 1 < len(sweep):
+        a, b = sweep[i], sweep[i + 1]
+        same = all(a.get(k) == b.get(k) for k in ("documents", "repeat", "delay_ms"))
+        if same and {a["version"], b["version"]} == {"new", "old"}:
+            pairs.append((a, b) if a["version"] == "new" else (b, a))
+            i += 2
+        else:
+            i += 1
+    return pairs
 
 
 def _plot(sweep: list[dict]) -> None:
