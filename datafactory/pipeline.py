@@ -239,6 +239,10 @@ class RequestCounter:
     def rate(self) -> float:
         return self.requests / max(1e-9, time.perf_counter() - self.started)
 
+    @property
+    def output_rate(self) -> float:
+        return self.output_tokens / max(1e-9, time.perf_counter() - self.started)
+
 
 async def _process_group(docs: list[Document], config: GenerationConfig, engine: Engine, tokenizers: Tokenizers,
                          skip_ids: frozenset[str], counter: RequestCounter, planner: Any,
@@ -447,8 +451,7 @@ def run_generation(documents: Iterable[Document], config: GenerationConfig, outp
             this_run["requests"] = counter.requests
             this_run["requests_per_s"] = round(counter.rate, 3)
             this_run["output_tokens"] = counter.output_tokens
-            this_run["output_tokens_per_s"] = round(counter.output_tokens / max(1e-9, time.perf_counter()
-                                                                                 - counter.started), 1)
+            this_run["output_tokens_per_s"] = round(counter.output_rate, 1)
             if own_engine:
                 engine.close()
             manifest = writer.finalize(config.public_dict(), engine.model_name, timings,

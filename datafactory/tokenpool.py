@@ -64,9 +64,6 @@ class ThreadPlanner:
         self.generator = backend_of(tokenizers.generator)
         self.target = self.generator if tokenizers.same else backend_of(tokenizers.target)
 
-    async def plan(self, text: str, doc_id: str, settings: PlanSettings) -> DocPlan:
-        return await asyncio.to_thread(plan_tokens, text, doc_id, self.generator, self.target, settings)
-
     async def plan_batch(self, docs: list[tuple[str, str]], settings: PlanSettings) -> list[DocPlan]:
         """Plans of (text, doc_id) pairs, in order."""
         return await asyncio.to_thread(lambda: [plan_tokens(text, doc_id, self.generator, self.target, settings)
@@ -85,13 +82,6 @@ class ProcessPlanner:
         self.workers = workers or os.cpu_count() or 1
         self._executor = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
                                              initializer=_init_worker, initargs=(generator, target))
-
-    async def plan(self, text: str, doc_id: str, settings: PlanSettings) -> DocPlan:
-        loop = asyncio.get_running_loop()
-        plan = await loop.run_in_executor(self._executor, _plan_in_worker, text, doc_id, settings)
-        if plan.target is not None:
-            plan.target.text = text
-        return plan
 
     async def plan_batch(self, docs: list[tuple[str, str]], settings: PlanSettings) -> list[DocPlan]:
         """Plans of (text, doc_id) pairs, in order: one task of the pool for all of them."""

@@ -1,13 +1,14 @@
-"""Planners' plan_batch: the plans of a batch of documents equal plan() of each, in order, from a process
+"""Planners' plan_batch: the plans of a batch of documents equal plan_tokens of each, in order, from a process
 pool (text re-attached to the target encoding) and from a thread."""
 from __future__ import annotations
 
 import asyncio
 
+from datafactory.chunking import backend_of
 from datafactory.config import GenerationConfig
 from datafactory.documents import sample_corpus_dir
 from datafactory.pipeline import load_tokenizers
-from datafactory.planning import PlanSettings
+from datafactory.planning import PlanSettings, plan_tokens
 from datafactory.tokenpool import ProcessPlanner, ThreadPlanner
 
 
@@ -24,14 +25,13 @@ def test_plan_batch_equals_single_plans(embedded_model_dir):
     docs = [(text[k * 7919:k * 7919 + size], f"doc{k}") for k, size in enumerate([300, 9000, 20000, 41000, 2] * 3)]
     settings = PlanSettings(chunk_tokens=500, chunks_per_doc=2, seed=3, min_doc_tokens=100, max_context=2048)
 
-    async def both(planner):
-        single = [await planner.plan(t, i, settings) for t, i in docs]
-        batch = await planner.plan_batch(docs, settings)
-        return single, batch
+    generator = backend_of(tokenizers.generator)
+    target = generator if tokenizers.same else backend_of(tokenizers.target)
+    single = [plan_tokens(t, i, generator, target, settings) for t, i in docs]
 
     for planner in (ThreadPlanner(tokenizers), ProcessPlanner(tokenizers, 2)):
         try:
-            single, batch = asyncio.run(both(planner))
+            batch = asyncio.run(planner.plan_batch(docs, settings))
         finally:
             planner.close()
         assert len(batch) == len(docs)
