@@ -26,6 +26,10 @@ snapshot() {
      [ -f "$f" ] && echo "$f"; done) > /tmp/recipe_snap.list || true
   mkdir -p $RUN_OUT/jobs && (cd $WORK && tar -cf - -T /tmp/recipe_snap.list 2>/dev/null | tar -xf - -C $RUN_OUT) || true
   tar -czf "$OUTDIR/recipe_out.tgz" -C $RUN_OUT . && ls -la "$OUTDIR/recipe_out.tgz"
+  # a file over 16 MiB does not come back from the device: pieces of 15 MiB (here: cat recipe_out.tgz.* > x.tgz)
+  if [ "$(stat -c %s "$OUTDIR/recipe_out.tgz")" -gt 15728640 ]; then
+    split -b 15m -d "$OUTDIR/recipe_out.tgz" "$OUTDIR/recipe_out.tgz." && rm "$OUTDIR/recipe_out.tgz" && ls -la "$OUTDIR"
+  fi
 }
 wait_run() {  # up to $1 seconds, printing the run's log as it grows
   local until=$(( $(date +%s) + $1 )) seen=0
