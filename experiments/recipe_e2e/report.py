@@ -13,7 +13,11 @@ comes from the per-question records through `evaluation.stats`:
 Trade-off: no correction for the many comparisons (about 1 in 20 null comparisons shows p < 0.05 by chance); the
 verdict rests on the pooled tests only, which are few and named in advance.
 
-    python3 experiments/recipe_e2e/report.py --results experiments/recipe_e2e/results [--out DIR]
+    python3 experiments/recipe_e2e/report.py --results experiments/recipe_e2e/results [--also RUN_DIR ...] [--out DIR]
+
+--also adds the records of a later run that filled cells the first one lacked (a question answered in two runs is
+refused); its context-scaling probes replace the first run's where it used more windows, its check17 is shown, and
+a "Runs" section says which run produced which cells (a later run retrains its models: same seeds, not bit-identical).
 """
 from __future__ import annotations
 
@@ -100,6 +104,84 @@ def load(results_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     except json.JSONDecodeError as exc:
         raise ReportInputError(f"{results_dir}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     return results, records
+
+
+def load_runs(results_dir: Path, also: Iterable[Path] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The first run's results with the later runs' records appended; results['runs'] lists every run's cells and
+    stage losses. Trade-off: a later run's models are retrained (same seeds), so a comparison across runs pairs
+    checkpoints of two trainings; the Runs section says so rather than hiding it."""
+    results, records = load(results_dir)
+    runs = [run_summary(results_dir.name, results, records)]
+    for extra in also:
+        more, extra_records = load(extra)
+        records = records + extra_records
+        runs.append(run_summary(extra.name, more, extra_records))
+        windows = probe_windows(more)
+        if windows > probe_windows(results):
+            results = {**results, "probes": more["probes"], "probe_windows": windows, "probes_from": extra.name}
+        if more.get("check17"):
+            results = {**results, "check17": more["check17"]}
+    return {**results, "runs": runs}, records
+
+
+def probe_windows(results: dict[str, Any]) -> int:
+    """Windows a length behind a run's probes, counted from their per-window losses (1 for a mean alone)."""
+    counts = [min((len(w) for w in (p.get("window_losses") or {}).values()), default=1)
+              for p in (results.get("probes") or {}).values() if isinstance(p, dict) and p.get("loss")]
+    return min(counts, default=0)
+
+
+def run_summary(label: str, results: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    cells: dict[str, set[str]] = {}
+    for r in records:
+        cells.setdefault(str(r.get("model")), set()).add(str(r.get("task")))
+    stages = {k: float(np.mean(v[-32:])) for k, v in (results.get("training_curves") or {}).items()
+              if isinstance(v, list) and v}
+    gen = (results.get("stages") or {}).get("gen-train") or {}
+    return {"label": label, "ended": results.get("ended"), "records": len(records), "long_instances": gen.get("long_instances"),
+            "cells": {m: sorted(t) for m, t in sorted(cells.items())}, "final_losses": stages}
+
+
+def runs_lines(results: dict[str, Any]) -> list[str]:
+    runs = results.get("runs") or []
+    if len(runs) < 2:
+        return []
+    out = ["", "## Runs (each retrains its models from the same seeds; cells say which run answered them)", "",
+           "| run | ended | records | models: tasks | long instances (gen-train) | training loss, mean of the last 32 steps |",
+           "|---|---|---|---|---|---|"]
+    for run in runs:
+        cells = "; ".join(f"{name(m)}: {', '.join(TASK_NAMES.get(t, t) for t in ts)}" for m, ts in run["cells"].items())
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in run["final_losses"].items()) or "-"
+        out.append(f"| {run['label']} | {one_line(run['ended'])} | {run['records']:,} | {cells} | "
+                   f"{run.get('long_instances') or '-'} | {losses} |")
+    if results.get("probes_from"):
+        out += ["", f"Context-scaling probes from run {results['probes_from']} "
+                f"({results.get('probe_windows')} windows a length)."]
+    return out
+
+
+def check17_lines(results: dict[str, Any]) -> list[str]:
+    """Issue 17's check: greedy continuations, vLLM (bf16) vs transformers (bf16), of checkpoints served unchanged."""
+    c = results.get("check17") or {}
+    if c.get("status") != "done":
+        return []
+    out = ["", f"## Checkpoints served by vLLM {c.get('vllm', '?')} unchanged (max_model_len {c.get('max_model_len')}):"
+           " greedy tokens vs transformers", "",
+           "| checkpoint | RoPE | prompt tokens | same greedy tokens | first difference at | margin there (nats) |",
+           "|---|---|---|---|---|---|"]
+    for label, entry in c.items():
+        if not isinstance(entry, dict) or "prompts" not in entry:
+            continue
+        cfg = entry.get("config") or {}
+        rope = cfg.get("rope_parameters") or {}
+        rope_text = f"{rope.get('rope_type', '?')}, theta {rope.get('rope_theta', cfg.get('rope_theta'))}" + (
+            f", factor {rope['factor']}" if "factor" in rope else "")
+        for p in entry["prompts"]:
+            margin = p.get("transformers_margin")
+            out.append(f"| {label} | {rope_text} | {p['prompt_tokens']:,} | {'yes' if p['equal'] else 'no'} | "
+                       f"{'-' if p['equal'] else p.get('first_difference_at')} | "
+                       f"{'-' if margin is None else f'{margin:.3f}'} |")
+    return out
 
 
 def item_scores(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str, int, str], dict[str, float]]:
@@ -428,6 +510,7 @@ def markdown(report: Report, fitted: dict[str, dict[str, Any]]) -> str:
     out += ["## Context scaling (Figure 1): L(c) = (alpha/c)^beta + gamma", ""]
     out += fit_lines(fitted, r)
     out += ["", "## Stages (from results.json)", ""] + stage_lines(r)
+    out += runs_lines(r) + check17_lines(r)
     out += ["", "Figures: `ruler_qa.png`, `first_sentence.png`, `factory_qa.png`, `short_context.png`, "
             "`context_scaling.png` (error bars = the 95% intervals above)."]
     return "\n".join(out) + "\n"
@@ -530,10 +613,10 @@ def as_json(report: Report, fitted: dict[str, dict[str, Any]]) -> dict[str, Any]
 
 
 def write(results_dir: Path, out: Path | None = None, *, resamples: int = 10_000, seed: int = 0,
-          fit_resamples: int = FIT_RESAMPLES) -> Path:
+          fit_resamples: int = FIT_RESAMPLES, also: Iterable[Path] = ()) -> Path:
     out = out or results_dir
     out.mkdir(parents=True, exist_ok=True)
-    results, records = load(results_dir)
+    results, records = load_runs(results_dir, also)
     report = build(results, records, resamples=resamples, seed=seed)
     report.fit_resamples = fit_resamples
     fitted = fits(report)
@@ -551,6 +634,8 @@ def write(results_dir: Path, out: Path | None = None, *, resamples: int = 10_000
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", required=True, type=Path, help="folder with results.json and records.jsonl")
+    ap.add_argument("--also", type=Path, action="append", default=[], metavar="RUN_DIR",
+                    help="a later run's folder (results.json + records.jsonl[.gz]) whose cells are added")
     ap.add_argument("--out", type=Path, help="where results.md, report.json and the PNGs go (default: --results)")
     ap.add_argument("--resamples", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
@@ -558,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         path = write(args.results, args.out, resamples=args.resamples, seed=args.seed,
-                     fit_resamples=args.fit_resamples)
+                     fit_resamples=args.fit_resamples, also=args.also)
     except (ReportInputError, MisalignedScores) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 2

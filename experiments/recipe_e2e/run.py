@@ -392,7 +392,9 @@ def job_probe(ctx: Ctx, key: str) -> dict[str, Any]:
 
 def job_check17(ctx: Ctx) -> dict[str, Any]:
     """Issue 17: the PI conversion (`apply-rope --variant pi --seq-len 32k`) and the finetuned (c) checkpoint served
-    by vLLM at max_model_len 32768 unchanged; greedy 32 tokens on long held-out prompts vs transformers (bf16)."""
+    by vLLM at max_model_len 32768 unchanged; greedy 32 tokens on long held-out prompts vs transformers (bf16). Where
+    the tokens part, transformers' log-probability margin between its token and vLLM's at that step (same prefix):
+    a margin near bf16 noise is a near-tie, not a different model."""
     if ctx.args.engine != "vllm":
         return {"status": "skipped: needs vllm (a CUDA host)"}
     import torch
@@ -409,8 +411,13 @@ def job_check17(ctx: Ctx) -> dict[str, Any]:
         hf = HFModel(model_dir, device="cuda")
         ids = hf.tokenizer(text, add_special_tokens=False)["input_ids"]
         prompts = [ids[:n] for n in ctx.s["check_lengths"]]
-        ref = [hf.model.generate(torch.tensor([p], device="cuda"), max_new_tokens=32, do_sample=False,
-                                 pad_token_id=hf.tokenizer.eos_token_id)[0, len(p):].tolist() for p in prompts]
+        ref, ref_logprobs = [], []
+        for p in prompts:
+            gen = hf.model.generate(torch.tensor([p], device="cuda"), max_new_tokens=32, do_sample=False,
+                                    pad_token_id=hf.tokenizer.eos_token_id, output_scores=True,
+                                    return_dict_in_generate=True)
+            ref.append(gen.sequences[0, len(p):].tolist())
+            ref_logprobs.append([torch.log_softmax(step[0].float(), -1).cpu() for step in gen.scores])
         del hf
         free_gpu()
         llm = vllm.LLM(model=str(model_dir), max_model_len=32768, gpu_memory_utilization=ctx.s["gpu_mem"],
@@ -423,7 +430,11 @@ def job_check17(ctx: Ctx) -> dict[str, Any]:
         rows = []
         for n, a, b in zip(ctx.s["check_lengths"], ref, got):
             same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            rows.append({"prompt_tokens": n, "equal": a == b, "first_difference_at": None if a == b else same})
+            row: dict[str, Any] = {"prompt_tokens": n, "equal": a == b, "first_difference_at": None if a == b else same}
+            if a != b and same < min(len(a), len(b)):  # same prefix up to here: how close was transformers' choice?
+                lp = ref_logprobs[len(rows)][same]
+                row["transformers_margin"] = round(float(lp[a[same]] - lp[b[same]]), 4)
+            rows.append(row)
         out[name] = {"config": {k: json.loads((Path(model_dir) / "config.json").read_text()).get(k)
                                 for k in ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings")},
                      "prompts": rows}

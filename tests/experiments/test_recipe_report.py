@@ -167,14 +167,52 @@ def test_bad_input_is_a_clear_error(tmp_path, report, capsys):
     assert "question 'q0' is answered twice" in capsys.readouterr().err
 
 
+def test_a_later_run_fills_cells_and_its_richer_probes_win(tmp_path, report):
+    """--also: the later run's records join (a question answered in both runs is refused), its probes replace the
+    first run's only where it used more windows, its check17 shows, and the Runs table says who answered what."""
+    (tmp_path / "one").mkdir()
+    first = partial_run(tmp_path / "one")
+    later = tmp_path / "two"
+    later.mkdir()
+    windows = {str(c): [law(c, beta=0.5) - 0.01, law(c, beta=0.5) + 0.01, law(c, beta=0.5)] for c in (512, 1024, 2048)}
+    write(later, {"settings": {"probe_windows": 3}, "ended": "complete",
+                  "training_curves": {"ft-input": [3.0] * 40 + [1.0] * 32},
+                  "stages": {"gen-train": {"long_instances": 7}},
+                  "probes": {"abf": {"loss": {k: sum(v) / 3 for k, v in windows.items()}, "window_losses": windows}},
+                  "check17": {"status": "done", "vllm": "0.20.0", "max_model_len": 32768, "pi": {
+                      "config": {"rope_parameters": {"rope_type": "linear", "rope_theta": 1e5, "factor": 4.0}},
+                      "prompts": [{"prompt_tokens": 8192, "equal": False, "first_difference_at": 3,
+                                   "transformers_margin": 0.0123}]}}},
+          [{"model": C, "task": "first-sentence", "length": 1024, "scores": {"first_sentence": float(k < 2)}}
+           for k in range(4)])
+    out = tmp_path / "out"
+    report.write(first, out, resamples=500, fit_resamples=0, also=[later])
+    md = (out / "results.md").read_text()
+    assert row(md, "| (c) + long, input loss |", "## FIRST-SENTENCE").startswith("| (c) + long, input loss | 4 | 0.50 [")
+    assert row(md, "| two |", "## Runs").endswith("| 7 | ft-input 1.0000 |")
+    assert "FIRST-SENTENCE-RETRIEVAL" in row(md, "| two |", "## Runs")
+    assert "Context-scaling probes from run two (3 windows a length)." in md
+    assert row(md, "| ABF |", "## Context scaling").startswith("| ABF | 512, 1k, 2k |")  # the later run's lengths
+    assert row(md, "| pi |", "## Checkpoints").endswith("| 8,192 | no | 3 | 0.012 |")
+    fewer = tmp_path / "three"
+    fewer.mkdir()
+    write(fewer, {"settings": {"probe_windows": 1}, "probes": {"abf": {"loss": {"1024": 9.0}}}}, [])
+    report.write(first, tmp_path / "o3", resamples=200, fit_resamples=0, also=[fewer])
+    assert "Context-scaling probes from run" not in (tmp_path / "o3" / "results.md").read_text()
+    assert report.main(["--results", str(first), "--also", str(first), "--out", str(tmp_path / "o4")]) == 2
+
+
 def test_runs_on_the_committed_results(tmp_path, report):
-    """The committed H200 run (experiments/recipe_e2e/results: 200 questions per length, records gzipped, the
-    finetunes' FSR cut by the time budget) renders with its own numbers."""
-    path = report.write(REPO / "experiments/recipe_e2e/results", tmp_path, resamples=500, fit_resamples=0)
+    """The committed H200 runs (experiments/recipe_e2e/results: 200 questions per length, records gzipped; run 1 was
+    cut before the finetunes' FSR, results/run2 retrained them and measured it) render with their own numbers."""
+    committed = REPO / "experiments/recipe_e2e/results"
+    path = report.write(committed, tmp_path, resamples=500, fit_resamples=0, also=[committed / "run2"])
     md = path.read_text()
     assert row(md, "| ABF |", "## RULER-style HotpotQA, substring").startswith("| ABF | 200 | 0.12 [")
     assert "- `gen-train`: 761 of 5184 pairs accepted (14.7%)" in md
     assert "- `ft-noinput`: 160 steps, 884 rows, 48,454 loss tokens" in md
-    assert row(md, "| (b) + long, no input loss |", "## FIRST-SENTENCE").endswith(
-        "| not run (cut (time budget) after 592s) |")
+    assert row(md, "| (b) + long, no input loss |", "## FIRST-SENTENCE").startswith(
+        "| (b) + long, no input loss | 100 | 0.06 [")
+    assert row(md, "| run2 |", "## Runs").startswith("| run2 | complete | 1,200 |")
+    assert row(md, "| abf+ft(input loss) |", "## Checkpoints").startswith("| abf+ft(input loss) | default, theta")
     assert "CONTRADICTED" in row(md, "- **RULER QA, substring match")
