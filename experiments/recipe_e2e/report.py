@@ -167,8 +167,8 @@ def check17_lines(results: dict[str, Any]) -> list[str]:
         return []
     out = ["", f"## Checkpoints served by vLLM {c.get('vllm', '?')} unchanged (max_model_len {c.get('max_model_len')}):"
            " greedy tokens vs transformers", "",
-           "| checkpoint | RoPE | prompt tokens | same greedy tokens | first difference at | margin there (nats) |",
-           "|---|---|---|---|---|---|"]
+           "| checkpoint | RoPE | prompt tokens | same greedy tokens | first difference at | margin there (nats) | "
+           "log-prob difference on transformers' tokens, max / mean |", "|---|---|---|---|---|---|---|"]
     for label, entry in c.items():
         if not isinstance(entry, dict) or "prompts" not in entry:
             continue
@@ -177,10 +177,12 @@ def check17_lines(results: dict[str, Any]) -> list[str]:
         rope_text = f"{rope.get('rope_type', '?')}, theta {rope.get('rope_theta', cfg.get('rope_theta'))}" + (
             f", factor {rope['factor']}" if "factor" in rope else "")
         for p in entry["prompts"]:
-            margin = p.get("transformers_margin")
+            margin, diff = p.get("transformers_margin"), p.get("logprob_abs_diff")
             out.append(f"| {label} | {rope_text} | {p['prompt_tokens']:,} | {'yes' if p['equal'] else 'no'} | "
                        f"{'-' if p['equal'] else p.get('first_difference_at')} | "
-                       f"{'-' if margin is None else f'{margin:.3f}'} |")
+                       f"{'-' if margin is None else f'{margin:.3f}'} | "
+                       + ("-" if not diff else f"{diff['max']:.3f} / {diff['mean']:.3f} ({diff['tokens']} tokens)")
+                       + " |")
     return out
 
 

@@ -71,7 +71,7 @@ JOBS: dict[str, tuple[str, ...]] = {
     "ft-input": ("abf", "ft-data", "gen-train"),
     **{f"eval-{k}": (*([k] if k != "base" else []), *HAY, "gen-heldout")
        for k in ("ft-input", "ft-noinput", "ft-short", "abf", "base")},
-    "probe-abf": ("abf",), "probe-base": (), "check17": ("ft-input",),
+    "probe-abf": ("abf",), "probe-base": (), "check17": ("ft-input",), "check17-conv": (),
 }
 
 
@@ -390,11 +390,13 @@ def job_probe(ctx: Ctx, key: str) -> dict[str, Any]:
             "seconds": round(time.time() - t, 1)}
 
 
-def job_check17(ctx: Ctx) -> dict[str, Any]:
-    """Issue 17: the PI conversion (`apply-rope --variant pi --seq-len 32k`) and the finetuned (c) checkpoint served
-    by vLLM at max_model_len 32768 unchanged; greedy 32 tokens on long held-out prompts vs transformers (bf16). Where
-    the tokens part, transformers' log-probability margin between its token and vLLM's at that step (same prefix):
-    a margin near bf16 noise is a near-tie, not a different model."""
+def job_check17(ctx: Ctx, name: str) -> dict[str, Any]:
+    """Issue 17: checkpoints served by vLLM at max_model_len 32768 unchanged vs transformers (both bf16) on long
+    held-out prompts. `check17`: the PI conversion and the finetuned (c); `check17-conv`: the PI and ABF conversions
+    of the base model (no training needed). Per prompt: greedy 32 tokens, equal or where they part and transformers'
+    log-probability margin there (its token minus vLLM's, same prefix); then vLLM scores transformers' own 32 tokens
+    (prompt_logprobs) so the two models' log-probabilities of one sequence are compared token by token: agreement
+    within bf16 noise with parted greedy tokens is a near-tie, not a different model."""
     if ctx.args.engine != "vllm":
         return {"status": "skipped: needs vllm (a CUDA host)"}
     import torch
@@ -403,11 +405,17 @@ def job_check17(ctx: Ctx) -> dict[str, Any]:
     from pretrain.apply import apply_rope_variant
     from pretrain.probes.model import HFModel
 
-    pi = ctx.job_dir("check17") / "pi"
-    apply_rope_variant(ctx.model, "pi", pi, seq_len=32768)
+    work = ctx.job_dir(name)
+    models: list[tuple[str, Path]] = [("pi", work / "pi")]
+    apply_rope_variant(ctx.model, "pi", work / "pi", seq_len=32768)
+    if name == "check17-conv":
+        apply_rope_variant(ctx.model, "abf", work / "abf", seq_len=32768)
+        models.append(("abf (conversion)", work / "abf"))
+    else:
+        models.append(("abf+ft(input loss)", ctx.checkpoint("ft-input")))
     text = " ".join(b.read_text() for b in ctx.heldout_books)
     out: dict[str, Any] = {}
-    for name, model_dir in (("pi", pi), ("abf+ft(input loss)", ctx.checkpoint("ft-input"))):
+    for label, model_dir in models:
         hf = HFModel(model_dir, device="cuda")
         ids = hf.tokenizer(text, add_special_tokens=False)["input_ids"]
         prompts = [ids[:n] for n in ctx.s["check_lengths"]]
@@ -425,19 +433,29 @@ def job_check17(ctx: Ctx) -> dict[str, Any]:
         got = [list(o.outputs[0].token_ids) for o in llm.generate(
             [{"prompt_token_ids": p} for p in prompts], vllm.SamplingParams(max_tokens=32, temperature=0.0),
             use_tqdm=False)]
+        scored = llm.generate([{"prompt_token_ids": p + r[:-1]} for p, r in zip(prompts, ref)],
+                              vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)
         del llm
         free_gpu()
         rows = []
-        for n, a, b in zip(ctx.s["check_lengths"], ref, got):
+        for k, (n, a, b) in enumerate(zip(ctx.s["check_lengths"], ref, got)):
             same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
             row: dict[str, Any] = {"prompt_tokens": n, "equal": a == b, "first_difference_at": None if a == b else same}
-            if a != b and same < min(len(a), len(b)):  # same prefix up to here: how close was transformers' choice?
-                lp = ref_logprobs[len(rows)][same]
+            if a != b and same < min(len(a), len(b)):
+                lp = ref_logprobs[k][same]
                 row["transformers_margin"] = round(float(lp[a[same]] - lp[b[same]]), 4)
+            plp = scored[k].prompt_logprobs or []
+            theirs = [plp[len(prompts[k]) + i][tok].logprob for i, tok in enumerate(a)
+                      if len(prompts[k]) + i < len(plp) and plp[len(prompts[k]) + i]]
+            ours = [float(ref_logprobs[k][i][tok]) for i, tok in enumerate(a)][:len(theirs)]
+            if theirs:
+                diffs = [abs(x - y) for x, y in zip(ours, theirs)]
+                row["logprob_abs_diff"] = {"tokens": len(diffs), "max": round(max(diffs), 4),
+                                           "mean": round(sum(diffs) / len(diffs), 4)}
             rows.append(row)
-        out[name] = {"config": {k: json.loads((Path(model_dir) / "config.json").read_text()).get(k)
-                                for k in ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings")},
-                     "prompts": rows}
+        out[label] = {"config": {k: json.loads((Path(model_dir) / "config.json").read_text()).get(k)
+                                 for k in ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings")},
+                      "prompts": rows}
     return {"status": "done", "max_model_len": 32768, "vllm": vllm.__version__, **out}
 
 
@@ -456,8 +474,8 @@ def run_job(ctx: Ctx, name: str) -> dict[str, Any]:
         return job_eval(ctx, name[5:])
     if name.startswith("probe-"):
         return job_probe(ctx, name[6:])
-    if name == "check17":
-        return job_check17(ctx)
+    if name.startswith("check17"):
+        return job_check17(ctx, name)
     raise SystemExit(f"unknown job {name}")
 
 
@@ -593,8 +611,8 @@ def merge(ctx: Ctx, graph: Graph, ended: str, final: bool = False) -> dict[str, 
         elif name in ("abf", *FT_RUNS):
             results["stages"][name] = {k: v for k, v in res.items() if k != "losses"}
             results["training_curves"][name] = res["losses"]
-        elif name == "check17":
-            results["check17"] = res
+        elif name.startswith("check17"):  # check17 and check17-conv: one table, their checkpoints side by side
+            results["check17"] = {**results.get("check17", {}), **res}
         else:
             results["stages"][name] = res
     (out / "results.json").write_text(json.dumps(results, indent=1))

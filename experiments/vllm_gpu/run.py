@@ -150,12 +150,14 @@ class Server:
                 self.proc.wait()
 
 
-def vllm_serve_cmd(model: Path, port: int, max_model_len: int, util: float) -> list[str]:
+def vllm_serve_cmd(model: Path, port: int, max_model_len: int, kv_cache_gib: int) -> list[str]:
     """`vllm serve` (python -m: the wheels are installed with --target, so there is no `vllm` script on PATH) with
-    the flags that ran on the H200 (shared/vllm/README.md): eager mode, FlashAttention, xgrammar."""
+    the flags that ran on the H200 (shared/vllm/README.md): eager mode, FlashAttention, xgrammar. A fixed KV cache
+    (--kv-cache-memory-bytes) instead of --gpu-memory-utilization: servers started together each profile the GPU
+    while the others load, and one saw -6.8 GiB free for its cache (2026-12-03) and did not start."""
     return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), "--served-model-name", SERVED_NAME,
             "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len", str(max_model_len),
-            "--gpu-memory-utilization", str(util), "--enforce-eager", "--attention-backend", "FLASH_ATTN",
+            "--kv-cache-memory-bytes", str(kv_cache_gib * 2**30), "--enforce-eager", "--attention-backend", "FLASH_ATTN",
             "--structured-outputs-config.backend", "xgrammar", "--seed", "0", "--disable-uvicorn-access-log"]
 
 
@@ -569,13 +571,14 @@ def main() -> int:
                    "ABF": Server("ABF", fake + ["--port", "8101"], 8101, logs / "server_ABF.log")}
     else:
         env = {"VLLM_SERVER_DEV_MODE": "1"}  # POST /reset_prefix_cache between measured runs
-        servers = {"E": Server("E", vllm_serve_cmd(args.model, 8100, 4096, 0.25), 8100, logs / "server_E.log", env),
-                   "ABF": Server("ABF", vllm_serve_cmd(abf_dir, 8101, 32768, 0.2), 8101, logs / "server_ABF.log",
+        servers = {"E": Server("E", vllm_serve_cmd(args.model, 8100, 4096, 16), 8100, logs / "server_E.log", env),
+                   "ABF": Server("ABF", vllm_serve_cmd(abf_dir, 8101, 32768, 8), 8101, logs / "server_ABF.log",
                                  env)}
     servers["TS"] = Server("TS", ts_cmd, 8102, args.work / "server_TS.log")
     e, abf, ts = servers["E"], servers["ABF"], servers["TS"]
+    needed = {"E"} | ({"ABF"} if steps & {"abf_long", "eval_openai"} else set()) | ({"TS"} if "tserve" in steps else set())
     try:
-        run.step("servers", 60, step_servers, args, run, servers)
+        run.step("servers", 60, step_servers, args, run, {k: v for k, v in servers.items() if k in needed})
         if "ceiling" in steps:
             run.step("ceiling", 60, step_ceiling, args, run, e, corpus, args.work)
         if "guided" in steps:

@@ -182,6 +182,7 @@ def test_a_later_run_fills_cells_and_its_richer_probes_win(tmp_path, report):
                   "check17": {"status": "done", "vllm": "0.20.0", "max_model_len": 32768, "pi": {
                       "config": {"rope_parameters": {"rope_type": "linear", "rope_theta": 1e5, "factor": 4.0}},
                       "prompts": [{"prompt_tokens": 8192, "equal": False, "first_difference_at": 3,
+                                   "logprob_abs_diff": {"tokens": 31, "max": 0.05, "mean": 0.01},
                                    "transformers_margin": 0.0123}]}}},
           [{"model": C, "task": "first-sentence", "length": 1024, "scores": {"first_sentence": float(k < 2)}}
            for k in range(4)])
@@ -193,7 +194,7 @@ def test_a_later_run_fills_cells_and_its_richer_probes_win(tmp_path, report):
     assert "FIRST-SENTENCE-RETRIEVAL" in row(md, "| two |", "## Runs")
     assert "Context-scaling probes from run two (3 windows a length)." in md
     assert row(md, "| ABF |", "## Context scaling").startswith("| ABF | 512, 1k, 2k |")  # the later run's lengths
-    assert row(md, "| pi |", "## Checkpoints").endswith("| 8,192 | no | 3 | 0.012 |")
+    assert row(md, "| pi |", "## Checkpoints").endswith("| 8,192 | no | 3 | 0.012 | 0.050 / 0.010 (31 tokens) |")
     fewer = tmp_path / "three"
     fewer.mkdir()
     write(fewer, {"settings": {"probe_windows": 1}, "probes": {"abf": {"loss": {"1024": 9.0}}}}, [])
