@@ -25,6 +25,7 @@ from finetune.config import FinetuneConfig
 from longscale.common.checkpoints import latest_checkpoint as find_latest
 from longscale.common.plotting import plot_curve
 from longscale.common.progress import is_terminal
+from pretrain.step_in_backward import check_step_in_backward
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def sft_args(config: FinetuneConfig, row_tokens: int):
         per_device_train_batch_size=config.per_device_rows,
         gradient_accumulation_steps=accumulation_steps(config, row_tokens, world),
         learning_rate=config.optimizer.learning_rate, lr_scheduler_type="cosine", warmup_steps=config.optimizer.warmup_ratio,
-        weight_decay=config.optimizer.weight_decay, num_train_epochs=config.epochs, max_steps=config.max_steps,
+        weight_decay=config.optimizer.weight_decay, max_grad_norm=config.optimizer.grad_clip, num_train_epochs=config.epochs, max_steps=config.max_steps,
         bf16=use_bf16(config),
         torch_compile=config.compiler.torch_compile == "model", save_steps=config.checkpointing.save_steps, save_total_limit=config.checkpointing.save_total_limit,
         logging_steps=config.logging_steps, seed=config.seed, report_to="none", remove_unused_columns=False,
@@ -122,10 +123,43 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model=None, callba
 
         log.info("torch.compile: %d decoder layers", compile_decoder_layers(model))
     row_tokens = max(dataset["length"]) if len(dataset) else config.pack_length
-    return SFTTrainer(model=model, args=sft_args(config, row_tokens), train_dataset=dataset,
+    args = sft_args(config, row_tokens)
+    trainer_class = SFTTrainer
+    if config.optimizer.step_in_backward:
+        check_step_in_backward(
+            accumulation=args.gradient_accumulation_steps, grad_clip=config.optimizer.grad_clip,
+            world=int(os.environ.get("WORLD_SIZE", "1")),
+            detail=f"--batch-tokens {config.batch_tokens} makes {args.gradient_accumulation_steps} micro-batches of "
+                   f"{config.per_device_rows} x {row_tokens} tokens a step: set it to at most "
+                   f"{config.per_device_rows * row_tokens} or raise --per-device-rows")
+        trainer_class = step_in_backward_trainer()
+    return trainer_class(model=model, args=args, train_dataset=dataset,
                       processing_class=tokenizer, peft_config=lora_config(config),
                       data_collator=RowCollator(tokenizer.pad_token_id, config.pack_attention == "per-sample"),
                       callbacks=list(callbacks))
+
+
+def step_in_backward_trainer():
+    """SFTTrainer whose optimizer (the one the Trainer builds: its groups, fused AdamW, weight decay) steps each
+    parameter inside the backward pass (pretrain/step_in_backward.py). The Trainer's loop is unchanged: its
+    `optimizer.step()` is a no-op, its cosine scheduler sets the groups' lr that each parameter's step reads, and
+    its optimizer.pt checkpoints have the plain AdamW layout (a run resumes with or without the flag)."""
+    from trl import SFTTrainer
+
+    from pretrain.step_in_backward import StepInBackward
+
+    class StepInBackwardSFTTrainer(SFTTrainer):
+        def create_optimizer(self, model=None):
+            optimizer = super().create_optimizer(model)
+            if not isinstance(optimizer, StepInBackward):
+                self.optimizer = StepInBackward(optimizer)
+            return self.optimizer
+
+        def _get_grad_norm(self, model, grad_norm=None):  # the gradients are gone: the norm measured in backward
+            inner = getattr(self.optimizer, "optimizer", self.optimizer)  # under accelerate's AcceleratedOptimizer
+            return inner.grad_norm() if isinstance(inner, StepInBackward) else super()._get_grad_norm(model, grad_norm)
+
+    return StepInBackwardSFTTrainer
 
 
 def latest_checkpoint(output: str) -> str | None:

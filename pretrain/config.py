@@ -33,7 +33,6 @@ class PretrainOptimizer(OptimizerConfig):
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(2000, ge=0, description="linear warm-up steps before the cosine decay")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of the peak")
-    grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
 
 
 class PretrainCheckpointing(CheckpointingConfig):

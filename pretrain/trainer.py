@@ -26,13 +26,14 @@ from pretrain.checkpoint import latest_checkpoint, load_trainer_state, save_chec
 from pretrain.config import PretrainConfig
 from pretrain.data import build_stream, parse_curriculum, seq_len_at
 from pretrain.loss import chunked_lm_loss
+from pretrain.step_in_backward import StepInBackward, check_step_in_backward
 
 log = logging.getLogger(__name__)
 RUN_MARKERS = ("summary.json", "metrics.jsonl", "checkpoints", "final")
 # settings that change how a run executes, not what it trains: a resume may change them
 RUN_KNOBS = {"output", "resume", "overwrite", "save_steps", "save_total_limit", "device", "max_steps",
              "gradient_checkpointing", "ckpt_every_layers", "attn_implementation", "torch_compile", "max_micro_batch",
-             "loss_chunk_tokens",
+             "loss_chunk_tokens", "step_in_backward",
              "save_every", "keep_checkpoints", "grad_ckpt", "attn", "compile"}  # the last: as saved before 0.2
 
 
@@ -94,6 +95,20 @@ def build_optimizer(model, cfg: PretrainConfig, device: torch.device):
     return torch.optim.AdamW(groups, lr=cfg.optimizer.learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused, foreach=None if fused else False)
 
 
+def step_in_backward(optimizer, cfg: PretrainConfig, stages: list[tuple[int, float]], world: int) -> StepInBackward:
+    """`optimizer` stepped inside the backward pass, refused (ConfigError) where some curriculum stage would
+    accumulate micro-batches, with gradient clipping, or on several ranks."""
+    for length, _ in stages:
+        micro, accum = step_shape(cfg.tokens_per_step, length, cfg.max_micro_batch, world)
+        if accum > 1:
+            check_step_in_backward(
+                accumulation=accum, grad_clip=cfg.optimizer.grad_clip, world=world,
+                detail=f"--tokens-per-step {cfg.tokens_per_step} at length {length} needs {accum} micro-batches of "
+                       f"{micro}: set --max-micro-batch to at least {cfg.tokens_per_step // length // world}")
+    check_step_in_backward(accumulation=1, grad_clip=cfg.optimizer.grad_clip, world=world)
+    return StepInBackward(optimizer)
+
+
 class CausalLMLoss(torch.nn.Module):
     """Mean next-token loss through the base model + chunked cross-entropy (no full logits).
 
@@ -152,6 +167,8 @@ class Pretrainer:
         self.loss_fn = distributed.wrap(CausalLMLoss(self.model, cfg.loss_chunk_tokens, self.compute_dtype),
                                         self.model.model.layers, self.world)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
+        if cfg.optimizer.step_in_backward:
+            self.optimizer = step_in_backward(self.optimizer, cfg, self.stages, self.world)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.warmup_steps, self.total_steps, cfg.optimizer.min_lr_ratio))
         self.stream = build_stream(cfg.source, self.tokenizer, seed=cfg.seed, long_doc_tokens=cfg.long_doc_tokens,
@@ -194,8 +211,12 @@ class Pretrainer:
                 loss = self.loss_fn(batch) / accum
             loss.backward()
             loss_sum += loss.detach()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.grad_clip)
-                     if cfg.optimizer.grad_clip > 0 else torch.zeros(()))
+        if isinstance(self.optimizer, StepInBackward):  # stepped and freed in backward: the norm measured there
+            grad_norm = self.optimizer.grad_norm()
+        elif cfg.optimizer.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.grad_clip)
+        else:
+            grad_norm = torch.zeros(())
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()

@@ -112,6 +112,23 @@ class ConfigModel(BaseModel):
 class OptimizerConfig(ConfigModel):
     learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (cosine schedule)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, ge=0, description="max global gradient norm (0 = off; off by default with "
+                             "--step-in-backward)")
+    step_in_backward: bool = Field(
+        False, description="step each parameter inside the backward pass as soon as its gradient is complete and "
+        "free that gradient (no full set of gradients in memory: 2 bytes a parameter less peak in bf16); needs "
+        "one micro-batch per step (no accumulation), no --grad-clip, one process")
+
+    @model_validator(mode="after")
+    def _step_in_backward_does_not_clip(self) -> Self:
+        """With the step in backward the global norm is known only after every parameter stepped: clipping is
+        off unless asked for, and asking for it is an error (pretrain/step_in_backward.py)."""
+        if self.step_in_backward and self.grad_clip > 0:
+            if "grad_clip" in self.model_fields_set:
+                raise ValueError(f"--step-in-backward cannot clip by the global gradient norm (--grad-clip "
+                                 f"{self.grad_clip}): use --grad-clip 0")
+            self.grad_clip = 0.0
+        return self
 
 
 class CheckpointingConfig(ConfigModel):
