@@ -16,7 +16,8 @@ CONFIG_FILE = "finetune_config.json"
 RUN_MARKERS = (CONFIG_FILE, "dataset_stats.json", "dataset", "checkpoints", "final")
 # settings that change how the run executes or how long, not what it trains on: a resume may change them
 RUN_KNOBS = {"output", "resume", "overwrite", "prepare_only", "max_steps", "save_steps", "save_total_limit",
-             "logging_steps", "torch_compile", "attn_implementation", "gradient_checkpointing", "step_in_backward"}
+             "logging_steps", "torch_compile", "attn_implementation", "gradient_checkpointing", "step_in_backward",
+             "offload_optimizer_state"}
 
 
 def is_main_process() -> bool:

@@ -132,18 +132,19 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model=None, callba
             detail=f"--batch-tokens {config.batch_tokens} makes {args.gradient_accumulation_steps} micro-batches of "
                    f"{config.per_device_rows} x {row_tokens} tokens a step: set it to at most "
                    f"{config.per_device_rows * row_tokens} or raise --per-device-rows")
-        trainer_class = step_in_backward_trainer()
+        trainer_class = step_in_backward_trainer(config.optimizer.offload_optimizer_state)
     return trainer_class(model=model, args=args, train_dataset=dataset,
                       processing_class=tokenizer, peft_config=lora_config(config),
                       data_collator=RowCollator(tokenizer.pad_token_id, config.pack_attention == "per-sample"),
                       callbacks=list(callbacks))
 
 
-def step_in_backward_trainer():
+def step_in_backward_trainer(offload: bool = False):
     """SFTTrainer whose optimizer (the one the Trainer builds: its groups, fused AdamW, weight decay) steps each
     parameter inside the backward pass (pretrain/step_in_backward.py). The Trainer's loop is unchanged: its
     `optimizer.step()` is a no-op, its cosine scheduler sets the groups' lr that each parameter's step reads, and
-    its optimizer.pt checkpoints have the plain AdamW layout (a run resumes with or without the flag)."""
+    its optimizer.pt checkpoints have the plain AdamW layout (a run resumes with or without the flag). `offload`:
+    the moments live in host memory between steps (--offload-optimizer-state)."""
     from trl import SFTTrainer
 
     from pretrain.step_in_backward import StepInBackward
@@ -152,7 +153,7 @@ def step_in_backward_trainer():
         def create_optimizer(self, model=None):
             optimizer = super().create_optimizer(model)
             if not isinstance(optimizer, StepInBackward):
-                self.optimizer = StepInBackward(optimizer)
+                self.optimizer = StepInBackward(optimizer, offload_state=offload)
             return self.optimizer
 
         def _get_grad_norm(self, model, grad_norm=None):  # the gradients are gone: the norm measured in backward

@@ -33,7 +33,7 @@ RUN_MARKERS = ("summary.json", "metrics.jsonl", "checkpoints", "final")
 # settings that change how a run executes, not what it trains: a resume may change them
 RUN_KNOBS = {"output", "resume", "overwrite", "save_steps", "save_total_limit", "device", "max_steps",
              "gradient_checkpointing", "ckpt_every_layers", "attn_implementation", "torch_compile", "max_micro_batch",
-             "loss_chunk_tokens", "step_in_backward",
+             "loss_chunk_tokens", "step_in_backward", "offload_optimizer_state",
              "save_every", "keep_checkpoints", "grad_ckpt", "attn", "compile"}  # the last: as saved before 0.2
 
 
@@ -106,7 +106,7 @@ def step_in_backward(optimizer, cfg: PretrainConfig, stages: list[tuple[int, flo
                 detail=f"--tokens-per-step {cfg.tokens_per_step} at length {length} needs {accum} micro-batches of "
                        f"{micro}: set --max-micro-batch to at least {cfg.tokens_per_step // length // world}")
     check_step_in_backward(accumulation=1, grad_clip=cfg.optimizer.grad_clip, world=world)
-    return StepInBackward(optimizer)
+    return StepInBackward(optimizer, offload_state=cfg.optimizer.offload_optimizer_state)
 
 
 class CausalLMLoss(torch.nn.Module):

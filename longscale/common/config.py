@@ -118,11 +118,18 @@ class OptimizerConfig(ConfigModel):
         False, description="step each parameter inside the backward pass as soon as its gradient is complete and "
         "free that gradient (no full set of gradients in memory: 2 bytes a parameter less peak in bf16); needs "
         "one micro-batch per step (no accumulation), no --grad-clip, one process")
+    offload_optimizer_state: bool = Field(
+        False, description="with --step-in-backward: keep the optimizer's moments in host memory and copy each "
+        "parameter's in and out around its step, overlapped with the backward (AdamW: 4 bytes a parameter less "
+        "GPU memory in bf16; costs host-device traffic of twice the state a step)")
 
     @model_validator(mode="after")
     def _step_in_backward_does_not_clip(self) -> Self:
         """With the step in backward the global norm is known only after every parameter stepped: clipping is
         off unless asked for, and asking for it is an error (pretrain/step_in_backward.py)."""
+        if self.offload_optimizer_state and not self.step_in_backward:
+            raise ValueError("--offload-optimizer-state moves each parameter's state in and out around its step "
+                             "inside the backward pass: it needs --step-in-backward")
         if self.step_in_backward and self.grad_clip > 0:
             if "grad_clip" in self.model_fields_set:
                 raise ValueError(f"--step-in-backward cannot clip by the global gradient norm (--grad-clip "

@@ -47,7 +47,8 @@ def test_step_in_backward_trains_like_the_trainers_step(tmp_path, tiny_llama_dir
     (which does not clip either: --grad-clip 0), and the gradients are gone after each backward."""
     torch.set_num_threads(2)
     runs = {}
-    for name, kw in {"plain": dict(grad_clip=0.0), "sib": dict(step_in_backward=True)}.items():
+    for name, kw in {"plain": dict(grad_clip=0.0), "sib": dict(step_in_backward=True),
+                     "offload": dict(step_in_backward=True, offload_optimizer_state=True)}.items():
         config = cfg(tmp_path / name, tiny_llama_dir, data, max_steps=5, **kw)
         assert config.optimizer.grad_clip == 0
         tokenizer = load_tokenizer(config.model)
@@ -56,19 +57,22 @@ def test_step_in_backward_trains_like_the_trainers_step(tmp_path, tiny_llama_dir
         assert trainer.args.max_grad_norm == 0 and trainer.args.gradient_checkpointing
         trainer.train()
         inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
-        assert isinstance(inner, StepInBackward) == (name == "sib")
+        assert isinstance(inner, StepInBackward) == (name != "plain")
+        assert (name == "offload") == (getattr(inner, "offload", None) is not None)
         history = [h for h in trainer.state.log_history if "loss" in h]
         runs[name] = dict(losses=[h["loss"] for h in history], lrs=[h["learning_rate"] for h in history],
                           norms=[h.get("grad_norm") for h in history],
                           params={k: v.detach().clone() for k, v in trainer.model.named_parameters()})
-        if name == "sib":
+        if name != "plain":
             assert all(p.grad is None for p in trainer.model.parameters())
-    plain, sib = runs["plain"], runs["sib"]
+    plain = runs["plain"]
     assert len(plain["losses"]) == 5 and plain["losses"][-1] < plain["losses"][0]
-    assert sib["losses"] == pytest.approx(plain["losses"], rel=1e-6, abs=1e-6)
-    assert sib["lrs"] == plain["lrs"] and len(set(plain["lrs"])) >= 3  # warm-up then decay, one scheduler
-    assert sib["norms"] == pytest.approx(plain["norms"], rel=1e-4)  # measured inside backward for the logs
-    _assert_same_params(sib["params"], plain["params"])
+    assert len(set(plain["lrs"])) >= 3  # warm-up then decay
+    for sib in (runs["sib"], runs["offload"]):
+        assert sib["losses"] == pytest.approx(plain["losses"], rel=1e-6, abs=1e-6)
+        assert sib["lrs"] == plain["lrs"]  # one scheduler drives every parameter's step
+        assert sib["norms"] == pytest.approx(plain["norms"], rel=1e-4)  # measured inside backward for the logs
+        _assert_same_params(sib["params"], plain["params"])
 
 
 class StopAt(TrainerCallback):
@@ -84,14 +88,14 @@ class StopAt(TrainerCallback):
 
 
 def test_step_in_backward_resumes_from_its_own_and_from_plain_checkpoints(tmp_path, tiny_llama_dir, data):
-    """A 4-step run stopped after its step-2 checkpoint (optimizer.pt written with the flag, or without it) and
-    resumed with the flag ends where the uninterrupted run ends: the optimizer state keeps AdamW's own layout,
+    """A 4-step run stopped after its step-2 checkpoint (optimizer.pt written with the flag, without it, or with
+    the state offloaded) and resumed with the flag (offloading or not) ends where the uninterrupted run ends: the optimizer state keeps AdamW's own layout,
     so the moments carry over (losing them on the resume moves the step-4 loss by ~0.09)."""
     torch.set_num_threads(2)
     common = dict(max_steps=4, save_steps=2, gradient_checkpointing=False, grad_clip=0.0)
 
-    def train(out, step_in_backward, stop=None, resume=None):
-        config = cfg(out, tiny_llama_dir, data, step_in_backward=step_in_backward, **common)
+    def train(out, flags, stop=None, resume=None):
+        config = cfg(out, tiny_llama_dir, data, **flags, **common)
         tokenizer = load_tokenizer(config.model)
         rows, _ = assemble_rows(config, tokenizer)
         trainer = build_trainer(config, to_dataset(rows), tokenizer, callbacks=[StopAt(stop)] if stop else [])
@@ -99,12 +103,13 @@ def test_step_in_backward_resumes_from_its_own_and_from_plain_checkpoints(tmp_pa
         params = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
         return [h["loss"] for h in trainer.state.log_history if "loss" in h], params
 
-    want_losses, want = train(tmp_path / "straight", True)
+    sib, offload = {"step_in_backward": True}, {"step_in_backward": True, "offload_optimizer_state": True}
+    want_losses, want = train(tmp_path / "straight", sib)
     assert len(want_losses) == 4
-    for first in (True, False):
-        out = tmp_path / f"split-{first}"
+    for i, (first, then) in enumerate(((sib, sib), ({}, offload), (offload, sib))):
+        out = tmp_path / f"split-{i}"
         assert train(out, first, stop=2)[0] == pytest.approx(want_losses[:2], rel=1e-6, abs=1e-6)
-        losses, params = train(out, True, resume=str(out / "checkpoints" / "checkpoint-2"))
+        losses, params = train(out, then, resume=str(out / "checkpoints" / "checkpoint-2"))
         assert losses == pytest.approx(want_losses, rel=1e-6, abs=1e-6)  # steps 1-2 restored, 3-4 trained
         _assert_same_params(params, want)
 
@@ -112,6 +117,8 @@ def test_step_in_backward_resumes_from_its_own_and_from_plain_checkpoints(tmp_pa
 def test_step_in_backward_refusals_are_clear(tmp_path, tiny_llama_dir, data, capsys):
     with pytest.raises(ValueError, match=r"cannot clip by the global gradient norm \(--grad-clip 0.5\)"):
         cfg(tmp_path, tiny_llama_dir, data, step_in_backward=True, grad_clip=0.5)
+    with pytest.raises(ValueError, match="--offload-optimizer-state .* needs --step-in-backward"):
+        cfg(tmp_path, tiny_llama_dir, data, offload_optimizer_state=True)
     config = cfg(tmp_path, tiny_llama_dir, data, step_in_backward=True, batch_tokens=4096)
     tokenizer = load_tokenizer(config.model)
     rows, _ = assemble_rows(config, tokenizer)

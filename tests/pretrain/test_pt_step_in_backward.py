@@ -48,8 +48,9 @@ def _assert_same_params(got: dict, want: dict) -> None:
 def test_step_in_backward_trains_like_the_plain_step_and_resumes_both_ways(tiny_model, text_dir, tmp_path):
     """Same seed, data and schedule (warm-up + cosine, weight decay on matrices only), full activation
     checkpointing, fp32: losses, learning rates and final weights equal the plain optimizer step's (tolerance
-    1e-6: only the order of the per-parameter updates differs, each is the same element-wise AdamW); a checkpoint
-    written with the step in backward, or without it, resumes with it onto the same trajectory."""
+    1e-6: only the order of the per-parameter updates differs, each is the same element-wise AdamW), with the
+    optimizer state in host memory too; a checkpoint written with the step in backward, without it, or with the
+    state offloaded resumes with the flag (with or without offloading) onto the same trajectory."""
     torch.set_num_threads(2)
     base = dict(model=str(tiny_model), variant="abf", rope_base=1e5, source=[f"books={text_dir}:1"], seq_len=64,
                 tokens_per_step=256, max_micro_batch=4, total_tokens=256 * 6, learning_rate=3e-3, warmup_steps=2,
@@ -67,12 +68,17 @@ def test_step_in_backward_trains_like_the_plain_step_and_resumes_both_ways(tiny_
     assert [r["grad_norm"] for r in sib] == pytest.approx([r["grad_norm"] for r in plain], rel=1e-4)
     want = _params(tmp_path / "plain" / "final")
     _assert_same_params(_params(tmp_path / "sib" / "final"), want)
+    offload = dict(step_in_backward=True, offload_optimizer_state=True)
+    pretrain(PretrainConfig(**base, **offload, output=str(tmp_path / "offload")), show_progress=False)
+    assert [r["loss"] for r in _records(tmp_path / "offload")] == pytest.approx([r["loss"] for r in plain], rel=1e-6,
+                                                                                abs=1e-6)
+    _assert_same_params(_params(tmp_path / "offload" / "final"), want)
 
-    for first in ("sib", "plain"):  # the first 3 steps with / without the flag, then resumed with it
-        out = tmp_path / f"split-{first}"
-        pretrain(PretrainConfig(**base, step_in_backward=first == "sib", output=str(out), max_steps=3),
-                 show_progress=False)
-        summary = pretrain(PretrainConfig(**base, step_in_backward=True, output=str(out), resume=True),
+    # the first 3 steps with the flag / without it / with the state offloaded, then resumed with the flag
+    for first, then in (({"step_in_backward": True}, {}), ({}, offload), (offload, {})):
+        out = tmp_path / f"split-{len(first)}-{len(then)}"
+        pretrain(PretrainConfig(**base, **first, output=str(out), max_steps=3), show_progress=False)
+        summary = pretrain(PretrainConfig(**base, **{"step_in_backward": True} | then, output=str(out), resume=True),
                            show_progress=False)
         assert summary["resumed_from"].endswith("step-0000003") and summary["steps"] == 6
         assert [r["loss"] for r in _records(out)] == pytest.approx([r["loss"] for r in plain], rel=1e-6, abs=1e-6)
@@ -113,3 +119,31 @@ def test_step_in_backward_refusals_are_clear(tiny_model, text_dir, tmp_path):
         check_step_in_backward(accumulation=1, grad_clip=0.0, world=2)
     with pytest.raises(ConfigError, match="cannot clip"):  # a config copied without validation is still caught
         check_step_in_backward(accumulation=1, grad_clip=1.0, world=1)
+
+
+def test_offloaded_state_lives_on_the_host_and_is_prefetched_in_backward_order():
+    """The moments stay in their own host tensors between steps, the copies in are prefetched in the previous
+    backward's hook order (every one but the first of each backward), and the training equals plain AdamW's. CPU only: the
+    CUDA streams, pinned memory and their overlap run on the GPU benchmark alone."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(6, 6) for _ in range(4)]
+    plain_model, model = torch.nn.Sequential(*layers), torch.nn.Sequential(*[torch.nn.Linear(6, 6) for _ in range(4)])
+    model.load_state_dict(plain_model.state_dict())
+    plain = torch.optim.AdamW(plain_model.parameters(), lr=1e-2)
+    opt = StepInBackward(torch.optim.AdamW(model.parameters(), lr=1e-2), offload_state=True)
+    assert opt.offload is not None
+    for _ in range(4):
+        x = torch.randn(5, 6)
+        for m, o in ((plain_model, plain), (model, opt)):
+            m(x).square().mean().backward()
+            o.step()
+            o.zero_grad()
+    params = list(model.parameters())
+    assert len(opt.offload.order) == len(params) and opt.offload.order[0] is params[-1]  # backward: last first
+    assert opt.offload.hits == 3 * (len(params) - 1)  # steps 2-4 (1 made the moments): all but the first
+    for p in params:
+        assert opt.state[p]["exp_avg"] is opt._host[p]["exp_avg"]  # between steps: the host tensors
+    for a, b in zip(plain_model.parameters(), params):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-7)
+    state, want = opt.state_dict(), plain.state_dict()
+    assert all(torch.equal(state["state"][i]["exp_avg_sq"], want["state"][i]["exp_avg_sq"]) for i in want["state"])
