@@ -33,6 +33,7 @@ from benchmarks.trainbench import CUDA, PEAK_FLOPS, StepProfile, peak_memory_gb,
 from finetune.assemble import assemble_rows, load_tokenizer, to_dataset  # noqa: E402
 from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.trainer import build_trainer  # noqa: E402
+from longscale.common.instances import LongQAInstance  # noqa: E402
 
 BOOKS = sorted((REPO / "datafactory" / "sample_corpus").glob("*.txt"))
 TEMPLATE = ('You are given a long text (delimited by triple quotes) and a question. Read the text and answer the '
@@ -53,9 +54,15 @@ def write_long_instances(tokenizer, seq: int, n: int, out: Path) -> Path:
         budget = seq - overhead - 64
         start = (i * 7919) % max(1, len(book) - budget)
         doc = tokenizer.decode(book[start:start + budget])
-        lines.append({"id": f"bench-{seq}-{i}", "doc_id": BOOKS[i % len(BOOKS)].stem, "answer_type": "normal",
-                      "messages": [{"role": "user", "content": TEMPLATE.format(doc=doc, question=question)},
-                                   {"role": "assistant", "content": answer}]})
+        user = TEMPLATE.format(doc=doc, question=question)
+        # through the shared instance contract, as the data factory writes them (finetune reads nothing else)
+        lines.append(LongQAInstance.model_validate({
+            "id": f"bench-{seq}-{i}", "doc_id": BOOKS[i % len(BOOKS)].stem, "chunk_index": 0, "answer_type": "normal",
+            "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+            "text": f"[INST] {user} [/INST] {answer}", "question": question, "answer": answer, "truncated": False,
+            "document_tokens": budget, "kept_token_span": [start, start + budget], "kept_char_span": [0, len(doc)],
+            "chunk_char_span": [0, len(doc)], "approx_tokens": seq - 64, "model": "bench_finetune",
+        }).to_record())
     (out / "instances.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return out
 
@@ -115,7 +122,7 @@ def parse_ckpt(ckpt) -> tuple[str, int]:
 
 
 def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ckpt, rows=1, attn="auto",
-            compile_="off", short_file=None, lora_r=0, profile=False):
+            compile_="off", short_file=None, lora_r=0, profile=False, step_in_backward=False, offload_state=False):
     data_kw = {"short_data": [str(short_file)]} if short_file else {"long_data": [str(data_dir)]}
     mode, every = parse_ckpt(ckpt)
     config = FinetuneConfig(model=name, output=str(out_dir), **data_kw, pack_length=seq, max_length=seq,
@@ -123,7 +130,8 @@ def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ck
                             max_steps=warmup + steps + (1 if profile else 0), gradient_checkpointing=mode != "none",
                             ckpt_every_layers=every,
                             attn_implementation=attn, bf16=CUDA, torch_compile=compile_, save_steps=10**6,
-                            logging_steps=1, warmup_ratio=0.0, lora_r=lora_r, lora_alpha=2 * max(lora_r, 1))
+                            logging_steps=1, warmup_ratio=0.0, lora_r=lora_r, lora_alpha=2 * max(lora_r, 1),
+                            step_in_backward=step_in_backward or offload_state, offload_optimizer_state=offload_state)
     data, stats = assemble_rows(config, tokenizer)
     vocab = model.config.vocab_size
     if vocab < len(tokenizer):  # the 7B shape's 32k vocabulary: ids modulo 32k (labels keep -100)
@@ -155,6 +163,11 @@ def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ck
                   losses=[round(x, 4) for x in losses], loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4))
     if lora_r:
         result["mfu_lora"] = round(flops[True] / dt / PEAK_FLOPS, 3)
+    if config.optimizer.step_in_backward:
+        inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+        result["optimizer"] = "step in backward" + (" + state offloaded" if offload_state else "")
+        if getattr(inner, "offload", None) is not None:
+            result["offload_prefetch_hits"] = inner.offload.hits
     if profiler.summary:
         result["profile"] = profiler.summary
     del trainer

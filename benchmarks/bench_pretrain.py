@@ -25,14 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.trainbench import CUDA, PEAK_FLOPS, peak_memory_gb, profile_step, random_llama, sync, train_flops  # noqa: E402
 from pretrain.attention import attn_implementation  # noqa: E402
 from pretrain.loss import chunked_lm_loss  # noqa: E402
+from pretrain.step_in_backward import StepInBackward  # noqa: E402
 from pretrain.trainer import configure_checkpointing  # noqa: E402  (the trainer's own pieces)
 
 VOCAB = 32000
 
 
 def bench(name: str, shape: str, seq: int, *, kernel: str = "auto", param_dtype=torch.bfloat16, ckpt="none",
-          ckpt_every: int = 2, compile_layers=False, steps=4, warmup=None, autocast=False, profile=False) -> dict:
-    """One configuration: `warmup` + `steps` timed optimizer steps (+ one profiled step when `profile`)."""
+          ckpt_every: int = 2, compile_layers=False, steps=4, warmup=None, autocast=False, profile=False,
+          step_in_backward=False, offload_state=False) -> dict:
+    """One configuration: `warmup` + `steps` timed optimizer steps (+ one profiled step when `profile`);
+    `step_in_backward` / `offload_state`: the trainer's --step-in-backward / --offload-optimizer-state."""
     impl = attn_implementation(kernel)
     model = random_llama(shape, VOCAB, seq, attn=impl, dtype=param_dtype)
     configure_checkpointing(model, ckpt, ckpt_every)
@@ -41,6 +44,8 @@ def bench(name: str, shape: str, seq: int, *, kernel: str = "auto", param_dtype=
         for layer in model.model.layers:
             layer.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=torch.cuda.is_available())
+    if step_in_backward or offload_state:
+        opt = StepInBackward(opt, offload_state=offload_state)
     n = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(1)
     device = model.device
@@ -72,6 +77,8 @@ def bench(name: str, shape: str, seq: int, *, kernel: str = "auto", param_dtype=
              compile=compile_layers, param_dtype=str(param_dtype).split(".")[-1], tok_s=round(seq / dt),
              step_s=round(dt, 3), mfu=round(train_flops(model.config, n, seq) / dt / PEAK_FLOPS, 3),
              peak_mem_GB=peak_memory_gb(), steps_timed=steps, losses=[round(x.item(), 4) for x in losses])
+    if isinstance(opt, StepInBackward):
+        r["optimizer"] = "step in backward" + (" + state offloaded" if offload_state else "")
     r["loss_first"], r["loss_last"] = r["losses"][0], r["losses"][-1]
     if profile:
         r["profile"] = profile_step(lambda: step(0))

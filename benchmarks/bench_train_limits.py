@@ -13,6 +13,7 @@ OUT/train_limits_<part>.json and .md after every run, so a killed call still ret
        plain reference (flash, full checkpointing, no compile) at 32k.
   followup  (`followup()`): 7B full finetuning at 32k with every 3rd / 4th layer checkpointed, the ~1B pretrainer
        and finetune steps at 32k beside hf_baseline's own 32k row, and `cudnn_gqa` beside `cudnn`.
+  sib  (`step_in_backward_part()`): the optimizer step in backward and the offloaded optimizer state at 7B 32k.
 Every trainer run compiles each decoder layer and profiles one extra step (GPU time by kernel category).
 
     python3 benchmarks/bench_train_limits.py --part 1b --tokenizer TOK --out OUT --budget-s 330 \
@@ -138,8 +139,9 @@ class Budget:
 
 
 def finetune_run(label, shape, seq, *, tokenizer, work, args, ckpts, rows=1, kernel="auto", lora_r=0, packed=False,
-                 compile_="layers", budget: Budget, estimate: float, results: list, save):
-    """One finetune configuration, trying the checkpointing settings `ckpts` in order until one fits."""
+                 compile_="layers", budget: Budget, estimate: float, results: list, save, **extra):
+    """One finetune configuration, trying the checkpointing settings `ckpts` in order until one fits; `extra`:
+    measure()'s optimizer flags (step_in_backward, offload_state)."""
     vocab = len(tokenizer) if shape != "7b" else 32000
     if packed:
         data_dir, short_file = None, ft.write_short_instances(tokenizer, 200 if args.small else 1500, work / "short.jsonl")
@@ -149,12 +151,12 @@ def finetune_run(label, shape, seq, *, tokenizer, work, args, ckpts, rows=1, ker
     for ckpt in ckpts:
         if budget.left() < estimate:
             results.append({"trainer": "finetune", "model": label, "seq": seq, "kernel": kernel, "ckpt": ckpt,
-                            "skipped": f"time budget ({budget.left():.0f} s left, ~{estimate:.0f} s needed)"})
+                            "skipped": f"time budget ({budget.left():.0f} s left, ~{estimate:.0f} s needed)", **extra})
             save()
             return None
         r = ft.run_single(label, lambda: random_llama(shape, vocab, seq), tokenizer, seq, data_dir, work, args,
                           ckpt=ckpt, rows=rows, attn=kernel, compile_=compile_, lora_r=lora_r, short_file=short_file,
-                          profile=True)
+                          profile=True, **extra)
         r["trainer"] = "finetune"
         results.append(r)
         save()
@@ -162,7 +164,7 @@ def finetune_run(label, shape, seq, *, tokenizer, work, args, ckpts, rows=1, ker
             compile_ = "off"  # a compile failure: the same run uncompiled says whether the kernel itself works
             r = ft.run_single(label, lambda: random_llama(shape, vocab, seq), tokenizer, seq, data_dir, work, args,
                               ckpt=ckpt, rows=rows, attn=kernel, compile_="off", lora_r=lora_r, short_file=short_file,
-                              profile=True)
+                              profile=True, **extra)
             r["trainer"] = "finetune"
             results.append(r)
             save()
@@ -172,22 +174,22 @@ def finetune_run(label, shape, seq, *, tokenizer, work, args, ckpts, rows=1, ker
 
 
 def pretrain_run(label, shape, seq, *, args, ckpts, kernel="auto", compile_layers=True, budget: Budget,
-                 estimate: float, results: list, save, profile=True):
+                 estimate: float, results: list, save, profile=True, **extra):
     import gc
 
     for ckpt in ckpts:
         if budget.left() < estimate:
             results.append({"trainer": "pretrain", "name": label, "seq": seq, "kernel": kernel, "ckpt": ckpt,
-                            "skipped": f"time budget ({budget.left():.0f} s left, ~{estimate:.0f} s needed)"})
+                            "skipped": f"time budget ({budget.left():.0f} s left, ~{estimate:.0f} s needed)", **extra})
             save()
             return None
         mode, every = ft.parse_ckpt(ckpt)
         try:
             r = pt.bench(label, shape, seq, kernel=kernel, ckpt=mode, ckpt_every=every, compile_layers=compile_layers,
-                         steps=args.steps, warmup=args.warmup, autocast=True, profile=profile)
+                         steps=args.steps, warmup=args.warmup, autocast=True, profile=profile, **extra)
         except Exception as exc:  # noqa: BLE001 - an OOM or a kernel refusal is a result too
             r = {"name": label, "shape": shape, "seq": seq, "kernel": kernel, "ckpt": ckpt, "error": repr(exc)[:400],
-                 "oom": isinstance(exc, torch.OutOfMemoryError)}
+                 "oom": isinstance(exc, torch.OutOfMemoryError), **extra}
             gc.collect()
             if CUDA:
                 torch.cuda.empty_cache()
@@ -196,7 +198,7 @@ def pretrain_run(label, shape, seq, *, args, ckpts, kernel="auto", compile_layer
         save()
         if "error" in r and not r.get("oom") and compile_layers and budget.left() > estimate:
             return pretrain_run(label, shape, seq, args=args, ckpts=[ckpt], kernel=kernel, compile_layers=False,
-                                budget=budget, estimate=estimate, results=results, save=save, profile=profile)
+                                budget=budget, estimate=estimate, results=results, save=save, profile=profile, **extra)
         if not r.get("oom"):
             return r
     return None
@@ -223,6 +225,16 @@ def compare_losses(results: list) -> list[dict]:
     return out
 
 
+def optimizer_label(r: dict) -> str:
+    """` + step in backward` / ` + offloaded state` after the ckpt column (result rows carry `optimizer`, error
+    rows the flags as strings)."""
+    if r.get("optimizer"):
+        return " + " + r["optimizer"]
+    if str(r.get("offload_state")) == "True":
+        return " + step in backward + state offloaded"
+    return " + step in backward" if str(r.get("step_in_backward")) == "True" else ""
+
+
 def write_report(out: Path, part: str, state: dict) -> None:
     state["loss_comparison"] = compare_losses(state["runs"])
     (out / f"train_limits_{part}.json").write_text(json.dumps(state, indent=1))
@@ -241,7 +253,8 @@ def write_report(out: Path, part: str, state: dict) -> None:
         model = r.get("model", r.get("name"))
         if "skipped" in r or "error" in r:
             why = r.get("skipped") or ("OUT OF MEMORY: " if r.get("oom") else "error: ") + r.get("error", "")[:120]
-            lines.append(f"| {r['trainer']} | {model} | {r['seq']} | | {r.get('kernel') or r.get('attn')} | {r.get('ckpt')} | | {why} ||||")
+            lines.append(f"| {r['trainer']} | {model} | {r['seq']} | | {r.get('kernel') or r.get('attn')} | "
+                         f"{r.get('ckpt')}{optimizer_label(r)} | | {why} ||||")
             continue
         share = r.get("profile", {}).get("share", {})
         other = sum(v for k, v in share.items() if k not in ("attention", "matmul", "optimizer", "idle"))
@@ -249,8 +262,11 @@ def write_report(out: Path, part: str, state: dict) -> None:
                 f"{other:.2f} / {share.get('idle', 0):.2f}") if share else "-"
         mfu = f"{r['mfu']}" + (f" ({r['mfu_lora']} LoRA FLOPs)" if r.get("mfu_lora") else "")
         lines.append(f"| {r['trainer']} | {model} | {r['seq']} | {r.get('rows_per_step', 1)} | {r['kernel']} ({r['attn']}) | "
-                     f"{r['ckpt']} | {r.get('lora_r') or '-'} | {r['tok_s']:,} | {mfu} | {r['peak_mem_GB']} | "
+                     f"{r['ckpt']}{optimizer_label(r)} | {r.get('lora_r') or '-'} | {r['tok_s']:,} | {mfu} | {r['peak_mem_GB']} | "
                      f"{r['loss_first']} -> {r['loss_last']} | {prof} |")
+    if state.get("offload_check"):
+        lines += ["", "## Step in backward / offloaded state vs the plain fused AdamW step (small model, CUDA)", "",
+                  f"- {json.dumps(state['offload_check'])}"]
     if state.get("kernel_check"):
         lines += ["", "## SDPA kernel check (causal, bf16, GQA 16/4, head dim 128, forward+backward)", ""]
         lines += [f"- {json.dumps(k)}" for k in state["kernel_check"]]
@@ -264,7 +280,7 @@ def write_report(out: Path, part: str, state: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("1b", "7b", "followup"), required=True)
+    ap.add_argument("--part", choices=("1b", "7b", "followup", "sib"), required=True)
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=330)
@@ -309,6 +325,8 @@ def main() -> int:
         finetune_run(label, one_b, s16, ckpts=["none"], rows=2, kernel="flash", estimate=45, **common)
     elif args.part == "followup":
         followup(args, budget, state, save, one_b, seven_b, s32, common)
+    elif args.part == "sib":
+        step_in_backward_part(args, budget, state, save, seven_b, s32, common)
     else:
         label = "llama2-7b-shape"
         finetune_run(label, seven_b, s32, ckpts=["every:2", "full"], kernel="auto", estimate=110, **common)
@@ -350,6 +368,61 @@ def followup(args, budget: Budget, state: dict, save, one_b: str, seven_b: str, 
         return  # cuDNN refused the grouped heads alone: the trainers would only repeat that error
     pretrain_run("pretrain 853M", one_b, s32, ckpts=["none"], kernel=gqa, estimate=25, **pcommon)
     finetune_run("random-0.9B", one_b, s32, ckpts=["none"], kernel=gqa, estimate=45, **common)
+
+
+def offload_check(device: str = "cuda") -> dict:
+    """The three optimizer paths on one small fp32 MLP, 5 steps each from the same start and data: the plain fused
+    AdamW step, the step in backward, and the step in backward with the moments in pinned host memory (the CUDA
+    streams the CPU tests cannot run). Max |weight difference| to the plain step (expected 0 or rounding)."""
+    from pretrain.step_in_backward import StepInBackward
+
+    torch.manual_seed(0)
+    start = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(6)]).to(device)
+    data = [torch.randn(64, 256, device=device) for _ in range(5)]
+    finals, hits = {}, None
+    for name in ("plain", "step_in_backward", "offloaded"):
+        model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(6)]).to(device)
+        model.load_state_dict(start.state_dict())
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device == "cuda")
+        if name != "plain":
+            opt = StepInBackward(opt, offload_state=name == "offloaded")
+        for x in data:
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if isinstance(opt, StepInBackward) and opt.offload is not None:
+            opt.state_dict()  # waits for the last copies back
+            hits = opt.offload.hits
+        finals[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return {name: (finals[name] - finals["plain"]).abs().max().item() for name in ("step_in_backward", "offloaded")} | {
+        "prefetch_hits": hits, "parameters": 12, "steps": 5}
+
+
+def step_in_backward_part(args, budget: Budget, state: dict, save, seven_b: str, s32: int, common: dict) -> None:
+    """Session 6's call (`--part sib`), in priority order: the optimizer paths checked on CUDA (seconds), then 7B
+    full finetuning at 32k with the optimizer state offloaded (--step-in-backward --offload-optimizer-state:
+    ~25 GiB of AdamW moments off the GPU), recomputing every 8th layer (fallback every 6th, 4th); the same with
+    the step in backward alone at every 4th layer (the brief's row; the gradient memory it saves is not resident
+    at the start of the backward, where the 32k peak is, so it is expected to run out as the plain step did);
+    the pretrainer's 7B step with the state offloaded; hf_baseline's 32k row; a more aggressive offloaded row
+    (every 11th layer) if time is left."""
+    label = "llama2-7b-shape"
+    try:
+        state["offload_check"] = offload_check("cuda" if CUDA else "cpu")
+    except Exception as exc:  # noqa: BLE001 - recorded; the trainer rows say the rest
+        state["offload_check"] = {"error": repr(exc)[:400]}
+    save()
+    offload = dict(step_in_backward=True, offload_state=True)
+    finetune_run(label, seven_b, s32, ckpts=["every:8", "every:6", "every:4"], kernel="auto", estimate=90,
+                 **offload, **common)
+    finetune_run(label, seven_b, s32, ckpts=["every:4"], kernel="auto", estimate=50, step_in_backward=True, **common)
+    pcommon = dict(args=args, budget=budget, results=state["runs"], save=save, compile_layers=CUDA)
+    pretrain_run("pretrain 7B", seven_b, s32, ckpts=["every:8", "every:6"], kernel="auto", estimate=70, **offload,
+                 **pcommon)
+    if args.baseline and CUDA and budget.left() > 35:
+        state["baseline"] = run_baseline_shape(args.baseline, s32, timeout=min(60, budget.left() - 3))
+        save()
+    finetune_run(label, seven_b, s32, ckpts=["every:11"], kernel="auto", estimate=60, **offload, **common)
 
 
 def part_args(args) -> dict:

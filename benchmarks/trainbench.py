@@ -73,6 +73,8 @@ def kernel_category(name: str) -> str:
         return "optimizer"
     if "nccl" in n:
         return "communication"
+    if "memcpy htod" in n or "memcpy dtoh" in n:
+        return "host<->device copies"  # the offloaded optimizer state's traffic (copy streams, beside compute)
     if n.startswith("triton"):
         return "fused elementwise (compiled)"
     if any(k in n for k in ("copy", "memcpy", "memset", "fill")):
@@ -110,6 +112,17 @@ class StepProfile:
         return False
 
 
+def _union(intervals) -> float:
+    """Seconds covered by the union of (start, end, ...) microsecond intervals."""
+    busy, last = 0.0, None
+    for start, end, *_ in sorted(intervals):
+        if last is None or start > last:
+            busy, last = busy + end - start, end
+        elif end > last:
+            busy, last = busy + end - last, end
+    return busy / 1e6
+
+
 def summarize(events, wall: float) -> dict:
     by_cat: dict[str, float] = defaultdict(float)
     attention: dict[str, float] = defaultdict(float)
@@ -123,18 +136,14 @@ def summarize(events, wall: float) -> dict:
         if kernel_category(event.name) == "attention":
             attention[event.name[:100]] += (event.time_range.end - event.time_range.start) / 1e6
         start, end = event.time_range.start, event.time_range.end  # microseconds
-        by_cat[kernel_category(event.name)] += (end - start) / 1e6
-        intervals.append((start, end))
-    busy, last = 0.0, None
-    for start, end in sorted(intervals):
-        if last is None or start > last:
-            busy, last = busy + end - start, end
-        elif end > last:
-            busy, last = busy + end - last, end
-    busy /= 1e6
-    idle = max(0.0, wall - busy)
+        category = kernel_category(event.name)
+        by_cat[category] += (end - start) / 1e6
+        intervals.append((start, end, category != "host<->device copies"))
+    busy, compute_busy = _union(intervals), _union([i for i in intervals if i[2]])
+    idle = max(0.0, wall - compute_busy)  # host copies overlapping the kernels do not hide the kernels' gaps
     share = {k: round(v / wall, 3) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])}
     share["idle"] = round(idle / wall, 3)
     top = sorted(attention.items(), key=lambda kv: -kv[1])[:3]
-    return {"wall_s": round(wall, 3), "gpu_busy_s": round(busy, 3), "share": share, "sdpa_ops": sorted(sdpa_ops),
+    return {"wall_s": round(wall, 3), "gpu_busy_s": round(busy, 3), "compute_busy_s": round(compute_busy, 3),
+            "share": share, "sdpa_ops": sorted(sdpa_ops),
             "attention_kernels": [[name, round(sec, 3)] for name, sec in top]}

@@ -128,10 +128,13 @@ class HostState:
     pinned; copies in run on one stream, prefetched `PREFETCH` parameters ahead in the previous backward's hook
     order, copies back on another; at most `IN_FLIGHT` copies back are outstanding (the hook waits for the oldest
     beyond that), which bounds the device memory the moments take to a few parameters' worth even when the CPU
-    runs far ahead of the GPU. On CPU the same bookkeeping runs with plain copies (what the tests exercise)."""
+    runs far ahead of the GPU. Both exceed a decoder layer's 9 parameters: a compiled layer's backward hands
+    out all its gradients at once, so its moments must have been fetched during the layer before (Llama-7B: ~0.8
+    GB a layer, ~2 GB on the device at most). On CPU the same bookkeeping runs with plain copies (what the
+    tests exercise)."""
 
-    PREFETCH = 4
-    IN_FLIGHT = 4
+    PREFETCH = 12
+    IN_FLIGHT = 12
 
     def __init__(self, owner: StepInBackward):
         self.owner = owner
