@@ -167,7 +167,7 @@ def measure(name, model, tokenizer, seq, data_dir, out_dir, *, steps, warmup, ck
         inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
         result["optimizer"] = "step in backward" + (" + state offloaded" if offload_state else "")
         if getattr(inner, "offload", None) is not None:
-            result["offload_prefetch_hits"] = inner.offload.hits
+            result["offload_prefetch_hits"], result["offload_pinned"] = inner.offload.hits, inner.offload.pin
     if profiler.summary:
         result["profile"] = profiler.summary
     del trainer

@@ -379,7 +379,7 @@ def offload_check(device: str = "cuda") -> dict:
     torch.manual_seed(0)
     start = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(6)]).to(device)
     data = [torch.randn(64, 256, device=device) for _ in range(5)]
-    finals, hits = {}, None
+    finals, hits, pinned = {}, None, None
     for name in ("plain", "step_in_backward", "offloaded"):
         model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(6)]).to(device)
         model.load_state_dict(start.state_dict())
@@ -392,10 +392,10 @@ def offload_check(device: str = "cuda") -> dict:
             opt.zero_grad(set_to_none=True)
         if isinstance(opt, StepInBackward) and opt.offload is not None:
             opt.state_dict()  # waits for the last copies back
-            hits = opt.offload.hits
+            hits, pinned = opt.offload.hits, opt.offload.pin
         finals[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
     return {name: (finals[name] - finals["plain"]).abs().max().item() for name in ("step_in_backward", "offloaded")} | {
-        "prefetch_hits": hits, "parameters": 12, "steps": 5}
+        "prefetch_hits": hits, "pinned": pinned, "parameters": 12, "steps": 5}
 
 
 def step_in_backward_part(args, budget: Budget, state: dict, save, seven_b: str, s32: int, common: dict) -> None:

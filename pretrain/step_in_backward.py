@@ -32,9 +32,12 @@ and the other way round.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 REFUSALS = {
     "accumulation": "--step-in-backward steps the optimizer inside every backward pass, so each micro-batch is "
@@ -146,6 +149,7 @@ class HostState:
         self.prefetched: dict[torch.Tensor, tuple[dict[str, torch.Tensor], Any]] = {}
         self.outstanding: list[tuple[Any, list[torch.Tensor]]] = []
         self.streams: dict[torch.device, tuple[Any, Any]] = {}
+        self.pin = True
 
     @staticmethod
     def moment_keys(p: torch.Tensor, state: dict) -> list[str]:
@@ -202,7 +206,7 @@ class HostState:
         for k in self.moment_keys(p, state):
             value = state[k]
             if k not in host:
-                host[k] = torch.empty(value.shape, dtype=value.dtype, device="cpu", pin_memory=value.is_cuda)
+                host[k] = self._host_tensor(value)
             moved.append(value)
             if value.is_cuda:
                 _, copy_out = self._streams(value.device)
@@ -220,6 +224,17 @@ class HostState:
             self.outstanding.append((event, moved))
             while len(self.outstanding) > self.IN_FLIGHT:
                 self.outstanding.pop(0)[0].synchronize()
+
+    def _host_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        """A host tensor for `like`'s values: pinned for a CUDA tensor (asynchronous copies), unless pinning fails
+        (then pageable, with a warning once: the copies then block the host and the offload costs time)."""
+        if like.is_cuda and self.pin:
+            try:
+                return torch.empty(like.shape, dtype=like.dtype, device="cpu", pin_memory=True)
+            except RuntimeError as exc:
+                self.pin = False
+                log.warning("offloaded optimizer state: pinning host memory failed (%s); using pageable memory", exc)
+        return torch.empty(like.shape, dtype=like.dtype, device="cpu")
 
     def backward_done(self) -> None:
         """After a backward: its hook order is the next prefetch order; later copies in wait for the copies back."""
