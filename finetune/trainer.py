@@ -151,7 +151,8 @@ def step_in_backward_trainer(offload: bool = False):
 
     class StepInBackwardSFTTrainer(SFTTrainer):
         def create_optimizer(self, model=None):
-            optimizer = super().create_optimizer(model)
+            # older Trainers define create_optimizer(self) only (the device image has transformers 5.17)
+            optimizer = super().create_optimizer() if model is None else super().create_optimizer(model)
             if not isinstance(optimizer, StepInBackward):
                 self.optimizer = StepInBackward(optimizer, offload_state=offload)
             return self.optimizer
