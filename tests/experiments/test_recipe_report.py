@@ -194,7 +194,7 @@ def test_a_later_run_fills_cells_and_its_richer_probes_win(tmp_path, report):
     assert "FIRST-SENTENCE-RETRIEVAL" in row(md, "| two |", "## Runs")
     assert "Context-scaling probes from run two (3 windows a length)." in md
     assert row(md, "| ABF |", "## Context scaling").startswith("| ABF | 512, 1k, 2k |")  # the later run's lengths
-    assert row(md, "| pi |", "## Checkpoints").endswith("| 8,192 | no | 3 | 0.012 | 0.050 / 0.010 (31 tokens) |")
+    assert row(md, "| two | pi |", "## Checkpoints").endswith("| 8,192 | no | 3 | 0.012 | 0.050 / 0.010 (31 tokens) |")
     fewer = tmp_path / "three"
     fewer.mkdir()
     write(fewer, {"settings": {"probe_windows": 1}, "probes": {"abf": {"loss": {"1024": 9.0}}}}, [])
@@ -207,7 +207,8 @@ def test_runs_on_the_committed_results(tmp_path, report):
     """The committed H200 runs (experiments/recipe_e2e/results: 200 questions per length, records gzipped; run 1 was
     cut before the finetunes' FSR, results/run2 retrained them and measured it) render with their own numbers."""
     committed = REPO / "experiments/recipe_e2e/results"
-    path = report.write(committed, tmp_path, resamples=500, fit_resamples=0, also=[committed / "run2"])
+    path = report.write(committed, tmp_path, resamples=500, fit_resamples=0,
+                        also=[committed / "run2", committed / "run3"])
     md = path.read_text()
     assert row(md, "| ABF |", "## RULER-style HotpotQA, substring").startswith("| ABF | 200 | 0.12 [")
     assert "- `gen-train`: 761 of 5184 pairs accepted (14.7%)" in md
@@ -215,5 +216,6 @@ def test_runs_on_the_committed_results(tmp_path, report):
     assert row(md, "| (b) + long, no input loss |", "## FIRST-SENTENCE").startswith(
         "| (b) + long, no input loss | 100 | 0.06 [")
     assert row(md, "| run2 |", "## Runs").startswith("| run2 | complete | 1,200 |")
-    assert row(md, "| abf+ft(input loss) |", "## Checkpoints").startswith("| abf+ft(input loss) | default, theta")
+    assert row(md, "| run2 | abf+ft(input loss) |", "## Checkpoints").startswith("| run2 | abf+ft(input loss) | default, theta")
+    assert "0.098 / 0.036 (31 tokens)" in row(md, "| run3 | pi |", "## Checkpoints")
     assert "CONTRADICTED" in row(md, "- **RULER QA, substring match")
