@@ -112,15 +112,16 @@ def load_runs(results_dir: Path, also: Iterable[Path] = ()) -> tuple[dict[str, A
     checkpoints of two trainings; the Runs section says so rather than hiding it."""
     results, records = load(results_dir)
     runs = [run_summary(results_dir.name, results, records)]
+    checks = [(results_dir.name, results["check17"])] if isinstance(results.get("check17"), dict) else []
     for extra in also:
         more, extra_records = load(extra)
         records = records + extra_records
         runs.append(run_summary(extra.name, more, extra_records))
+        if isinstance(more.get("check17"), dict):
+            checks.append((extra.name, more["check17"]))
         windows = probe_windows(more)
         if windows > probe_windows(results):
             results = {**results, "probes": more["probes"], "probe_windows": windows, "probes_from": extra.name}
-    checks = [(run["label"], r["check17"]) for run, r in zip(runs, [results, *[load(e)[0] for e in also]])
-              if isinstance(r.get("check17"), dict)]
     return {**results, "runs": runs, "check17_runs": checks}, records
 
 

@@ -3,14 +3,13 @@ intervals, paired tests, verdict and power-law fit of those records (not just th
 as "not run" / "skipped (time)"; bad input is a clear error."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from evaluation.stats import bootstrap_mean, mcnemar, wilson
+from tests.experiments.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 A, B, C = "abf+ft-short", "abf+ft(no input loss)", "abf+ft(input loss)"
@@ -18,11 +17,7 @@ A, B, C = "abf+ft-short", "abf+ft(no input loss)", "abf+ft(input loss)"
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("recipe_report", REPO / "experiments/recipe_e2e/report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["recipe_report"] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/recipe_e2e/report.py", "recipe_report")
 
 
 def qa(model, task, length, right, n=10, f1=None, ids=None):

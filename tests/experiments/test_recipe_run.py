@@ -4,23 +4,19 @@ an evaluated question or a question on an evaluated question's gold paragraph; t
 it. (The GPU jobs themselves ran on an H200: experiments/recipe_e2e/results.)"""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.experiments.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def run_module():
-    spec = importlib.util.spec_from_file_location("recipe_run", REPO / "experiments/recipe_e2e/run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["recipe_run"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/recipe_e2e/run.py", "recipe_run")
 
 
 def squad(path: Path, paragraphs: int = 30, per_paragraph: int = 2) -> Path:

@@ -2,24 +2,20 @@
 mean, pooled, sign test), and fewer than two pairs is refused."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.experiments.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def ceiling():
-    spec = importlib.util.spec_from_file_location("vllm_ceiling", REPO / "experiments/vllm_gpu/ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vllm_ceiling"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/vllm_gpu/ceiling.py", "vllm_ceiling")
 
 
 def step(factory_rps, bench_rps, factory_running, bench_running, n=100):

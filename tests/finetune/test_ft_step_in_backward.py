@@ -14,6 +14,7 @@ from finetune.trainer import build_trainer
 from longscale.commands.main import main as longscale_main
 from longscale.common.errors import ConfigError
 from pretrain.step_in_backward import StepInBackward
+from tests.checkpoints import assert_same_params
 
 
 @pytest.fixture
@@ -27,18 +28,6 @@ def cfg(out, model, data, **kw):
                 learning_rate=1e-2, warmup_ratio=0.25, weight_decay=0.1, bf16=False, save_steps=1000, seed=3,
                 torch_compile="off")
     return FinetuneConfig(**base | kw, **data)
-
-
-def _params(folder) -> dict[str, torch.Tensor]:
-    from transformers import AutoModelForCausalLM
-
-    return {k: v.detach() for k, v in AutoModelForCausalLM.from_pretrained(folder).named_parameters()}
-
-
-def _assert_same_params(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6, msg=name)
 
 
 def test_step_in_backward_trains_like_the_trainers_step(tmp_path, tiny_llama_dir, data):
@@ -72,7 +61,7 @@ def test_step_in_backward_trains_like_the_trainers_step(tmp_path, tiny_llama_dir
         assert sib["losses"] == pytest.approx(plain["losses"], rel=1e-6, abs=1e-6)
         assert sib["lrs"] == plain["lrs"]  # one scheduler drives every parameter's step
         assert sib["norms"] == pytest.approx(plain["norms"], rel=1e-4)  # measured inside backward for the logs
-        _assert_same_params(sib["params"], plain["params"])
+        assert_same_params(sib["params"], plain["params"])
 
 
 class StopAt(TrainerCallback):
@@ -111,7 +100,7 @@ def test_step_in_backward_resumes_from_its_own_and_from_plain_checkpoints(tmp_pa
         assert train(out, first, stop=2)[0] == pytest.approx(want_losses[:2], rel=1e-6, abs=1e-6)
         losses, params = train(out, then, resume=str(out / "checkpoints" / "checkpoint-2"))
         assert losses == pytest.approx(want_losses, rel=1e-6, abs=1e-6)  # steps 1-2 restored, 3-4 trained
-        _assert_same_params(params, want)
+        assert_same_params(params, want)
 
 
 def test_step_in_backward_refusals_are_clear(tmp_path, tiny_llama_dir, data, capsys):

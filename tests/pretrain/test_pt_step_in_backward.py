@@ -11,6 +11,7 @@ from longscale.common.errors import ConfigError
 from pretrain.config import PretrainConfig
 from pretrain.step_in_backward import StepInBackward, check_step_in_backward
 from pretrain.trainer import Pretrainer, pretrain
+from tests.checkpoints import assert_same_params, saved_params
 from tests.pretrain.tiny_llama import save_tiny_llama
 
 
@@ -31,18 +32,6 @@ def text_dir(tmp_path_factory):
 
 def _records(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _params(folder) -> dict[str, torch.Tensor]:
-    from transformers import AutoModelForCausalLM
-
-    return {k: v.detach() for k, v in AutoModelForCausalLM.from_pretrained(folder).named_parameters()}
-
-
-def _assert_same_params(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6, msg=name)
 
 
 def test_step_in_backward_trains_like_the_plain_step_and_resumes_both_ways(tiny_model, text_dir, tmp_path):
@@ -66,13 +55,13 @@ def test_step_in_backward_trains_like_the_plain_step_and_resumes_both_ways(tiny_
     # the gradient norm is still reported (measured inside backward), though nothing was clipped
     assert all(r["grad_norm"] > 0 for r in sib)
     assert [r["grad_norm"] for r in sib] == pytest.approx([r["grad_norm"] for r in plain], rel=1e-4)
-    want = _params(tmp_path / "plain" / "final")
-    _assert_same_params(_params(tmp_path / "sib" / "final"), want)
+    want = saved_params(tmp_path / "plain" / "final")
+    assert_same_params(saved_params(tmp_path / "sib" / "final"), want)
     offload = dict(step_in_backward=True, offload_optimizer_state=True)
     pretrain(PretrainConfig(**base, **offload, output=str(tmp_path / "offload")), show_progress=False)
     assert [r["loss"] for r in _records(tmp_path / "offload")] == pytest.approx([r["loss"] for r in plain], rel=1e-6,
                                                                                 abs=1e-6)
-    _assert_same_params(_params(tmp_path / "offload" / "final"), want)
+    assert_same_params(saved_params(tmp_path / "offload" / "final"), want)
 
     # the first 3 steps with the flag / without it / with the state offloaded, then resumed with the flag
     for first, then in (({"step_in_backward": True}, {}), ({}, offload), (offload, {})):
@@ -82,7 +71,7 @@ def test_step_in_backward_trains_like_the_plain_step_and_resumes_both_ways(tiny_
                            show_progress=False)
         assert summary["resumed_from"].endswith("step-0000003") and summary["steps"] == 6
         assert [r["loss"] for r in _records(out)] == pytest.approx([r["loss"] for r in plain], rel=1e-6, abs=1e-6)
-        _assert_same_params(_params(out / "final"), want)
+        assert_same_params(saved_params(out / "final"), want)
 
 
 def test_step_in_backward_wraps_the_optimizer_and_keeps_its_state_format(tiny_model, text_dir, tmp_path):
