@@ -134,3 +134,44 @@ def test_word_count_of_short_texts_equals_a_real_encoding(backend):
             expected = _template_tokens(kind, backend) + _exact(backend, question) + _exact(backend, answer) \
                 + SAFETY_TOKENS
             assert overhead_tokens(kind, question, answer, backend) == expected
+
+
+def _reference_ends(backend, text: str) -> tuple[list[int], list[int]]:
+    """Cumulative word lengths and cumulative real token counts of each word encoded alone."""
+    import datafactory.word_tokens as word_tokens
+
+    words = word_tokens.WORDS.findall(text)
+    char_ends, token_ends, chars, tokens = [], [], 0, 0
+    for word in words:
+        chars, tokens = chars + len(word), tokens + _exact(backend, word)
+        char_ends.append(chars)
+        token_ends.append(tokens)
+    return char_ends, token_ends
+
+
+def test_positions_equal_the_words_encoded_alone_across_cache_misses_and_restarts(backend, monkeypatch):
+    """The word arrays are the cumulative lengths and token counts of the words, whether a text's words were
+    all cached, partly cached (the second look-up pass) or overflow the cache (the restart must relearn the
+    words it forgets, not only the new ones)."""
+    import datafactory.word_tokens as word_tokens
+
+    monkeypatch.setattr(word_tokens, "CACHE_LIMIT", 60)
+    counter = word_tokens.WordCounter(backend, [])
+    book = _books()[1]
+    texts = [book[:400], book[:400], book[200:900], book[5_000:5_600], book[:400] + " Zyxxq qqvw."]
+    for text in texts:
+        counted = counter.tokenize(text, 0, len(text))
+        assert counted is not None
+        assert (list(counted.char_ends), list(counted.token_ends)) == _reference_ends(backend, text)
+        assert counter.count(text) == _exact(backend, text)
+    assert counter.tokenize("", 0, 0).n_tokens == 0 and counter.count("") == 0
+
+
+def test_added_tokens_are_found_whatever_their_first_character(backend):
+    counter = WordCounter.for_backend(backend)
+    assert counter is not None
+    assert counter.holds_special("text <|endoftext|>") and counter.holds_special("<|im_end|>")
+    prose = "x < y, <b>bold</b> and <| not a token |>"
+    assert not counter.holds_special(prose) and counter.count(prose) == _exact(backend, prose)
+    other = WordCounter(backend, ["<|a|>", "[SEP]", "##x"])
+    assert other.holds_special("one [SEP] two") and other.holds_special("##x") and not other.holds_special("[SE P] #x")
