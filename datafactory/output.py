@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from datafactory.jsonl_text import json_line
+from datafactory.parquet_pipe import PipedParquetWriter
 from longscale.common.errors import LongscaleError
 from longscale.common.instances import QAPair, parse_qa_pair, qa_pair_record
 from longscale.common.records import iter_records
@@ -277,7 +279,7 @@ class OutputWriter:
                 seen.add(record[index.id_key])
         if dry_run or not fresh:
             return fresh
-        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh).encode("utf-8")
+        payload = "".join(json_line(r) + "\n" for r in fresh).encode("utf-8")  # json.dumps(r, ensure_ascii=False)
         with index.path.open("ab") as fh:
             fh.write(payload)
             fh.flush()
@@ -500,7 +502,7 @@ def _write_parquet(records: Callable[[], Iterable[dict[str, Any]]], path: Path) 
             table = pa.Table.from_pylist(batch)
             if schema is None:
                 schema, stable = table.schema, _stable_schema(table.schema)
-                writer = pq.ParquetWriter(tmp, stable)
+                writer = PipedParquetWriter(tmp, stable)  # the next batch is decoded while this one is written
             else:
                 schema = pa.unify_schemas([schema, table.schema], promote_options="permissive")
                 if not _stable_schema(schema).equals(stable):
