@@ -282,8 +282,13 @@ def _same_stem(a: str, b: str) -> bool:
 
 
 def _new_words(question: str, answer: str) -> set[str]:
-    asked = _content_words(question)
-    return {w for w in _content_words(answer) if not any(_same_stem(w, q) for q in asked)}
+    """The answer's content words that are no inflection of a question's word. Two words of one stem share
+    their first four characters (or are equal), so only the question's words with the same four are compared:
+    the same set as comparing every pair, without the quadratic Python loop."""
+    by_prefix: dict[str, list[str]] = {}
+    for word in _content_words(question):
+        by_prefix.setdefault(word[:4], []).append(word)
+    return {w for w in _content_words(answer) if not any(_same_stem(w, q) for q in by_prefix.get(w[:4], ()))}
 
 
 def _factual(word: str, answer: str, first_word_counts: bool = False) -> bool:

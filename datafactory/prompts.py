@@ -79,14 +79,19 @@ def _normalize(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
 
+_DEMO_TEXTS = frozenset(_normalize(t) for pair in DEMO_PAIRS.values() for t in pair)
+
+
 def copies_demonstration(question: str, answer: str, chunk_text: str) -> bool:
     """True when the pair repeats the worked example instead of asking about the real chunk."""
-    demo_texts = {_normalize(t) for pair in DEMO_PAIRS.values() for t in pair}
-    if _normalize(question) in demo_texts or _normalize(answer) in demo_texts:
+    if _normalize(question) in _DEMO_TEXTS or _normalize(answer) in _DEMO_TEXTS:
         return True
     pair = f"{question} {answer}".lower()
+    markers = [marker for marker in DEMO_MARKERS if marker in pair]
+    if not markers:  # the usual case: no need to lower-case the chunk
+        return False
     chunk = chunk_text.lower()
-    return any(marker in pair and marker not in chunk for marker in DEMO_MARKERS)
+    return any(marker not in chunk for marker in markers)
 
 
 def uses_demonstration(prompt_mode: str, model: str | None) -> bool:

@@ -281,3 +281,39 @@ def test_decode_content_without_markup_or_entities_skips_the_parser_unchanged():
         checked += 1
         assert ex.decode_content(raw) == through_parser(raw), repr(raw)
     assert checked > 500
+
+
+def test_new_words_equal_the_all_pairs_comparison():
+    """_new_words compares only words sharing four first characters: the same set as every pair compared."""
+    import random
+
+    from datafactory.extraction import _content_words, _new_words, _same_stem
+
+    stems = ["rain", "rains", "rained", "refuse", "refused", "refusing", "pay", "payment", "paid", "ship",
+             "shipping", "wentworth", "went", "letter", "letters", "let", "grove", "groves", "gr0ve", "it's",
+             "captain", "capt", "cap", "elizabeth", "eliza", "1812", "181", "darcy", "dare"]
+    rng = random.Random(3)
+    for _ in range(3000):
+        question = " ".join(rng.choice(stems) for _ in range(rng.randint(0, 8)))
+        answer = " ".join(rng.choice(stems) for _ in range(rng.randint(0, 8)))
+        asked = _content_words(question)
+        expected = {w for w in _content_words(answer) if not any(_same_stem(w, q) for q in asked)}
+        assert _new_words(question, answer) == expected, (question, answer)
+
+
+def test_copies_demonstration_unchanged_by_its_shortcuts():
+    from datafactory.prompts import DEMO_MARKERS, _normalize, copies_demonstration
+
+    def reference(question: str, answer: str, chunk_text: str) -> bool:
+        demo_texts = {_normalize(t) for pair in DEMO_PAIRS.values() for t in pair}
+        if _normalize(question) in demo_texts or _normalize(answer) in demo_texts:
+            return True
+        pair = f"{question} {answer}".lower()
+        return any(marker in pair and marker not in chunk_text.lower() for marker in DEMO_MARKERS)
+
+    demo_q, demo_a = DEMO_PAIRS["normal"]
+    cases = [(demo_q, "x", "chunk"), ("q", demo_a.upper(), "chunk"), ("Who kept the Logbook?", "Mara.", "no"),
+             ("Who kept the logbook?", "Ann.", "The LOGBOOK lay open."), ("Who?", "Ann.", "lighthouse"),
+             ("Where is Garra?", "Near the lighthouse.", "garra point, the lighthouse")]
+    for question, answer, chunk in cases:
+        assert copies_demonstration(question, answer, chunk) == reference(question, answer, chunk)
