@@ -76,9 +76,17 @@ class _JsonlIndex:
         self.retry: set[str] = set()
         self.id_key = id_key
         self._prefix = b'{"' + id_key.encode() + b'": "'
+        self.distinct = True  # no id indexed twice and no line skipped (see every_line_latest)
+
+    def every_line_latest(self) -> bool:
+        """Whether every line of the file is its id's latest: the whole file indexed (no partial tail), no
+        line unreadable, no id twice. A reader may then take the lines as they are, in one pass."""
+        return self.distinct and self.path.exists() and self.path.stat().st_size == self.offset
 
     def add(self, record: dict[str, Any]) -> None:
         key = record[self.id_key]
+        if key in self.ids or key in self.retry:
+            self.distinct = False
         if is_retryable(record):
             self.retry.add(key)
         else:
@@ -96,7 +104,9 @@ class _JsonlIndex:
         if self.path.name == INSTANCES_FILE and line.startswith(self._prefix):
             end = line.find(b'"', len(self._prefix))
             if end > 0:
-                self.ids.add(line[len(self._prefix):end].decode())
+                key = line[len(self._prefix):end].decode()
+                self.distinct = self.distinct and key not in self.ids and key not in self.retry
+                self.ids.add(key)
                 return
         self.add(json.loads(line))
 
@@ -117,6 +127,7 @@ class _JsonlIndex:
                     try:
                         self._add_line(line)
                     except (ValueError, KeyError, TypeError):
+                        self.distinct = False  # a reader's view of this line is not known here
                         log.warning("%s: skipping an unreadable line", self.path)
                 self.offset += complete
                 tail = data[complete:]
@@ -139,9 +150,13 @@ def latest_records(path: Path) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
-def iter_latest_records(path: Path) -> Iterator[dict[str, Any]]:
+def iter_latest_records(path: Path, every_line_latest: bool = False) -> Iterator[dict[str, Any]]:
     """`latest_records` streamed: a first pass finds each id's last line, a second yields those lines (in
-    last-written order); memory holds the ids, not the records."""
+    last-written order); memory holds the ids, not the records. `every_line_latest` (the writer's index
+    saw no id twice: _JsonlIndex.every_line_latest) skips the first pass, whose answer is then every line."""
+    if every_line_latest:
+        yield from read_jsonl(path)
+        return
     for _line, record in _iter_latest(path):
         yield record
 
@@ -353,14 +368,17 @@ class OutputWriter:
                 return manifest
             _write_dataset_card(self.dir)
             qa_stats, instance_stats = _RecordStats(), _RecordStats()
+            for index in (self._qa, self._instances):
+                index.refresh()  # lines other writers appended (nothing new after this writer's own appends)
+            qa_single, instances_single = self._qa.every_line_latest(), self._instances.every_line_latest()
 
             def qa_records() -> Iterator[dict[str, Any]]:
                 qa_stats.reset()  # a second pass (_write_parquet's fallback) counts again
-                return qa_stats.observe_qa(iter_latest_records(self.qa_path))
+                return qa_stats.observe_qa(iter_latest_records(self.qa_path, qa_single))
 
             def instance_records() -> Iterator[dict[str, Any]]:
                 instance_stats.reset()
-                return instance_stats.observe_instances(iter_latest_records(self.instances_path))
+                return instance_stats.observe_instances(iter_latest_records(self.instances_path, instances_single))
 
             _write_parquet(qa_records, self.dir / "qa.parquet")
             _write_parquet(instance_records, self.dir / "instances.parquet")

@@ -163,3 +163,53 @@ def test_progress_prints_plain_lines_when_stderr_is_not_a_terminal():
     with GenerationProgress(2, enabled=False, stream=quiet) as bar:
         bar.requests_done(1, 1.0)
     assert quiet.getvalue() == ""
+
+
+def _finalized_rows(folder: Path, monkeypatch) -> tuple[list[dict], list[dict], list[str]]:
+    """finalize's qa and instance Parquet rows, and the files it made a first pass (_line_ids) over."""
+    import pyarrow.parquet as pq
+
+    import datafactory.output as output
+
+    passes = []
+    real = output._line_ids
+    monkeypatch.setattr(output, "_line_ids", lambda path: passes.append(path) or real(path))
+    OutputWriter(folder).finalize(GenerationConfig().public_dict(), "m")
+    return (pq.read_table(folder / "qa.parquet").to_pylist(), pq.read_table(folder / "instances.parquet").to_pylist(),
+            [Path(path).name for path in passes])
+
+
+def test_finalize_takes_one_pass_only_when_every_line_is_its_ids_latest(tmp_path, monkeypatch):
+    """Distinct ids (the usual run): one pass, rows as written. A retried record, a line appended by another
+    writer with an id seen before, or an unreadable line: the two-pass latest-per-id reading as before."""
+    plain = tmp_path / "plain"
+    writer = OutputWriter(plain)
+    writer.append([_qa(0), _qa(1)], [_instance(0), _instance(1)])
+    writer.append([_qa(2)], [_instance(2)])
+    qa, instances, passes = _finalized_rows(plain, monkeypatch)
+    assert passes == [] and [r["id"] for r in qa] == ["q0", "q1", "q2"] and len(instances) == 3
+
+    retried = tmp_path / "retried"
+    writer = OutputWriter(retried)
+    failed = qa_record("q7", "d1", reject_reason="engine_error", engine_error="http_503: injected", raw=None)
+    writer.append([failed, _qa(8)], [_instance(8)])
+    writer.append([_qa(7)], [_instance(7)])
+    qa, instances, passes = _finalized_rows(retried, monkeypatch)
+    assert passes == ["qa.jsonl"]  # q7 twice in qa.jsonl; the instances' ids are distinct
+    assert [(r["id"], r["accepted"]) for r in qa] == [("q8", True), ("q7", True)] and len(instances) == 2
+
+    foreign = tmp_path / "foreign"
+    writer = OutputWriter(foreign)
+    writer.append([_qa(0), _qa(1)], [_instance(0), _instance(1)])
+    with (foreign / "qa.jsonl").open("a") as fh:  # another writer's newer record of q0, then a broken line
+        fh.write(json.dumps({**_qa(0), "answer": "newer"}) + "\n" + "{not json\n")
+    qa, _, passes = _finalized_rows(foreign, monkeypatch)
+    assert passes == ["qa.jsonl"] and [(r["id"], r["answer"]) for r in qa] == [("q1", "A1"), ("q0", "newer")]
+
+    broken = tmp_path / "broken"
+    writer = OutputWriter(broken)
+    writer.append([_qa(0)], [_instance(0)])
+    with (broken / "instances.jsonl").open("a") as fh:  # unreadable to the index: the careful path
+        fh.write("{not json\n")
+    qa, instances, passes = _finalized_rows(broken, monkeypatch)
+    assert "instances.jsonl" in passes
