@@ -224,7 +224,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                     result = run_longscale(trees[version], corpus(n), out, server, args.concurrency)
                     result.update(version=version, documents=n, repeat=repeat, delay_ms=args.delay_ms,
                                   tree=OLD_COMMIT if version == "old" else _head(trees["new"]),
-                                  concurrency=args.concurrency,
+                                  concurrency=args.concurrency, at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  load_1min_at_end=round(os.getloadavg()[0], 2),
                                   documents_per_s=round(n / result["wall_s"], 1))
                     print(json.dumps({k: v for k, v in result.items() if k != "output_tail"}), flush=True)
                     save("sweep", [result], {**machine(), "args": vars(args) | {"func": None}})
@@ -335,7 +336,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                  and "load_avg_at_start" in r]
         if loads:
             lines.append(f"- {section}: {len(loads)} runs recorded on {os.cpu_count()} cores, "
-                         f"1-minute load average at their start {min(loads):g}-{max(loads):g}")
+                         f"1-minute load average when each was saved (its end) {min(loads):g}-{max(loads):g}")
     lines.append("")
     sweep = data.get("sweep", [])
     if sweep:
@@ -357,11 +358,13 @@ def cmd_report(args: argparse.Namespace) -> None:
         pairs = _pairs(sweep)
         if pairs:
             lines += ["### Paired runs (new and old back to back in one invocation: the ratio to read)", "",
-                      "| new tree | documents | new documents/s | old documents/s | new / old |",
-                      "|---|---:|---:|---:|---:|"]
+                      "| measured (UTC) | new tree | documents | new documents/s (1-min load at its end) | "
+                      "old documents/s (load) | new / old |",
+                      "|---|---|---:|---:|---:|---:|"]
             for new, old in pairs:
-                lines.append(f"| {new['tree']} | {new['documents']:,} | {new['documents_per_s']:g} | "
-                             f"{old['documents_per_s']:g} | {new['documents_per_s'] / old['documents_per_s']:.2f}x |")
+                lines.append(f"| {_measured(new)} | {new['tree']} | {new['documents']:,} | "
+                             f"{new['documents_per_s']:g}{_load(new)} | {old['documents_per_s']:g}{_load(old)} | "
+                             f"{new['documents_per_s'] / old['documents_per_s']:.2f}x |")
             lines.append("")
     resume = data.get("resume", [])
     if resume:
@@ -390,6 +393,21 @@ def cmd_report(args: argparse.Namespace) -> None:
     print("\n".join(lines))
     if sweep:
         _plot(sweep)
+
+
+# sessions before runs carried their own time: the day each new tree was measured (git log of the results)
+_MEASURED_BEFORE = {"dcc066b": "2026-12-03", "17a1b46": "2026-12-02", "b9a0f78": "2026-12-02",
+                    "0574ade": "2026-12-02", "3c0d193": "2026-12-02"}
+
+
+def _measured(entry: dict) -> str:
+    if "at" in entry:
+        return entry["at"][:16].replace("T", " ")
+    return _MEASURED_BEFORE.get(entry.get("tree", ""), "-")
+
+
+def _load(entry: dict) -> str:
+    return f" ({entry['load_1min_at_end']:g})" if "load_1min_at_end" in entry else ""
 
 
 def _pairs(sweep: list[dict]) -> list[tuple[dict, dict]]:
