@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from datafactory.gc_pause import freeze_now
 from datafactory.jsonl_text import json_line
 from datafactory.parquet_pipe import PipedParquetWriter
 from longscale.common.errors import LongscaleError
@@ -425,6 +426,7 @@ def preload_parquet_writer() -> threading.Thread:
             pa.Table.from_pylist([{"id": "x"}])
         except Exception as exc:  # finalize imports it again and reports what is wrong
             log.debug("preloading pyarrow: %s", exc)
+        freeze_now()  # the modules just imported join the frozen ones (gc_pause.py), if a run froze any
 
     thread = threading.Thread(target=load, name="preload-pyarrow", daemon=True)
     thread.start()

@@ -35,6 +35,7 @@ from datafactory.documents import Document
 from datafactory.engines import sampling_params_from_config
 from datafactory.engines.base import ChatMessages, Engine, EngineResult, SamplingParams
 from datafactory.extraction import check_pair, extract_qa
+from datafactory.gc_pause import fewer_collections
 from datafactory.instances import ChunkDoesNotFit, build_instance
 from datafactory.output import OutputWriter, is_retryable, preload_parquet_writer
 from datafactory.planning import DocPlan, PlanSettings, plan_tokens
@@ -406,7 +407,7 @@ def run_generation(documents: Iterable[Document], config: GenerationConfig, outp
                 "resumed_from": len(skip_ids)}
     status = "failed"
     planner = None
-    with GenerationProgress(total, enabled=progress) as bar:
+    with GenerationProgress(total, enabled=progress) as bar, fewer_collections():
         counter = RequestCounter(config.batch_size, on_progress=bar.requests_done)
 
         def on_result(result: DocumentResult) -> None:
