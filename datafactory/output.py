@@ -192,7 +192,8 @@ def iter_qa_pairs(path: str | Path) -> Iterator[QAPair]:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Whole, readable lines of a JSONL file (a cut-off tail is ignored)."""
+    """Whole, readable lines of a JSONL file that hold a JSON object (a cut-off tail, a line that is not
+    JSON or not an object are ignored)."""
     for _line, record in _numbered_jsonl(path):
         yield record
 
@@ -203,11 +204,19 @@ def _numbered_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         return
     with path.open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
-            if line.endswith("\n"):
-                try:
-                    yield number, json.loads(line)
-                except ValueError:
-                    continue
+            record = _json_object(line) if line.endswith("\n") else None
+            if record is not None:
+                yield number, record
+
+
+def _json_object(line: str | bytes) -> dict[str, Any] | None:
+    """The JSON object on a line, or None where the line is not JSON or not an object (`[1, 2]`, `5`):
+    such a line is unreadable as a record and skipped by every reader alike."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _line_ids(path: Path) -> Iterator[Any]:
@@ -224,10 +233,9 @@ def _line_ids(path: Path) -> Iterator[Any]:
             if end > 0 and b"\\" not in line[:end]:
                 yield line[len(prefix):end].decode()
                 continue
-            try:
-                yield json.loads(line).get("id")
-            except ValueError:
-                continue
+            record = _json_object(line)
+            if record is not None:
+                yield record.get("id")
 
 
 class OutputWriter:

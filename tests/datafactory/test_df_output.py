@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from datafactory.config import GenerationConfig
-from datafactory.output import OutputDirError, OutputWriter, read_jsonl
+from datafactory.output import OutputDirError, OutputWriter, iter_latest_records, read_jsonl
 from tests.instance_records import qa_record
 
 
@@ -213,3 +213,20 @@ def test_finalize_takes_one_pass_only_when_every_line_is_its_ids_latest(tmp_path
         fh.write("{not json\n")
     qa, instances, passes = _finalized_rows(broken, monkeypatch)
     assert "instances.jsonl" in passes
+
+
+def test_lines_that_are_json_but_not_objects_are_skipped_by_every_reader(tmp_path, monkeypatch):
+    """`[1, 2]`, `5`, `"q9"`: valid JSON, no record. The index, read_jsonl, the latest-per-id reading and
+    finalize all skip them (they crashed the latest-per-id pass with AttributeError before)."""
+    writer = OutputWriter(tmp_path)
+    writer.append([_qa(0)], [_instance(0)])
+    for name in ("qa.jsonl", "instances.jsonl"):
+        with (tmp_path / name).open("a") as fh:
+            fh.write('[1, 2]\n5\n"q9"\n')
+    writer.append([_qa(1)], [_instance(1)])
+    assert OutputWriter(tmp_path).done_ids() == {"q0", "q1"}
+    assert _ids(tmp_path / "qa.jsonl") == ["q0", "q1"]
+    assert [r["id"] for r in iter_latest_records(tmp_path / "qa.jsonl")] == ["q0", "q1"]
+    qa, instances, passes = _finalized_rows(tmp_path, monkeypatch)
+    assert [r["id"] for r in qa] == ["q0", "q1"] and [r["id"] for r in instances] == ["q0", "q1"]
+    assert set(passes) == {"qa.jsonl", "instances.jsonl"}  # the index saw unreadable lines: the careful path
