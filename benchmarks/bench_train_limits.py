@@ -14,6 +14,10 @@ OUT/train_limits_<part>.json and .md after every run, so a killed call still ret
   followup  (`followup()`): 7B full finetuning at 32k with every 3rd / 4th layer checkpointed, the ~1B pretrainer
        and finetune steps at 32k beside hf_baseline's own 32k row, and `cudnn_gqa` beside `cudnn`.
   sib  (`step_in_backward_part()`): the optimizer step in backward and the offloaded optimizer state at 7B 32k.
+  cudnn  (`cudnn_part()`): the ~1B rows whose MFU the attention kernel bounds (kernel check, 32k, 16k with 2 and 4
+       rows a micro-batch, the pretrainer at 16k), run once per cuDNN build (`--name` keeps the outputs apart).
+  7b-offload  (`offload_7b_part()`): the 7B rows not yet run with the state offloaded (pretrainer 32k, both
+       trainers at 16k, finetuning 32k recomputing every 11th layer) beside hf_baseline's 32k row.
 Every trainer run compiles each decoder layer and profiles one extra step (GPU time by kernel category).
 
     python3 benchmarks/bench_train_limits.py --part 1b --tokenizer TOK --out OUT --budget-s 330 \
@@ -280,7 +284,8 @@ def write_report(out: Path, part: str, state: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("1b", "7b", "followup", "sib"), required=True)
+    ap.add_argument("--part", choices=("1b", "7b", "followup", "sib", "cudnn", "7b-offload"), required=True)
+    ap.add_argument("--name", help="output file stem after train_limits_ (default: the part)")
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=330)
@@ -298,7 +303,8 @@ def main() -> int:
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 64)
     state: dict = {"env": versions(), "part": part_args(args), "runs": []}
-    save = lambda: write_report(out, args.part, state)  # noqa: E731
+    name = args.name or args.part
+    save = lambda: write_report(out, name, state)  # noqa: E731
     tokenizer = ft.load_tokenizer(args.tokenizer)
     work = Path(tempfile.mkdtemp(prefix="bench-limits-"))
     small = args.small
@@ -327,6 +333,10 @@ def main() -> int:
         followup(args, budget, state, save, one_b, seven_b, s32, common)
     elif args.part == "sib":
         step_in_backward_part(args, budget, state, save, seven_b, s32, common)
+    elif args.part == "cudnn":
+        cudnn_part(args, budget, state, save, one_b, s32, s16, common)
+    elif args.part == "7b-offload":
+        offload_7b_part(args, budget, state, save, seven_b, s32, s16, common)
     else:
         label = "llama2-7b-shape"
         finetune_run(label, seven_b, s32, ckpts=["every:2", "full"], kernel="auto", estimate=110, **common)
@@ -342,7 +352,7 @@ def main() -> int:
                      compile_layers=False, estimate=45, profile=False, **{k: v for k, v in pcommon.items()
                                                                           if k != "compile_layers"})
     save()
-    print((out / f"train_limits_{args.part}.md").read_text())
+    print((out / f"train_limits_{name}.md").read_text())
     return 0
 
 
@@ -425,8 +435,54 @@ def step_in_backward_part(args, budget: Budget, state: dict, save, seven_b: str,
     finetune_run(label, seven_b, s32, ckpts=["every:11"], kernel="auto", estimate=60, **offload, **common)
 
 
+def cudnn_part(args, budget: Budget, state: dict, save, one_b: str, s32: int, s16: int, common: dict) -> None:
+    """Session 7's ~1B call, run once per cuDNN build in one device call (the shell script preloads the other
+    build for the second process): the SDPA kernel check, then the finetune trainer at 32k and at 16k with 2 and
+    4 rows a micro-batch (4 halves the optimizer's share a token), and the pretrainer at 16k (not measured on an
+    H200 so far). The env block records which cuDNN the process loaded; hf_baseline's 16k and 32k rows first where
+    --baseline is given (the shell script gives it to the first process only)."""
+    if args.baseline and CUDA:
+        state["baseline"] = [row for seq in (s16, s32) for row in run_baseline_shape(args.baseline, seq, timeout=60)]
+        save()
+    if CUDA:
+        state["kernel_check"] = kernel_check()
+        state["env"]["cudnn_libraries"] = loaded_cudnn_libraries()
+        save()
+    cudnn = "cudnn" if CUDA else "flash"
+    label = "random-0.9B"
+    finetune_run(label, one_b, s32, ckpts=["none"], kernel=cudnn, estimate=55, **common)
+    finetune_run(label, one_b, s16, ckpts=["none"], rows=2, kernel=cudnn, estimate=45, **common)
+    finetune_run(label, one_b, s16, ckpts=["none"], rows=4, kernel=cudnn, estimate=50, **common)
+    pcommon = dict(args=args, budget=budget, results=state["runs"], save=save, compile_layers=CUDA)
+    pretrain_run("pretrain 853M", one_b, s16, ckpts=["none"], kernel=cudnn, estimate=30, **pcommon)
+
+
+def loaded_cudnn_libraries() -> list[str]:
+    """The cuDNN shared objects mapped into this process (which build answered, where it came from)."""
+    with open("/proc/self/maps") as fh:
+        return sorted({line.split()[-1] for line in fh if "libcudnn" in line})
+
+
+def offload_7b_part(args, budget: Budget, state: dict, save, seven_b: str, s32: int, s16: int, common: dict) -> None:
+    """Session 7's 7B call: with the step in backward and the AdamW moments offloaded (session 6: finetuning 32k
+    every 8th layer 0.524), the pretrainer's 32k step (every 8th, fallback 6th), both trainers at 16k with no
+    recomputation (fallback every 8th), finetuning 32k every 11th layer (may run out), hf_baseline's 32k row."""
+    label = "llama2-7b-shape"
+    offload = dict(step_in_backward=True, offload_state=True)
+    pcommon = dict(args=args, budget=budget, results=state["runs"], save=save, compile_layers=CUDA)
+    pretrain_run("pretrain 7B", seven_b, s32, ckpts=["every:8", "every:6"], kernel="auto", estimate=70, **offload,
+                 **pcommon)
+    finetune_run(label, seven_b, s16, ckpts=["none", "every:8"], kernel="auto", estimate=60, **offload, **common)
+    pretrain_run("pretrain 7B", seven_b, s16, ckpts=["none", "every:8"], kernel="auto", estimate=50, **offload,
+                 **pcommon)
+    if args.baseline and CUDA and budget.left() > 35:
+        state["baseline"] = run_baseline_shape(args.baseline, s32, timeout=min(60, budget.left() - 3))
+        save()
+    finetune_run(label, seven_b, s32, ckpts=["every:11"], kernel="auto", estimate=60, **offload, **common)
+
+
 def part_args(args) -> dict:
-    return {"part": args.part, "budget_s": args.budget_s, "steps": args.steps, "warmup": args.warmup,
+    return {"part": args.part, "name": args.name or args.part, "budget_s": args.budget_s, "steps": args.steps, "warmup": args.warmup,
             "small": args.small}
 
 
