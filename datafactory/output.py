@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from datafactory.gc_pause import freeze_now
-from datafactory.jsonl_text import json_line
 from datafactory.parquet_pipe import PipedParquetWriter
+from longscale.common import fast_json
 from longscale.common.errors import LongscaleError
 from longscale.common.instances import QAPair, parse_qa_pair, qa_pair_record
 from longscale.common.records import iter_records
@@ -76,7 +76,7 @@ class _JsonlIndex:
         self.ids: set[str] = set()
         self.retry: set[str] = set()
         self.id_key = id_key
-        self._prefix = b'{"' + id_key.encode() + b'": "'
+        self._prefixes = id_prefixes(id_key)
         self.distinct = True  # no id indexed twice and no line skipped (see every_line_latest)
 
     def every_line_latest(self) -> bool:
@@ -100,16 +100,15 @@ class _JsonlIndex:
         return not (record[self.id_key] in self.retry and is_retryable(record))  # the same error again: nothing new
 
     def _add_line(self, line: bytes) -> None:
-        # an instance line is the whole document twice: take its id from the line's start (written by
-        # json.dumps with the id first) instead of parsing it, unless the line holds a retryable record
-        if self.path.name == INSTANCES_FILE and line.startswith(self._prefix):
-            end = line.find(b'"', len(self._prefix))
-            if end > 0:
-                key = line[len(self._prefix):end].decode()
+        # an instance line is the whole document twice: take its id from the line's start (written with the
+        # id first) instead of parsing it, unless the line holds a retryable record
+        if self.path.name == INSTANCES_FILE:
+            key = leading_id(line, self._prefixes)
+            if key is not None:
                 self.distinct = self.distinct and key not in self.ids and key not in self.retry
                 self.ids.add(key)
                 return
-        self.add(json.loads(line))
+        self.add(fast_json.loads(line))
 
     def refresh(self) -> None:
         """Index the lines appended since the last look, a block at a time (bounded memory)."""
@@ -213,25 +212,43 @@ def _json_object(line: str | bytes) -> dict[str, Any] | None:
     """The JSON object on a line, or None where the line is not JSON or not an object (`[1, 2]`, `5`):
     such a line is unreadable as a record and skipped by every reader alike."""
     try:
-        record = json.loads(line)
+        record = fast_json.loads(line)
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
 
 
+def id_prefixes(id_key: str) -> tuple[bytes, bytes]:
+    """How a line written with `id_key` first begins, by either writer (fast_json: orjson's compact text or
+    json's spaced one)."""
+    return b'{"' + id_key.encode() + b'":"', b'{"' + id_key.encode() + b'": "'
+
+
+def leading_id(line: bytes, prefixes: tuple[bytes, ...]) -> str | None:
+    """The string id at the start of a line that begins with one of `prefixes`, read without parsing the
+    line; None where it does not (or the id holds an escape: parse the line)."""
+    for prefix in prefixes:
+        if line.startswith(prefix):
+            end = line.find(b'"', len(prefix))
+            if end > 0 and b"\\" not in line[len(prefix):end]:
+                return line[len(prefix):end].decode()
+            return None
+    return None
+
+
 def _line_ids(path: Path) -> Iterator[Any]:
     """The id of each whole, readable line (as `read_jsonl` yields them), read from the line's start when
-    json.dumps put it first (an instance line is the whole document twice), else parsed."""
+    it was written first (an instance line is the whole document twice), else parsed."""
     if not path.exists():
         return
-    prefix = b'{"id": "'
+    prefixes = id_prefixes("id")
     with path.open("rb") as fh:
         for line in fh:
             if not line.endswith(b"\n"):
                 continue
-            end = line.find(b'"', len(prefix)) if line.startswith(prefix) else -1
-            if end > 0 and b"\\" not in line[:end]:
-                yield line[len(prefix):end].decode()
+            key = leading_id(line, prefixes)
+            if key is not None:
+                yield key
                 continue
             record = _json_object(line)
             if record is not None:
@@ -303,7 +320,7 @@ class OutputWriter:
                 seen.add(record[index.id_key])
         if dry_run or not fresh:
             return fresh
-        payload = "".join(json_line(r) + "\n" for r in fresh).encode("utf-8")  # json.dumps(r, ensure_ascii=False)
+        payload = "".join(fast_json.dumps_line(r) + "\n" for r in fresh).encode("utf-8")
         with index.path.open("ab") as fh:
             fh.write(payload)
             fh.flush()

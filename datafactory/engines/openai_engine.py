@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from datafactory.engines import EngineError
 from datafactory.engines.base import ChatMessages, EngineResult, SamplingParams
+from longscale.common import fast_json
 
 if TYPE_CHECKING:
     import aiohttp
@@ -203,7 +204,7 @@ class OpenAIEngine:
         if params.guided_regex is not None:  # vLLM's field (0.20 has no guided_* fields any more)
             payload["structured_outputs"] = {"regex": params.guided_regex}
         payload.update(self.extra_body)
-        return json.dumps(payload).encode()
+        return fast_json.dumps_bytes(payload)
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to sleep before retry `attempt + 1`: full jitter, Retry-After (capped) as a floor."""
@@ -259,7 +260,7 @@ class OpenAIEngine:
                 raise _Retryable(error, retry_after)
             raise _Final(error)
         try:
-            data = json.loads(raw)
+            data = fast_json.loads(raw)
             choice = data["choices"][0]
             text = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:

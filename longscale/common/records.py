@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from longscale.common import fast_json
 from longscale.common.errors import LongscaleError
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -64,7 +65,7 @@ def _jsonl(file: Path, error: type[Exception]) -> Iterator[tuple[str, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = fast_json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise error(f"{file}:{number}: not valid JSON ({exc.msg})") from None
                 yield f"{file}:{number}", record

@@ -230,3 +230,22 @@ def test_lines_that_are_json_but_not_objects_are_skipped_by_every_reader(tmp_pat
     qa, instances, passes = _finalized_rows(tmp_path, monkeypatch)
     assert [r["id"] for r in qa] == ["q0", "q1"] and [r["id"] for r in instances] == ["q0", "q1"]
     assert set(passes) == {"qa.jsonl", "instances.jsonl"}  # the index saw unreadable lines: the careful path
+
+
+def test_ids_are_read_from_lines_of_either_writer_and_escaped_ids_are_parsed(tmp_path, monkeypatch):
+    """Lines written by orjson (`{"id":"q0",...`) and by json.dumps (`{"id": "q1", ...`) both give their id
+    from the line's start; an id holding an escaped quote is parsed, not cut at the escape."""
+    writer = OutputWriter(tmp_path)
+    writer.append([_qa(0)], [_instance(0)])
+    assert (tmp_path / "instances.jsonl").read_text().startswith('{"id":"q0",')
+    tricky = {**_instance(2), "id": 'q"2'}
+    with (tmp_path / "instances.jsonl").open("a") as fh:
+        fh.write(json.dumps(_instance(1)) + "\n" + json.dumps(tricky) + "\n")
+    with (tmp_path / "qa.jsonl").open("a") as fh:
+        fh.write(json.dumps(_qa(1)) + "\n" + json.dumps({**_qa(2), "id": 'q"2'}) + "\n")
+    assert [r["id"] for r in read_jsonl(tmp_path / "instances.jsonl")] == ["q0", "q1", 'q"2']
+    reopened = OutputWriter(tmp_path)
+    reopened.append([], [])
+    assert reopened._instances.ids == {"q0", "q1", 'q"2'}
+    qa, instances, _ = _finalized_rows(tmp_path, monkeypatch)
+    assert [r["id"] for r in instances] == ["q0", "q1", 'q"2'] and [r["id"] for r in qa] == ["q0", "q1", 'q"2']
