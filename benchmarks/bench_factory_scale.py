@@ -379,14 +379,16 @@ def cmd_report(args: argparse.Namespace) -> None:
     peers = data.get("peers", [])
     if peers:
         lines += ["## Side by side (same prompts, same stub at 200 ms, 256 in flight)", "",
-                  "| system | n | requests | sustained requests/s | CPU s per 1,000 requests | wall s | peak RSS MB (tree) |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| system | n | requests | sustained requests/s | CPU s per 1,000 requests | mean requests in flight | "
+                  "wall s | peak RSS MB (tree) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for system, tree in sorted({(e["system"], e.get("tree", "")) for e in peers}):
             runs = [e for e in peers if (e["system"], e.get("tree", "")) == (system, tree)]
             if runs:
                 lines.append(f"| {system} ({tree}) | {len(runs)} | {_range([r['requests'] for r in runs])} | "
                              f"{_range([r['sustained_requests_per_s'] for r in runs])} | "
                              f"{_range([r['cpu_s_per_1000_requests'] for r in runs])} | "
+                             f"{_range([r['mean_in_flight'] for r in runs if 'mean_in_flight' in r])} | "
                              f"{_range([r['wall_s'] for r in runs])} | {_range([r['peak_tree_rss_mb'] for r in runs])} |")
         lines.append("")
     (RESULTS.with_suffix(".md")).write_text("\n".join(lines) + "\n")
