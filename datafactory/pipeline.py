@@ -196,14 +196,16 @@ async def _generate_records(items: list[WorkItem], config: GenerationConfig, eng
 
 def _instances_for(records: list[dict[str, Any]], chunks: dict[str, Chunk], target_doc: TokenizedText | None,
                    config: GenerationConfig, tokenizers: Tokenizers) -> list[dict[str, Any]]:
-    """Long instances of one document's accepted records (a record whose chunk cannot fit is rejected)."""
+    """Long instances of one document's accepted records (a record whose chunk cannot fit is rejected). With
+    one tokenizer for both roles the target encoding is the one the chunks were cut from (planning.py), so
+    their token spans are reused instead of looked up."""
     instances = []
     for record in records:
         if record["accepted"]:
             assert target_doc is not None  # the caller passes the target encoding whenever a record is accepted
             try:
                 instances.append(build_instance(record, chunks[record["id"]], target_doc, config.max_context,
-                                                tokenizers.target))
+                                                tokenizers.target, same_encoding=tokenizers.same))
             except ChunkDoesNotFit as exc:
                 record.update(accepted=False, reject_reason="chunk_exceeds_context")
                 record["extraction_notes"].append(str(exc))

@@ -5,8 +5,8 @@ after it), and each distinct word is encoded once and its count cached.
 Such a tokenizer splits the text with the GPT-2 regex, whose pieces never cross from non-whitespace into
 whitespace, and encodes every piece alone with BPE; so a word as cut here is tokenized alone exactly as in
 its text, and a text's count is the sum of its words' counts. Counting a 30 KB document this way costs
-~1.2 ms of CPU (a C regex pass, one dictionary look-up a word, numpy sums) instead of ~9-17 ms for an
-encoding with offsets; the plan of a document (its chunks, the min-doc-tokens filter, the instance's fit)
+~1.5 ms of CPU (a C regex pass, one dictionary look-up a word, numpy sums), ~0.5 ms for a long ASCII text
+(ascii_words.py: the split and the look-ups in numpy), instead of ~9-17 ms for an encoding with offsets; the plan of a document (its chunks, the min-doc-tokens filter, the instance's fit)
 then needs no encoding.
 
 What it gives up: token positions inside a word of several tokens are interpolated (a chunk or an
@@ -117,40 +117,69 @@ class WordCounter:
         """The text's token count, or None when it holds an added token's text."""
         if self.holds_special(text):
             return None
-        return int(self.word_counts(text)[1].sum())
+        counts = self.word_counts(text)[1] if takes_fast_path(text) else self._counts(WORDS.findall(text))
+        return int(counts.sum())
 
     def tokenize(self, text: str, char_start: int, char_end: int) -> "WordTokenizedText | None":
-        """text[char_start:char_end] at word level, or None when it holds an added token's text. The
-        cumulative token counts run in numpy and come back, with the word ends, as int32 arrays, which a
-        planner process pickles compactly."""
+        """text[char_start:char_end] at word level, or None when it holds an added token's text."""
         part = text[char_start:char_end]
         if self.holds_special(part):
             return None
         ends, counts = self.word_counts(part)
-        char_ends, token_ends = array("i"), array("i")
-        char_ends.frombytes(ends.astype(np.int32).tobytes())
-        token_ends.frombytes(counts.cumsum(dtype=np.int32).tobytes())
-        return WordTokenizedText(text, char_start, char_end, char_ends, token_ends)
+        return WordTokenizedText(text, char_start, char_end, np.diff(ends, prepend=0), counts)
 
 
 _COUNTERS: dict[int, tuple[Any, WordCounter | None]] = {}
 
 
+def _compact(values: np.ndarray) -> np.ndarray:
+    """Non-negative per-word values as uint16 where they fit (a word of 64K characters or tokens: int32)."""
+    return values.astype(np.uint16 if not len(values) or int(values.max()) < 1 << 16 else np.int32)
+
+
 class WordTokenizedText(TokenizedText):
     """A TokenizedText whose token positions come from word boundaries (exact there, interpolated inside a
-    word of several tokens)."""
+    word of several tokens).
 
-    def __init__(self, text: str, char_start: int, char_end: int, char_ends: array, token_ends: array) -> None:
+    It holds each word's characters and tokens (2 bytes each, ~13 KB for a 30 KB document: what a planner
+    process pickles back) and builds the cumulative positions only when a position is first asked for; a
+    document whose instance takes it whole never needs them in the parent."""
+
+    def __init__(self, text: str, char_start: int, char_end: int, word_chars: np.ndarray,
+                 word_tokens: np.ndarray) -> None:
         super().__init__(text, char_start=char_start, char_end=char_end, offsets=((), ()))
-        self.char_ends, self.token_ends = char_ends, token_ends
-        self.n_tokens = token_ends[-1] if token_ends else 0
+        self.word_chars, self.word_tokens = _compact(word_chars), _compact(word_tokens)
+        self.n_tokens = int(self.word_tokens.sum(dtype=np.int64))
+        self._ends: tuple[array, array] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_ends": None}  # the per-word arrays travel; positions are rebuilt on demand
+
+    def _positions(self) -> tuple[array, array]:
+        if self._ends is None:
+            char_ends, token_ends = array("i"), array("i")
+            char_ends.frombytes(self.word_chars.cumsum(dtype=np.int32).tobytes())
+            token_ends.frombytes(self.word_tokens.cumsum(dtype=np.int32).tobytes())
+            self._ends = char_ends, token_ends
+        return self._ends
+
+    @property
+    def char_ends(self) -> array:
+        """Each word's end, in characters from the region's start."""
+        return self._positions()[0]
+
+    @property
+    def token_ends(self) -> array:
+        """Tokens up to each word's end."""
+        return self._positions()[1]
 
     def _span(self, token: int) -> tuple[int, int] | None:
-        word = bisect_right(self.token_ends, token)
-        first = self.token_ends[word - 1] if word else 0
-        lo = self.char_ends[word - 1] if word else 0
-        hi = self.char_ends[word]
-        tokens = self.token_ends[word] - first
+        char_ends, token_ends = self._positions()
+        word = bisect_right(token_ends, token)
+        first = token_ends[word - 1] if word else 0
+        lo = char_ends[word - 1] if word else 0
+        hi = char_ends[word]
+        tokens = token_ends[word] - first
         if tokens == 1:
             return lo, hi
         k = token - first
