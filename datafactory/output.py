@@ -25,13 +25,13 @@ import platform
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from datafactory.gc_pause import freeze_now
-from datafactory.parquet_pipe import PipedParquetWriter
+from datafactory.parquet_out import ParquetFollower, remove_stale_followers, write_parquet
 from longscale.common import fast_json
 from longscale.common.errors import LongscaleError
 from longscale.common.instances import QAPair, parse_qa_pair, qa_pair_record
@@ -256,7 +256,11 @@ def _line_ids(path: Path) -> Iterator[Any]:
 
 
 class OutputWriter:
-    def __init__(self, output_dir: str | Path):
+    """`follow_parquet`: build instances.parquet while the instances are appended (parquet_out.ParquetFollower)
+    when this writer starts the file, so that `finalize` only closes it; for a writer that is sure to be
+    finalized (a `longscale generate` run), not for the Celery workers' long-lived ones."""
+
+    def __init__(self, output_dir: str | Path, follow_parquet: bool = False):
         self.dir = Path(output_dir)
         if self.dir.exists() and not self.dir.is_dir():
             raise OutputDirError(f"--output {self.dir} is a file, not a folder: choose a folder path")
@@ -267,6 +271,10 @@ class OutputWriter:
         self._documents = _JsonlIndex(self.dir / DOCUMENTS_FILE, id_key="doc_id")
         self._manifest_at_open = self._read_manifest()  # a "running" manifest will replace it
         self.written: Counter[str] = Counter()  # what this writer appended: qa, instances, skipped_duplicates
+        # instances.parquet built while the instances are appended (a run into an empty file), so that
+        # finalize only closes it; None until the first append decides, False when not following
+        self._follower: ParquetFollower | None | bool = None if follow_parquet else False
+        self._followed_stats = _RecordStats()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -330,7 +338,15 @@ class OutputWriter:
         index.offset += len(payload)
         if index is self._instances:
             self.written["instances"] += len(fresh)
+            self._follow(fresh, index.offset - len(payload), index.offset)
         return fresh
+
+    def _follow(self, instances: list[dict[str, Any]], offset_before: int, offset_after: int) -> None:
+        if self._follower is None:  # follow a file this writer starts; a resumed one is read by finalize
+            self._follower = offset_before == 0 and ParquetFollower(self.dir / "instances.parquet",
+                                                                    self._followed_stats.count_instance)
+        if isinstance(self._follower, ParquetFollower):
+            self._follower.add(instances, offset_before, offset_after)
 
     # ---- manifest and Parquet -------------------------------------------------------------------------
 
@@ -397,17 +413,26 @@ class OutputWriter:
             for index in (self._qa, self._instances):
                 index.refresh()  # lines other writers appended (nothing new after this writer's own appends)
             qa_single, instances_single = self._qa.every_line_latest(), self._instances.every_line_latest()
+            follower, self._follower = self._follower, False
+            followed = isinstance(follower, ParquetFollower) and instances_single \
+                and follower.finish(self._instances.offset)
+            if isinstance(follower, ParquetFollower) and not followed:
+                follower.abandon()
+            remove_stale_followers(self.dir)
 
             def qa_records() -> Iterator[dict[str, Any]]:
-                qa_stats.reset()  # a second pass (_write_parquet's fallback) counts again
+                qa_stats.reset()  # a second pass (write_parquet's fallback) counts again
                 return qa_stats.observe_qa(iter_latest_records(self.qa_path, qa_single))
 
             def instance_records() -> Iterator[dict[str, Any]]:
                 instance_stats.reset()
                 return instance_stats.observe_instances(iter_latest_records(self.instances_path, instances_single))
 
-            _write_parquet(qa_records, self.dir / "qa.parquet")
-            _write_parquet(instance_records, self.dir / "instances.parquet")
+            write_parquet(qa_records, self.dir / "qa.parquet")
+            if followed:
+                instance_stats = self._followed_stats
+            else:
+                write_parquet(instance_records, self.dir / "instances.parquet")
             accepted, total = qa_stats.accepted, qa_stats.records
             engine_errors = qa_stats.engine_errors
             if status == "complete" and engine_errors:
@@ -488,118 +513,12 @@ class _RecordStats:
 
     def observe_instances(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for record in records:
-            self.records += 1
-            self.truncated += bool(record.get("truncated"))
+            self.count_instance(record)
             yield record
 
-
-PARQUET_BATCH = 2000            # records converted to Arrow at a time, at most...
-PARQUET_BATCH_CHARS = 8_000_000  # ...and about this much text (an instance holds its document twice)
-
-
-def _text_size(value: Any) -> int:
-    """Characters of text in a record (strings in dicts and lists; anything else counts 8)."""
-    kind = type(value)
-    if kind is str:
-        return len(value)
-    if kind is dict:
-        return sum([len(v) if type(v) is str else _text_size(v) for v in value.values()])
-    if kind is list:
-        return sum([len(v) if type(v) is str else _text_size(v) for v in value])
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(_text_size(v) for v in value.values())
-    if isinstance(value, list):
-        return sum(_text_size(v) for v in value)
-    return 8
-
-
-def _batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
-    chars = 0
-    for record in records:
-        batch.append(record)
-        chars += _text_size(record)
-        if len(batch) >= size or chars >= PARQUET_BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def _write_parquet(records: Callable[[], Iterable[dict[str, Any]]], path: Path) -> None:
-    """Records (`records()` makes a fresh iterator of them) to Parquet a batch at a time, memory at one batch.
-
-    The final schema is every batch's inferred schema unified (a field null in every record so far gets its
-    type later), made stable (`_stable_schema`). Usually the first batch's stable schema already is it: the
-    batches are written straight to Parquet with that schema, and as long as each later batch leaves the stable
-    unified schema unchanged the file is the one the general path would write. A batch that changes it (a new
-    field, a type that only shows later) stops that attempt, and `_write_parquet_spilled` writes the file
-    from a second pass over the records."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tmp = path.with_suffix(".parquet.tmp")
-    schema, stable, writer = None, None, None
-    try:
-        for batch in _batches(records(), PARQUET_BATCH):
-            table = pa.Table.from_pylist(batch)
-            if schema is None:
-                schema, stable = table.schema, _stable_schema(table.schema)
-                writer = PipedParquetWriter(tmp, stable)  # the next batch is decoded while this one is written
-            else:
-                schema = pa.unify_schemas([schema, table.schema], promote_options="permissive")
-                if not _stable_schema(schema).equals(stable):
-                    break
-            assert writer is not None and stable is not None  # opened with the first batch
-            writer.write_table(_conform(table, stable))
-        else:
-            if writer is None:
-                pq.write_table(pa.table({"id": pa.array([], pa.string())}), tmp)
-            else:
-                writer.close()
-                writer = None
-            os.replace(tmp, path)
-            return
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-    _write_parquet_spilled(records(), path)
-
-
-def _write_parquet_spilled(records: Iterable[dict[str, Any]], path: Path) -> None:
-    """Records to Parquet a batch at a time, whatever their schemas. Each batch's inferred schema is unified
-    with the ones before; batches are spilled to an Arrow IPC file and cast to the final schema when the
-    Parquet file is written, so memory stays at one batch."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tmp, spill = path.with_suffix(".parquet.tmp"), path.with_suffix(".arrows.tmp")
-    schema, spill_writer = None, None
-    try:
-        for batch in _batches(records, PARQUET_BATCH):
-            table = pa.Table.from_pylist(batch)
-            schema = table.schema if schema is None else pa.unify_schemas([schema, table.schema],
-                                                                          promote_options="permissive")
-            if spill_writer is None:
-                spill_writer = _SpillWriter(spill)
-            spill_writer.write(table)
-        if spill_writer is None:
-            pq.write_table(pa.table({"id": pa.array([], pa.string())}), tmp)
-        else:
-            schema = _stable_schema(schema)
-            spill_writer.close()
-            with pq.ParquetWriter(tmp, schema) as writer:
-                for table in spill_writer.tables():
-                    writer.write_table(_conform(table, schema))
-        os.replace(tmp, path)
-    finally:
-        if spill_writer is not None:
-            spill_writer.close()
-        spill.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
+    def count_instance(self, record: dict[str, Any]) -> None:
+        self.records += 1
+        self.truncated += bool(record.get("truncated"))
 
 
 DATASET_CARD = """---
@@ -622,83 +541,6 @@ def _write_dataset_card(folder: Path) -> None:
     card = folder / "README.md"
     if not card.exists():
         card.write_text(DATASET_CARD)
-
-
-def _stable_type(name: str, type_: Any) -> Any:
-    """A type that does not depend on which values a run happened to see: a field that was null in every
-    record (engine_error in a run without failures, critique with critique off) gets its real type, so the
-    Parquet files of two runs concatenate (nested nulls become strings too)."""
-    import pyarrow as pa
-
-    if pa.types.is_null(type_):
-        if name == "critique":
-            return pa.struct([("verdict", pa.string()), ("reason", pa.string()), ("raw", pa.string())])
-        if name == "extraction_notes":
-            return pa.list_(pa.string())
-        return pa.string()
-    if pa.types.is_struct(type_):
-        return pa.struct([(f.name, _stable_type(f.name, f.type)) for f in type_])
-    if pa.types.is_list(type_):
-        return pa.list_(_stable_type("", type_.value_type))
-    return type_
-
-
-def _stable_schema(schema: Any) -> Any:
-    import pyarrow as pa
-
-    return pa.schema([pa.field(f.name, _stable_type(f.name, f.type)) for f in schema])
-
-
-class _SpillWriter:
-    """Arrow tables of varying schemas in one file (each as its own IPC stream, length-prefixed)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.fh = path, path.open("wb")
-
-    def write(self, table: Any) -> None:
-        import pyarrow as pa
-
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as stream:
-            stream.write_table(table)
-        data = sink.getvalue()
-        self.fh.write(len(data).to_bytes(8, "little"))
-        self.fh.write(data)
-
-    def close(self) -> None:
-        if not self.fh.closed:
-            self.fh.close()
-
-    def tables(self) -> Iterator[Any]:
-        import pyarrow as pa
-
-        with self.path.open("rb") as fh:
-            while header := fh.read(8):
-                data = fh.read(int.from_bytes(header, "little"))
-                yield pa.ipc.open_stream(pa.py_buffer(data)).read_all()
-
-
-def _conform(table: Any, schema: Any) -> Any:
-    """`table` with `schema`'s columns in order (missing ones null) and types (nulls and structs cast)."""
-    import pyarrow as pa
-
-    columns = []
-    for field in schema:
-        if field.name in table.column_names:
-            column = table.column(field.name)
-            columns.append(column if column.type == field.type else _cast(column, field.type))
-        else:
-            columns.append(pa.nulls(len(table), field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _cast(column: Any, target: Any) -> Any:
-    import pyarrow as pa
-
-    try:
-        return column.cast(target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. a struct missing a field: rebuild from Python
-        return pa.array(column.to_pylist(), type=target)
 
 
 def versions() -> dict[str, str]:

@@ -390,7 +390,7 @@ def run_generation(documents: Iterable[Document], config: GenerationConfig, outp
     from datafactory.progress import GenerationProgress
 
     total = len(documents) if isinstance(documents, Sized) else None
-    writer = OutputWriter(output_dir)
+    writer = OutputWriter(output_dir, follow_parquet=True)  # finalized below, whatever happens
     writer.check_compatible(config.public_dict())
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -117,8 +117,11 @@ class WordCounter:
         """The text's token count, or None when it holds an added token's text."""
         if self.holds_special(text):
             return None
-        counts = self.word_counts(text)[1] if takes_fast_path(text) else self._counts(WORDS.findall(text))
-        return int(counts.sum())
+        if takes_fast_path(text):
+            return int(self.word_counts(text)[1].sum())
+        words = WORDS.findall(text)  # a short text (a question, an answer): plain Python beats numpy's calls
+        self.learn(words)
+        return sum(map(self.cache.__getitem__, words))
 
     def tokenize(self, text: str, char_start: int, char_end: int) -> "WordTokenizedText | None":
         """text[char_start:char_end] at word level, or None when it holds an added token's text."""
