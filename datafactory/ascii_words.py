@@ -23,15 +23,16 @@ import numpy as np
 
 KEY_BYTES = 16  # a word of up to 16 bytes is keyed by two uint64 halves (99.9% of English prose's words)
 MIN_CHARS = 2048  # shorter texts take the regex: the fixed cost of the numpy calls is larger than its pass
-_IS_SPACE = np.zeros(256, dtype=bool)
-_IS_SPACE[list(b"\t\n\x0b\x0c\r ")] = True
-# the mask of a half's bytes by how many of the word's bytes it holds (0-8); a word of more than KEY_BYTES
-# bytes masks to 0 in both halves (not keyed)
-_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [2**64 - 1, 0], dtype=np.uint64)
+_SPACE_TABLE = bytes(1 if byte in b"\t\n\x0b\x0c\r " else 0 for byte in range(256))  # bytes.translate: 1 for space
+# the mask of a word's first 8 bytes by its length (0-16, then 17 for every longer word, which masks to 0: not keyed) and
+# of its next 8 bytes by its length (words of 9-16 bytes)
+_LOW_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [2**64 - 1] * 9 + [0], dtype=np.uint64)
+_HIGH_MASKS = np.array([(1 << (8 * (n - 8))) - 1 if n > 8 else 0 for n in range(KEY_BYTES + 1)] + [0],
+                       dtype=np.uint64)
+_MAX_LENGTH = np.int64(KEY_BYTES + 1)  # every longer word shares the last (zero) masks
 _PAD = b"\x00" * KEY_BYTES
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of key * 2^64/phi
 _MIX = np.uint64(0xC2B2AE3D27D4EB4F)
-_NO_COUNTS = np.zeros(0, dtype=np.int32)
 
 
 def takes_fast_path(text: str) -> bool:
@@ -39,12 +40,12 @@ def takes_fast_path(text: str) -> bool:
     return len(text) >= MIN_CHARS and text.isascii() and "\x00" not in text
 
 
-def word_ends(data: np.ndarray) -> np.ndarray:
+def word_ends(data: bytes) -> np.ndarray:
     """End offsets (int64, exclusive) of WORDS' matches over ASCII bytes: after each non-whitespace byte that
     a whitespace byte follows, and at the end."""
-    if not len(data):
+    if not data:
         return np.zeros(0, dtype=np.int64)
-    space = _IS_SPACE[data]
+    space = np.frombuffer(data.translate(_SPACE_TABLE), dtype=np.bool_)
     ends = np.flatnonzero(space[1:] > space[:-1])
     ends += 1
     return np.append(ends, len(data))
@@ -54,16 +55,17 @@ def word_keys(padded: bytes, starts: np.ndarray, lengths: np.ndarray) -> tuple[n
     """Each word's key: its first and next 8 bytes as little-endian uint64s (zero-padded), (0, 0) for a word
     longer than KEY_BYTES. `padded` is the text's bytes and KEY_BYTES zero bytes (every start can read 16)."""
     at_every_byte = np.ndarray((len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
-    too_long = lengths > KEY_BYTES
     low = at_every_byte[starts]
-    low &= _MASKS[np.where(too_long, 9, np.minimum(lengths, 8))]
-    high = at_every_byte[starts + 8]
-    high &= _MASKS[np.where(too_long, 9, np.clip(lengths - 8, 0, 8))]
+    low &= _LOW_MASKS[np.minimum(lengths, _MAX_LENGTH)]
+    high = np.zeros(len(starts), dtype=np.uint64)
+    long_words = np.flatnonzero(lengths > 8)  # ~15% of prose's words have a second half
+    high[long_words] = at_every_byte[starts[long_words] + 8] & _HIGH_MASKS[np.minimum(lengths[long_words], _MAX_LENGTH)]
     return low, high
 
 
 class AsciiWordTable:
-    """Token counts by word key: a linear-probing hash table (load at most 1/2) in three numpy arrays."""
+    """Token counts by word key: a linear-probing hash table (load at most 1/4) whose slots are rows of
+    (low half, high half, count) in one uint64 array, so a probe is one gather."""
 
     def __init__(self, limit: int, bits: int = 14) -> None:
         self.limit, self._initial_bits = limit, bits
@@ -71,57 +73,56 @@ class AsciiWordTable:
 
     def _reset(self, bits: int) -> None:
         self.bits, self.size = bits, 1 << bits
-        self.low = np.zeros(self.size, dtype=np.uint64)  # 0: an empty slot (a word's first byte is not NUL)
-        self.high = np.zeros(self.size, dtype=np.uint64)
-        self.counts = np.zeros(self.size, dtype=np.int32)
+        self.slots = np.zeros((self.size, 3), dtype=np.uint64)  # low 0: an empty slot (no word starts with NUL)
         self.n = 0
 
     def __len__(self) -> int:
         return self.n
 
-    def _slots(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    def _home(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
         return (((low ^ (high * _MIX)) * _MULTIPLIER) >> np.uint64(64 - self.bits)).astype(np.intp)
 
     def lookup(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-        """Counts of the keys (low non-zero), 0 where not in the table; every key probes at once."""
-        out = np.zeros(len(low), dtype=np.int32)
-        pending, slots = np.arange(len(low)), self._slots(low, high)
+        """Counts of the keys (int32), 0 where not in the table; every key probes at once."""
+        at = self._home(low, high)
+        rows = self.slots[at]
+        hit = (rows[:, 0] == low) & (rows[:, 1] == high)
+        out = np.where(hit, rows[:, 2], np.uint64(0)).astype(np.int32)
+        pending = np.flatnonzero(~hit & (rows[:, 0] != 0))  # collided with another key: probe on
+        mask = self.size - 1
         while len(pending):
-            found = self.low[slots]
-            hit = (found == low) & (self.high[slots] == high)
-            out[pending[hit]] = self.counts[slots[hit]]
-            go_on = ~hit & (found != 0)
-            pending, low, high = pending[go_on], low[go_on], high[go_on]
-            slots = (slots[go_on] + 1) & (self.size - 1)
+            at_p = (at[pending] + 1) & mask
+            at[pending] = at_p
+            rows = self.slots[at_p]
+            hit = (rows[:, 0] == low[pending]) & (rows[:, 1] == high[pending])
+            out[pending[hit]] = rows[hit, 2]
+            pending = pending[~hit & (rows[:, 0] != 0)]
         return out
 
     def insert(self, low: np.ndarray, high: np.ndarray, counts: np.ndarray) -> None:
-        """Add distinct keys not in the table; it restarts when `limit` would be passed, grows at half full."""
+        """Add distinct keys not in the table; it restarts when `limit` would be passed, grows at 1/4 full."""
         if self.n + len(low) > self.limit:
             self._reset(self._initial_bits)
-        if 2 * (self.n + len(low)) > self.size:
-            old = self.low, self.high, self.counts
+        if 4 * (self.n + len(low)) > self.size:
+            old = self.slots[self.slots[:, 0] != 0]
             bits = self.bits
-            while 2 * (self.n + len(low)) > 1 << bits:
+            while 4 * (self.n + len(low)) > 1 << bits:
                 bits += 1
-            n = self.n
             self._reset(bits)
-            kept = old[0] != 0
-            self._place(old[0][kept], old[1][kept], old[2][kept])
-            assert self.n == n
-        self._place(low, high, counts)
+            self._place(old[:, 0], old[:, 1], old[:, 2])
+        self._place(low, high, counts.astype(np.uint64))
 
     def _place(self, low: np.ndarray, high: np.ndarray, counts: np.ndarray) -> None:
-        pending, slots = np.arange(len(low)), self._slots(low, high)
+        pending, at = np.arange(len(low)), self._home(low, high)
         while len(pending):
-            empty = np.flatnonzero(self.low[slots] == 0)
-            _, first = np.unique(slots[empty], return_index=True)  # one key an empty slot
+            empty = np.flatnonzero(self.slots[at, 0] == 0)
+            _, first = np.unique(at[empty], return_index=True)  # one key an empty slot
             won = empty[first]
-            at, taken = slots[won], pending[won]
-            self.low[at], self.high[at], self.counts[at] = low[taken], high[taken], counts[taken]
+            taken = pending[won]
+            self.slots[at[won]] = np.stack([low[taken], high[taken], counts[taken]], axis=1)
             lost = np.ones(len(pending), dtype=bool)
             lost[won] = False
-            pending, slots = pending[lost], (slots[lost] + 1) & (self.size - 1)
+            pending, at = pending[lost], (at[lost] + 1) & (self.size - 1)
         self.n += len(low)
 
 
@@ -131,8 +132,9 @@ def ascii_word_counts(text: str, table: AsciiWordTable,
     """(word ends, token counts) of a text that `takes_fast_path`. Words of up to KEY_BYTES bytes are
     counted by `table` (missing ones encoded with `encode`, then added), longer ones by `long_counts` (the
     string cache)."""
-    padded = text.encode("ascii") + _PAD
-    ends = word_ends(np.frombuffer(padded, dtype=np.uint8, count=len(text)))
+    data = text.encode("ascii")
+    padded = data + _PAD
+    ends = word_ends(data)
     starts = np.empty_like(ends)
     starts[0] = 0
     starts[1:] = ends[:-1]

@@ -4,8 +4,9 @@ event loop's GIL and uses every core; `ThreadPlanner` runs it on a thread of thi
 a time: the Celery worker's unit, tests).
 
 The trade-off of processes: a document's text is pickled to a worker (~30 us for 30 KB) and its plan comes
-back as chunk texts plus compact offset arrays of the target region (8 bytes a token), and each worker costs
-~100 MB and a second to start.
+back as chunk spans (their texts are sliced here from the document) plus the target region's compact
+offsets (word-level: 4 bytes a word; else 8 bytes a token), and each worker costs ~100 MB and a second to
+start.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import asyncio
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from typing import Any
 
@@ -44,6 +46,7 @@ def _plan_in_worker(text: str, doc_id: str, settings: PlanSettings) -> DocPlan:
     plan = plan_tokens(text, doc_id, *_worker_tokenizers, settings)
     if plan.target is not None:
         plan.target = _detached(plan.target)
+    plan.chunks = [replace(chunk, text="") for chunk in plan.chunks]  # the parent slices them from its text
     return plan
 
 
@@ -90,6 +93,7 @@ class ProcessPlanner:
         for (text, _), plan in zip(docs, plans, strict=True):
             if plan.target is not None:
                 plan.target.text = text
+            plan.chunks = [replace(chunk, text=text[chunk.char_start:chunk.char_end]) for chunk in plan.chunks]
         return plans
 
     def close(self) -> None:

@@ -39,7 +39,7 @@ def test_word_ends_are_the_regex_words_ends():
         [_ascii_text(rng, rng.randint(1, 300)) for _ in range(300)]
     for text in texts:
         expected = np.cumsum([len(w) for w in WORDS.findall(text)])
-        got = word_ends(np.frombuffer(text.encode("ascii"), dtype=np.uint8))
+        got = word_ends(text.encode("ascii"))
         assert got.tolist() == expected.tolist(), repr(text[:60])
 
 
@@ -85,7 +85,7 @@ def test_the_hash_table_answers_like_a_dict_across_growth_and_restarts():
             restarts += 1
             reference.clear()
         reference.update(zip(fresh, counts.tolist()))
-        assert len(table) == len(reference) and table.size >= 2 * len(table)
+        assert len(table) == len(reference) and table.size >= 4 * len(table)
     assert restarts >= 1
 
 
