@@ -310,7 +310,8 @@ def cmd_peers(args: argparse.Namespace) -> None:
                 with StubSampler(server.base_url) as stub:
                     result = measure(cmd, env, cwd=cwd)
                 result.update(stub.summary())
-                result.update(system=system, repeat=repeat, delay_ms=args.delay_ms, concurrency=args.concurrency)
+                result.update(system=system, repeat=repeat, delay_ms=args.delay_ms, concurrency=args.concurrency,
+                              at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
                 result["cpu_s_per_1000_requests"] = round(1000 * result["cpu_s"] / max(1, result["requests"]), 2)
                 result["tree"] = _head(new_tree()) if system == "longscale" else "peer venv"
                 print(json.dumps({k: v for k, v in result.items() if k != "output_tail"}), flush=True)
@@ -382,10 +383,14 @@ def cmd_report(args: argparse.Namespace) -> None:
                   "| system | n | requests | sustained requests/s | CPU s per 1,000 requests | mean requests in flight | "
                   "wall s | peak RSS MB (tree) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for system, tree in sorted({(e["system"], e.get("tree", "")) for e in peers}):
-            runs = [e for e in peers if (e["system"], e.get("tree", "")) == (system, tree)]
+        def peer_key(e: dict) -> tuple:  # the peers' venv is one "tree" across sessions: keep each day apart
+            return e["system"], e.get("tree", ""), e["at"][:10] if "at" in e else "earlier", e["requests"]
+
+        for key in sorted({peer_key(e) for e in peers}, key=lambda k: (k[2], k[3], k[0], k[1])):
+            runs = [e for e in peers if peer_key(e) == key]
+            system, tree, day = key[0], key[1], key[2]
             if runs:
-                lines.append(f"| {system} ({tree}) | {len(runs)} | {_range([r['requests'] for r in runs])} | "
+                lines.append(f"| {system} ({tree}, {day}) | {len(runs)} | {_range([r['requests'] for r in runs])} | "
                              f"{_range([r['sustained_requests_per_s'] for r in runs])} | "
                              f"{_range([r['cpu_s_per_1000_requests'] for r in runs])} | "
                              f"{_range([r['mean_in_flight'] for r in runs if 'mean_in_flight' in r])} | "
