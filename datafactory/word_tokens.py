@@ -5,8 +5,8 @@ after it), and each distinct word is encoded once and its count cached.
 Such a tokenizer splits the text with the GPT-2 regex, whose pieces never cross from non-whitespace into
 whitespace, and encodes every piece alone with BPE; so a word as cut here is tokenized alone exactly as in
 its text, and a text's count is the sum of its words' counts. Counting a 30 KB document this way costs
-~1.5 ms of CPU (a C regex pass, one dictionary look-up a word, numpy sums), ~0.5 ms for a long ASCII text
-(ascii_words.py: the split and the look-ups in numpy), instead of ~9-17 ms for an encoding with offsets; the plan of a document (its chunks, the min-doc-tokens filter, the instance's fit)
+~1.5 ms of CPU (a C regex pass, one dictionary look-up a word, numpy sums), ~0.35-0.5 ms for a long text
+(byte_words.py: the split and the look-ups in numpy), instead of ~9-17 ms for an encoding with offsets; the plan of a document (its chunks, the min-doc-tokens filter, the instance's fit)
 then needs no encoding.
 
 What it gives up: token positions inside a word of several tokens are interpolated (a chunk or an
@@ -29,11 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from datafactory.ascii_words import AsciiWordTable, ascii_word_counts, takes_fast_path
+from datafactory.byte_words import ASCII_WHITESPACE, OTHER_WHITESPACE, WordTable, takes_fast_path, word_counts
 from datafactory.chunking import TokenizedText
 
-# Unicode White_Space (the tokenizer's regex engine's \s; Python's also has \x1c-\x1f)
-_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_WHITESPACE = re.escape(ASCII_WHITESPACE + OTHER_WHITESPACE)  # Unicode White_Space (byte_words.py)
 # a "word" here: a whitespace run and the non-whitespace run after it (or a trailing whitespace run)
 WORDS = re.compile(f"[{_WHITESPACE}]*[^{_WHITESPACE}]+|[{_WHITESPACE}]+")
 CACHE_LIMIT = 500_000  # distinct words remembered (~60 MB); the cache restarts when full
@@ -54,7 +53,7 @@ class WordCounter:
         self.backend = backend
         self.specials = specials
         self.cache: dict[str, int] = {}
-        self.ascii_table = AsciiWordTable(CACHE_LIMIT)  # short words of ASCII texts, by packed key
+        self.word_table = WordTable(CACHE_LIMIT)  # words of up to 16 bytes of long texts, keyed by their bytes
         # the added tokens by first character: a text without any of those characters (prose: none holds
         # "<") is cleared by a scan or two instead of one per added token
         self._specials_by_first: dict[str, list[str]] = {}
@@ -106,10 +105,10 @@ class WordCounter:
         return counts
 
     def word_counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(each word's end offset, each word's token count) of the text: in numpy for ASCII text
-        (ascii_words.py), else by the regex and the string cache."""
+        """(each word's end offset, each word's token count) of the text: in numpy for a long text without
+        non-ASCII whitespace (byte_words.py), else by the regex and the string cache."""
         if takes_fast_path(text):
-            return ascii_word_counts(text, self.ascii_table, self._counts, self.encode_counts)
+            return word_counts(text, self.word_table, self._counts, self.encode_counts)
         words = WORDS.findall(text)
         return np.fromiter(map(len, words), np.int64, len(words)).cumsum(), self._counts(words)
 

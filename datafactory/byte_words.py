@@ -1,19 +1,22 @@
-"""word_tokens.WORDS over a long ASCII text in numpy: the word ends and each word's token count, without a
-Python string or a dictionary look-up per word for most words.
+"""word_tokens.WORDS over a long text's UTF-8 bytes in numpy: the word ends and each word's token count,
+without a Python string or a dictionary look-up per word for most words.
 
 A word ("a whitespace run and the non-whitespace run after it, or a trailing whitespace run") ends where a
-non-whitespace byte is followed by a whitespace one, and at the text's end; for ASCII the tokenizer's
-whitespace is the six bytes \\t \\n \\v \\f \\r and space. A word of at most KEY_BYTES bytes is its own
-uint64 key (its bytes, little-endian, zero-padded: a text holding NUL is not taken here, so no two words
-share a key), looked up in an open-addressing hash table probed for every word at once; longer words (~15%
-of English prose's) take the string cache of word_tokens.WordCounter. A 30 KB document costs ~0.35 ms
+non-whitespace byte is followed by a whitespace one, and at the text's end. That holds on the bytes of a
+text whose only whitespace is ASCII's six (\t \n \v \f \r and space): no byte of a non-ASCII
+character's UTF-8 is one of those, so curly quotes, accents, CJK and emoji stay inside their words. A word
+of at most KEY_BYTES bytes is keyed exactly by its bytes (two little-endian uint64 halves, zero-padded: a
+text holding NUL is not taken here, so no two words share a key) in an open-addressing hash table probed
+for every word at once; longer words (~0.1% of English prose's) take the string cache of
+word_tokens.WordCounter. Byte ends become character ends by subtracting the UTF-8 continuation bytes
+before them (none in ASCII). A 30 KB document costs ~0.35 ms (ASCII; ~0.5 ms with non-ASCII characters)
 instead of ~1.8 ms by the regex, one dictionary look-up a word and a numpy conversion of their counts.
 
-The trade-off: only ASCII texts without NUL gain (`str.isascii` is a flag of the string, O(1)), and only
-long ones (MIN_CHARS: each numpy call costs a few microseconds, more than a short text's regex pass);
-every other text, and every tokenizer not counted by words, takes the regex as before. The table holds up
-to `limit` words and then restarts, like the string cache. tests/datafactory/test_df_ascii_words.py checks
-the ends against the regex and the counts against real encodings.
+The trade-off: a text holding a non-ASCII whitespace character (NBSP, the U+2000 spaces, ideographic space,
+NEL) or NUL takes the regex, as do short texts (MIN_CHARS: each numpy call costs a few microseconds, more
+than a short text's regex pass) and every tokenizer not counted by words. The table holds up to `limit`
+words and then restarts, like the string cache. tests/datafactory/test_df_byte_words.py checks the ends
+against the regex and the counts against real encodings.
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ import numpy as np
 
 KEY_BYTES = 16  # a word of up to 16 bytes is keyed by two uint64 halves (99.9% of English prose's words)
 MIN_CHARS = 2048  # shorter texts take the regex: the fixed cost of the numpy calls is larger than its pass
+# the tokenizer's whitespace (Unicode White_Space, as its regex engine has it); Python's \s also has \x1c-\x1f
+ASCII_WHITESPACE = "\t\n\x0b\x0c\r "
+OTHER_WHITESPACE = "\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
 _SPACE_TABLE = bytes(1 if byte in b"\t\n\x0b\x0c\r " else 0 for byte in range(256))  # bytes.translate: 1 for space
 # the mask of a word's first 8 bytes by its length (0-16, then 17 for every longer word, which masks to 0: not keyed) and
 # of its next 8 bytes by its length (words of 9-16 bytes)
@@ -36,8 +42,10 @@ _MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 
 
 def takes_fast_path(text: str) -> bool:
-    """Whether `ascii_word_counts` applies: long, ASCII (an O(1) flag) and without NUL (a memchr scan)."""
-    return len(text) >= MIN_CHARS and text.isascii() and "\x00" not in text
+    """Whether `word_counts` applies: long, no NUL, and ASCII (an O(1) flag of the string) or at least
+    without non-ASCII whitespace (a scan a character of OTHER_WHITESPACE, ~65 us for 40 KB)."""
+    return len(text) >= MIN_CHARS and "\x00" not in text \
+        and (text.isascii() or not any(space in text for space in OTHER_WHITESPACE))
 
 
 def word_ends(data: bytes) -> np.ndarray:
@@ -63,7 +71,7 @@ def word_keys(padded: bytes, starts: np.ndarray, lengths: np.ndarray) -> tuple[n
     return low, high
 
 
-class AsciiWordTable:
+class WordTable:
     """Token counts by word key: a linear-probing hash table (load at most 1/4) whose slots are rows of
     (low half, high half, count) in one uint64 array, so a probe is one gather."""
 
@@ -126,19 +134,25 @@ class AsciiWordTable:
         self.n += len(low)
 
 
-def ascii_word_counts(text: str, table: AsciiWordTable,
-                      long_counts: Callable[[list[str]], np.ndarray],
-                      encode: Callable[[list[str]], list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """(word ends, token counts) of a text that `takes_fast_path`. Words of up to KEY_BYTES bytes are
-    counted by `table` (missing ones encoded with `encode`, then added), longer ones by `long_counts` (the
-    string cache)."""
-    data = text.encode("ascii")
-    padded = data + _PAD
-    ends = word_ends(data)
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1]
-    low, high = word_keys(padded, starts, ends - starts)
+def word_counts(text: str, table: WordTable, long_counts: Callable[[list[str]], np.ndarray],
+                encode: Callable[[list[str]], list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(word ends in characters, token counts) of a text that `takes_fast_path`. Words of up to KEY_BYTES
+    bytes are counted by `table` (missing ones encoded with `encode`, then added), longer ones by
+    `long_counts` (the string cache)."""
+    data = text.encode("utf-8")
+    byte_ends = word_ends(data)
+    byte_starts = np.empty_like(byte_ends)
+    byte_starts[0] = 0
+    byte_starts[1:] = byte_ends[:-1]
+    low, high = word_keys(data + _PAD, byte_starts, byte_ends - byte_starts)
+    if len(data) == len(text):  # ASCII: a byte a character
+        ends, starts = byte_ends, byte_starts
+    else:
+        continuation = np.flatnonzero((np.frombuffer(data, dtype=np.uint8) & 0xC0) == 0x80)
+        ends = byte_ends - np.searchsorted(continuation, byte_ends)
+        starts = np.empty_like(ends)
+        starts[0] = 0
+        starts[1:] = ends[:-1]
     counts = table.lookup(low, high)
     missing = np.flatnonzero((counts == 0) & (low != 0))  # a word always has a token: 0 is a miss
     if len(missing):
