@@ -91,6 +91,23 @@ class TransformersEngine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self._lock = threading.Lock()
+        # prompt lengths are counted on the event loop while a batch is tokenized on a worker thread; a fast
+        # tokenizer's padding and truncation are state of its Rust object, which each call sets (a call
+        # without padding turns it off under the other thread's padded call: "Unable to create tensor").
+        # Counting uses its own copy of the Rust tokenizer, padding and truncation off.
+        self._counter = self._own_backend()
+
+    def _own_backend(self) -> Any:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        backend.no_padding()
+        backend.no_truncation()
+        return backend
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens of a rendered prompt (special tokens are in its text), safe beside a batch on a thread."""
+        return len(self._counter.encode(prompt, add_special_tokens=False).ids)
 
     @classmethod
     def from_config(cls, config: EngineSettings) -> "TransformersEngine":
@@ -109,7 +126,7 @@ class TransformersEngine:
                 prompts[i] = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             except Exception as exc:
                 results[i] = EngineResult(text=None, error=f"bad_prompt: {exc}")
-        lengths = {i: len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for i, p in prompts.items()}
+        lengths = {i: self.prompt_tokens(p) for i, p in prompts.items()}
         for i, n in lengths.items():
             if self.max_positions and n + params.max_new_tokens > self.max_positions:
                 results[i] = EngineResult(text=None, error=f"prompt_too_long: {n} prompt + {params.max_new_tokens} "

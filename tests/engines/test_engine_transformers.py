@@ -71,3 +71,19 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
         build_engine(GenerationConfig(model=str(tmp_path / "nope")))
     with pytest.raises(EngineError, match="no config.json"):
         build_engine(GenerationConfig(model=str(tmp_path)))
+
+
+def test_counting_prompts_leaves_a_batch_in_flight_alone(engine):
+    """Prompt lengths are counted on the event loop while a worker thread tokenizes a padded batch; a fast
+    tokenizer's padding is state of its shared Rust object, and an HF call without padding turns it off (the
+    batch then fails "Unable to create tensor"). The count must neither touch that state nor differ from the
+    HF tokenizer's."""
+    prompts = [engine.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in PROMPTS]
+    shared = engine.tokenizer.backend_tokenizer
+    shared.enable_padding(pad_id=engine.tokenizer.pad_token_id, pad_token=engine.tokenizer.pad_token)
+    try:
+        counts = [engine.prompt_tokens(p) for p in prompts]
+        assert shared.padding is not None  # a padded batch in flight keeps its padding
+    finally:
+        shared.no_padding()
+    assert counts == [len(engine.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
