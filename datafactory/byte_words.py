@@ -29,7 +29,7 @@ MIN_CHARS = 2048  # shorter texts take the regex: the fixed cost of the numpy ca
 # the tokenizer's whitespace (Unicode White_Space, as its regex engine has it); Python's \s also has \x1c-\x1f
 ASCII_WHITESPACE = "\t\n\x0b\x0c\r "
 OTHER_WHITESPACE = "\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
-_SPACE_TABLE = bytes(1 if byte in b"\t\n\x0b\x0c\r " else 0 for byte in range(256))  # bytes.translate: 1 for space
+_SPACE_TABLE = bytes(byte in ASCII_WHITESPACE.encode() for byte in range(256))  # for bytes.translate: 1 a space
 # the mask of a word's first 8 bytes by its length (0-16, then 17 for every longer word, which masks to 0: not keyed) and
 # of its next 8 bytes by its length (words of 9-16 bytes)
 _LOW_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [2**64 - 1] * 9 + [0], dtype=np.uint64)
@@ -49,8 +49,8 @@ def takes_fast_path(text: str) -> bool:
 
 
 def word_ends(data: bytes) -> np.ndarray:
-    """End offsets (int64, exclusive) of WORDS' matches over ASCII bytes: after each non-whitespace byte that
-    a whitespace byte follows, and at the end."""
+    """End offsets (int64, exclusive) of WORDS' matches over UTF-8 bytes without non-ASCII whitespace: after
+    each non-whitespace byte that a whitespace byte follows, and at the end."""
     if not data:
         return np.zeros(0, dtype=np.int64)
     space = np.frombuffer(data.translate(_SPACE_TABLE), dtype=np.bool_)
@@ -134,6 +134,14 @@ class WordTable:
         self.n += len(low)
 
 
+def _starts(ends: np.ndarray) -> np.ndarray:
+    """Each word's start: the previous word's end (0 for the first)."""
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1]
+    return starts
+
+
 def word_counts(text: str, table: WordTable, long_counts: Callable[[list[str]], np.ndarray],
                 encode: Callable[[list[str]], list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """(word ends in characters, token counts) of a text that `takes_fast_path`. Words of up to KEY_BYTES
@@ -141,18 +149,14 @@ def word_counts(text: str, table: WordTable, long_counts: Callable[[list[str]], 
     `long_counts` (the string cache)."""
     data = text.encode("utf-8")
     byte_ends = word_ends(data)
-    byte_starts = np.empty_like(byte_ends)
-    byte_starts[0] = 0
-    byte_starts[1:] = byte_ends[:-1]
+    byte_starts = _starts(byte_ends)
     low, high = word_keys(data + _PAD, byte_starts, byte_ends - byte_starts)
     if len(data) == len(text):  # ASCII: a byte a character
         ends, starts = byte_ends, byte_starts
     else:
         continuation = np.flatnonzero((np.frombuffer(data, dtype=np.uint8) & 0xC0) == 0x80)
         ends = byte_ends - np.searchsorted(continuation, byte_ends)
-        starts = np.empty_like(ends)
-        starts[0] = 0
-        starts[1:] = ends[:-1]
+        starts = _starts(ends)
     counts = table.lookup(low, high)
     missing = np.flatnonzero((counts == 0) & (low != 0))  # a word always has a token: 0 is a miss
     if len(missing):

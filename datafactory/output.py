@@ -328,7 +328,7 @@ class OutputWriter:
                 seen.add(record[index.id_key])
         if dry_run or not fresh:
             return fresh
-        payload = "".join(fast_json.dumps_line(r) + "\n" for r in fresh).encode("utf-8")
+        payload = b"".join(fast_json.dumps_line_bytes(r) + b"\n" for r in fresh)
         with index.path.open("ab") as fh:
             fh.write(payload)
             fh.flush()
@@ -413,11 +413,11 @@ class OutputWriter:
             for index in (self._qa, self._instances):
                 index.refresh()  # lines other writers appended (nothing new after this writer's own appends)
             qa_single, instances_single = self._qa.every_line_latest(), self._instances.every_line_latest()
-            follower, self._follower = self._follower, False
-            followed = isinstance(follower, ParquetFollower) and instances_single \
-                and follower.finish(self._instances.offset)
-            if isinstance(follower, ParquetFollower) and not followed:
-                follower.abandon()
+            follower, self._follower, followed = self._follower, False, False
+            if isinstance(follower, ParquetFollower):
+                if not instances_single:  # an id twice or a line skipped: finalize's latest-per-id reading
+                    follower.abandon()
+                followed = follower.finish(self._instances.offset)
             remove_stale_followers(self.dir)
 
             def qa_records() -> Iterator[dict[str, Any]]:

@@ -6,8 +6,8 @@ Such a tokenizer splits the text with the GPT-2 regex, whose pieces never cross 
 whitespace, and encodes every piece alone with BPE; so a word as cut here is tokenized alone exactly as in
 its text, and a text's count is the sum of its words' counts. Counting a 30 KB document this way costs
 ~1.5 ms of CPU (a C regex pass, one dictionary look-up a word, numpy sums), ~0.35-0.5 ms for a long text
-(byte_words.py: the split and the look-ups in numpy), instead of ~9-17 ms for an encoding with offsets; the plan of a document (its chunks, the min-doc-tokens filter, the instance's fit)
-then needs no encoding.
+(byte_words.py: the split and the look-ups in numpy), instead of ~9-17 ms for an encoding with offsets;
+the plan of a document (its chunks, the min-doc-tokens filter, the instance's fit) then needs no encoding.
 
 What it gives up: token positions inside a word of several tokens are interpolated (a chunk or an
 instance window is cut inside a word only when no paragraph, sentence or word boundary is near; the cut

@@ -63,21 +63,29 @@ def orjson_exact(value: Any) -> bool:
     return False
 
 
-def dumps_line(value: Any) -> str:
-    """One JSON line (no newline): compact orjson text where exact, else `json.dumps(ensure_ascii=False)`."""
+def _orjson_text(value: Any) -> bytes | None:
+    """orjson's text of the value where it is exact, else None (the caller asks json)."""
     if orjson_exact(value):
         try:
-            return orjson.dumps(value).decode("utf-8")
+            return orjson.dumps(value)
         except orjson.JSONEncodeError:  # a lone surrogate in a string
             pass
-    return json.dumps(value, ensure_ascii=False)
+    return None
+
+
+def dumps_line(value: Any) -> str:
+    """One JSON line (no newline): compact orjson text where exact, else `json.dumps(ensure_ascii=False)`."""
+    text = _orjson_text(value)
+    return text.decode("utf-8") if text is not None else json.dumps(value, ensure_ascii=False)
+
+
+def dumps_line_bytes(value: Any) -> bytes:
+    """`dumps_line` as UTF-8 bytes, without decoding orjson's bytes to encode them again (a file's line)."""
+    text = _orjson_text(value)
+    return text if text is not None else json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
 def dumps_bytes(value: Any) -> bytes:
     """`dumps_line` as UTF-8 bytes (a request body); `json` escapes to ASCII where orjson cannot write."""
-    if orjson_exact(value):
-        try:
-            return orjson.dumps(value)
-        except orjson.JSONEncodeError:
-            pass
-    return json.dumps(value).encode("ascii")
+    text = _orjson_text(value)
+    return text if text is not None else json.dumps(value).encode("ascii")
